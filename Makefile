@@ -1,0 +1,48 @@
+# qedu: the two commands a newcomer needs.
+#   make lab    create .venv if needed and open JupyterLab at lesson 00
+#   make test   create .venv if needed and run the whole test suite
+# Override the interpreter with `make lab PYTHON=python3.12`, the torch requirement with
+# `make lab TORCH=torch` (e.g. to let pip pick a build for your platform).
+
+PYTHON ?= python3
+TORCH ?= torch==2.13.0
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.qedu-installed
+PORT ?= 8888
+PYTEST_ARGS ?=
+
+.PHONY: lab test venv exercises strip clean-venv help
+
+help:
+	@echo "make lab        open JupyterLab at lessons/00_welcome.ipynb (creates .venv first)"
+	@echo "make test       run the whole test suite (creates .venv first)"
+	@echo "make exercises  regenerate exercises/ and solutions/ from exercise_sources/"
+	@echo "make strip      strip outputs from every notebook"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 10) else 1)' || \
+	  { echo "qedu needs Python 3.10 or newer; run e.g. 'make lab PYTHON=python3.11'"; exit 1; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+	$(BIN)/python -m pip install "$(TORCH)"
+	$(BIN)/python -m pip install -e ".[test]"
+	touch $(STAMP)
+
+lab: $(STAMP)
+	@echo "Starting JupyterLab on http://127.0.0.1:$(PORT)/ - if no browser opens, copy the URL with the token printed below."
+	$(BIN)/jupyter lab $(if $(filter 0,$(shell id -u)),--allow-root) --ServerApp.ip=127.0.0.1 --ServerApp.port=$(PORT) lessons/00_welcome.ipynb
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+exercises: $(STAMP)
+	$(BIN)/python scripts/build_exercises.py
+
+strip: $(STAMP)
+	$(BIN)/python scripts/strip_notebooks.py
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,8 @@
+"""Exercise checks: ``checks.check_<name>(fn)`` tests a learner's function.
+
+Each lesson's checks live in their own module and are re-exported here, so a notebook needs
+only ``from qedu import checks``. The framework is in :mod:`qedu.checks.framework`.
+"""
+from qedu.checks.framework import Case, CheckFailed, CheckResult, CheckSpec, Mistake, compare, run_check
+
+__all__ = ["Case", "CheckFailed", "CheckResult", "CheckSpec", "Mistake", "compare", "run_check"]
