@@ -1,0 +1,51 @@
+"""The lesson map: one row per lesson, shared by lesson 00, the README and the tests.
+
+A lesson is "ready" when ``lessons/<slug>.ipynb`` exists; the test suite checks that the two
+agree, so the map never promises a notebook that is not there.
+
+>>> LESSONS[0].slug
+'00_welcome'
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["Lesson", "LESSONS", "lesson_map"]
+
+
+@dataclass(frozen=True)
+class Lesson:
+    slug: str
+    title: str
+    idea: str
+    ready: bool
+
+
+LESSONS = (
+    Lesson("00_welcome", "Welcome", "what quantization buys, how the widgets and exercises work", True),
+    Lesson("01_number_formats", "Number formats", "int, fp32/fp16/bf16, fp8, fp4: range vs precision", False),
+    Lesson("02_uniform_quantization", "Uniform quantization", "scale, zero point, rounding, granularity, NF4, packing", False),
+    Lesson("03_calibration", "Calibration", "min/max, percentile, MSE and KL clipping of activations", False),
+    Lesson("04_post_training_quantization", "Post-training quantization", "W8A8 to W2 on a real model, sensitivity, BN folding", False),
+    Lesson("05_quantization_aware_training", "Quantization-aware training", "STE, learned step size, when QAT beats PTQ", False),
+    Lesson("06_mixed_precision_training", "Mixed-precision training", "loss scaling, master weights, fp16 vs bf16", False),
+    Lesson("07_low_bit_optimizers_and_memory", "Low-bit optimizers and memory", "8-bit Adam, stochastic rounding, where memory goes", False),
+    Lesson("08_evaluating_quantized_models", "Evaluating quantized models", "latency, size, robustness, silent per-class regressions", False),
+    Lesson("09_data_quality_and_security", "Data quality and security", "calibration data, poisoning, adversarial inputs, drift", False),
+    Lesson("10_llm_weight_quantization", "LLM weight quantization", "group-wise int4, NF4, GPTQ-style error feedback", False),
+    Lesson("11_deployment_and_monitoring", "Deployment and monitoring", "real int8 kernels, export, range drift alarms", False),
+)
+
+
+def lesson_map(link_prefix: str = "") -> str:
+    """The lesson map as a markdown table; ready lessons link to ``link_prefix + slug.ipynb``.
+
+    >>> lesson_map("lessons/").splitlines()[2]
+    '| 00 | [Welcome](lessons/00_welcome.ipynb) | what quantization buys, how the widgets and exercises work | ready |'
+    """
+    rows = ["| # | lesson | what you will learn | status |", "|---|---|---|---|"]
+    for lesson in LESSONS:
+        name = f"[{lesson.title}]({link_prefix}{lesson.slug}.ipynb)" if lesson.ready else lesson.title
+        status = "ready" if lesson.ready else "coming"
+        rows.append(f"| {lesson.slug[:2]} | {name} | {lesson.idea} | {status} |")
+    return "\n".join(rows)
