@@ -91,3 +91,12 @@ def test_version_is_exposed():
     import qedu
 
     assert re.fullmatch(r"\d+\.\d+\.\d+", qedu.__version__)
+
+
+def test_readme_lesson_map_is_current():
+    from qedu.curriculum import lesson_map
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- lesson-map")[1].split("<!-- /lesson-map -->")[0]
+    table = block.split("-->", 1)[1].strip()
+    assert table == lesson_map("lessons/"), "README's lesson map is stale: paste qedu.curriculum.lesson_map('lessons/')"
