@@ -82,3 +82,13 @@ UINT4 = IntFormat(4, signed=False)
 INT2 = IntFormat(2)
 UINT2 = IntFormat(2, signed=False)
 BINARY = IntFormat(1, signed=False)
+
+
+# Floating-point formats live in qedu/floats.py (one sitting each); they are formats too.
+from qedu.floats import (  # noqa: E402
+    BF16, FP4_E2M1, FP6_E2M3, FP6_E3M2, FP8_E4M3, FP8_E5M2, FP16, FP32, Fields, FloatFormat,
+    cast, decode, default_saturate, encode, fields, grid,
+)
+from qedu import floats as _floats  # noqa: E402
+
+__all__ += _floats.__all__
