@@ -23,8 +23,8 @@ class Lesson:
 
 LESSONS = (
     Lesson("00_welcome", "Welcome", "what quantization buys, how the widgets and exercises work", True),
-    Lesson("01_number_formats", "Number formats", "int, fp32/fp16/bf16, fp8, fp4: range vs precision", False),
-    Lesson("02_uniform_quantization", "Uniform quantization", "scale, zero point, rounding, granularity, NF4, packing", False),
+    Lesson("01_number_formats", "Number formats", "int, fp32/fp16/bf16, fp8, fp4: range vs precision", True),
+    Lesson("02_uniform_quantization", "Uniform quantization", "scale, zero point, rounding, granularity, NF4, packing", True),
     Lesson("03_calibration", "Calibration", "min/max, percentile, MSE and KL clipping of activations", False),
     Lesson("04_post_training_quantization", "Post-training quantization", "W8A8 to W2 on a real model, sensitivity, BN folding", False),
     Lesson("05_quantization_aware_training", "Quantization-aware training", "STE, learned step size, when QAT beats PTQ", False),

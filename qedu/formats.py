@@ -87,7 +87,7 @@ BINARY = IntFormat(1, signed=False)
 # Floating-point formats live in qedu/floats.py (one sitting each); they are formats too.
 from qedu.floats import (  # noqa: E402
     BF16, FP4_E2M1, FP6_E2M3, FP6_E3M2, FP8_E4M3, FP8_E5M2, FP16, FP32, Fields, FloatFormat,
-    cast, decode, default_saturate, encode, fields, grid,
+    cast, decode, default_saturate, encode, fields, format_table, grid, repeated_add,
 )
 from qedu import floats as _floats  # noqa: E402
 

@@ -6,5 +6,7 @@ only ``from qedu import checks``. The framework is in :mod:`qedu.checks.framewor
 from qedu.checks.framework import Case, CheckFailed, CheckResult, CheckSpec, Mistake, compare, run_check
 
 from qedu.checks.welcome import *  # noqa: F401,F403
+from qedu.checks.formats import *  # noqa: F401,F403
+from qedu.checks.quantizers import *  # noqa: F401,F403
 
 __all__ = ["Case", "CheckFailed", "CheckResult", "CheckSpec", "Mistake", "compare", "run_check"]

@@ -21,6 +21,8 @@ import time
 from typing import Callable, Mapping
 
 import ipywidgets as W
+import numpy as np
+from matplotlib import image as mpl_image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
@@ -32,6 +34,12 @@ class LiveFigure:
 
     ``axes`` is what ``Figure.subplots`` returns. Change artists or redraw the axes, then call
     :meth:`render`.
+
+    For fast widgets, mark the artists that move with :meth:`animate`: the first render draws
+    everything else once (axes, ticks, labels: most of the drawing time) and keeps it as a
+    background; later renders restore that background and draw only the animated artists on
+    top ("blitting"). Only animated artists may change after the first render. Either way the
+    same inputs give the same PNG bytes.
     """
 
     def __init__(self, nrows: int = 1, ncols: int = 1, figsize=(8.0, 3.2), dpi: int = 90, **subplot_kw):
@@ -40,11 +48,34 @@ class LiveFigure:
         self.axes = self.figure.subplots(nrows, ncols, **subplot_kw)
         self.image = W.Image(format="png", layout=W.Layout(width=f"{int(figsize[0] * dpi)}px", max_width="100%"))
         self.png = b""
+        self.animated: list = []
+        self._background = None
+
+    def animate(self, *artists):
+        """Mark artists as moving (drawn on every render, over a cached background)."""
+        for artist in artists:
+            artist.set_animated(True)
+            self.animated.append(artist)
+        return artists[0] if len(artists) == 1 else artists
 
     def render(self) -> bytes:
         """Draw the figure and show it; returns the PNG bytes."""
+        canvas = self.figure.canvas
+        if not self.animated:
+            canvas.draw()
+        elif self._background is None:
+            canvas.draw()  # lays out and draws everything that is not animated
+            self.figure.set_layout_engine("none")  # freeze the layout: the background must not move
+            self._background = canvas.copy_from_bbox(self.figure.bbox)
+            for artist in self.animated:
+                self.figure.draw_artist(artist)
+        else:
+            canvas.restore_region(self._background)
+            for artist in self.animated:
+                self.figure.draw_artist(artist)
         buf = io.BytesIO()
-        self.figure.savefig(buf, format="png", metadata={"Software": None})
+        mpl_image.imsave(buf, np.asarray(canvas.buffer_rgba()), format="png", dpi=self.figure.dpi,
+                         metadata={"Software": None})
         self.png = buf.getvalue()
         self.image.value = self.png
         return self.png

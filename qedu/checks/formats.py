@@ -1,0 +1,208 @@
+"""Checks for the exercises of lesson 01 (number formats).
+
+* :func:`check_int_range`: ``fn(bits, signed) -> (qmin, qmax)``
+* :func:`check_exmy_value`: ``fn(sign, exponent, mantissa, exp_bits, man_bits) -> float``
+* :func:`check_float_max`: ``fn(exp_bits, man_bits, special) -> float``
+* :func:`check_round_to_exmy`: ``fn(x, exp_bits, man_bits) -> float32 tensor``
+
+The references are qedu's own :mod:`qedu.formats`; each check names the classic mistakes.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from qedu.checks.framework import Case, CheckSpec, Mistake, run_check
+from qedu.formats import FloatFormat, IntFormat, cast, decode
+
+__all__ = ["check_int_range", "check_exmy_value", "check_float_max", "check_round_to_exmy",
+           "INT_RANGE", "EXMY_VALUE", "FLOAT_MAX", "ROUND_TO_EXMY"]
+
+
+# --- integer ranges --------------------------------------------------------------------------------
+
+def _int_range(bits, signed):
+    fmt = IntFormat(bits, signed=signed)
+    return (fmt.qmin, fmt.qmax)
+
+
+INT_RANGE = CheckSpec(
+    name="int_range",
+    reference=_int_range,
+    golden=[Case((8, False), label="uint8"), Case((8, True), label="int8"), Case((4, True), label="int4"),
+            Case((1, True), label="1-bit signed"), Case((16, False), label="uint16")],
+    random_case=lambda rng: Case((int(rng.integers(1, 17)), bool(rng.integers(0, 2)))),
+    mistakes=[
+        Mistake("qmax = 2**bits instead of 2**bits - 1", lambda b, s: (-(2 ** (b - 1)), 2 ** (b - 1)) if s else (0, 2**b),
+                "b bits count from 0, so the largest unsigned code is 2**b - 1 (255 for 8 bits)."),
+        Mistake("the unsigned range used for signed codes", lambda b, s: (0, 2**b - 1),
+                "signed codes give half the codes to negative numbers: -2**(b-1) .. 2**(b-1) - 1."),
+        Mistake("the signed range used for unsigned codes", lambda b, s: (-(2 ** (b - 1)), 2 ** (b - 1) - 1),
+                "unsigned codes start at 0: 0 .. 2**b - 1."),
+        Mistake("a symmetric signed range (-127..127)", lambda b, s: (-(2 ** (b - 1)) + 1, 2 ** (b - 1) - 1) if s else (0, 2**b - 1),
+                "two's complement has one more negative code: int8 is -128..127."),
+        Mistake("2**bits instead of 2**(bits - 1) for signed codes", lambda b, s: (-(2**b), 2**b - 1) if s else (0, 2**b - 1),
+                "one of the b bits is the sign; the magnitude has b - 1 bits."),
+    ],
+    hints=("unsigned: 0 .. 2**bits - 1", "signed (two's complement): -2**(bits-1) .. 2**(bits-1) - 1"),
+)
+
+
+def check_int_range(fn):
+    """Check ``fn(bits, signed) -> (qmin, qmax)`` for b-bit integer codes."""
+    return run_check(INT_RANGE, fn)
+
+
+# --- value of sign / exponent / mantissa fields ----------------------------------------------------
+
+def _exmy_value(sign, exponent, mantissa, exp_bits, man_bits):
+    pattern = (sign << (exp_bits + man_bits)) | (exponent << man_bits) | mantissa
+    return decode(pattern, FloatFormat(exp_bits, man_bits, "none")).item()
+
+
+def _value_with(sign, exponent, mantissa, exp_bits, man_bits, *, bias=None, lead=1, sub_exp=1, sub_lead=0):
+    """The formula with one ingredient swapped, to build the classic mistakes."""
+    bias = 2 ** (exp_bits - 1) - 1 if bias is None else bias
+    frac = mantissa / 2**man_bits
+    if exponent == 0:
+        value = 2.0 ** (sub_exp - bias) * (sub_lead + frac)
+    else:
+        value = 2.0 ** (exponent - bias) * (lead + frac)
+    return -value if sign else value
+
+
+def _exmy_case(rng: np.random.Generator) -> Case:
+    E, M = int(rng.integers(2, 6)), int(rng.integers(1, 6))
+    exponent = 0 if rng.random() < 0.25 else int(rng.integers(1, 2**E))
+    return Case((int(rng.integers(0, 2)), exponent, int(rng.integers(0, 2**M)), E, M))
+
+
+EXMY_VALUE = CheckSpec(
+    name="exmy_value",
+    reference=_exmy_value,
+    golden=[Case((0, 15, 0, 5, 10), label="fp16 1.0"), Case((0, 15, 512, 5, 10), label="fp16 1.5"),
+            Case((1, 16, 256, 5, 10), label="fp16 -2.5"), Case((0, 15, 6, 4, 3), label="e4m3 448"),
+            Case((0, 3, 1, 2, 1), label="e2m1 6.0"), Case((0, 0, 1, 5, 10), label="fp16 smallest subnormal"),
+            Case((0, 0, 0, 2, 1), label="zero"), Case((1, 0, 3, 4, 3), label="e4m3 negative subnormal")],
+    random_case=_exmy_case,
+    mistakes=[  # on a subnormal, an off-by-one bias looks like 2**(-bias): keep that mistake last
+        Mistake("forgot the implicit leading 1 of normal numbers", lambda s, e, m, E, M: _value_with(s, e, m, E, M, lead=0),
+                "a normal number is 2**(e - bias) * (1 + m / 2**M): the 1 is not stored but always there."),
+        Mistake("ignored the sign bit", lambda s, e, m, E, M: abs(_value_with(0, e, m, E, M)),
+                "multiply by (-1)**sign."),
+        Mistake("treated subnormals (exponent field 0) like normal numbers",
+                lambda s, e, m, E, M: _value_with(s, e, m, E, M, sub_exp=0, sub_lead=1),
+                "exponent field 0 means subnormal: 2**(1 - bias) * (0 + m / 2**M)."),
+        Mistake("used 2**(-bias) instead of 2**(1 - bias) for subnormals",
+                lambda s, e, m, E, M: _value_with(s, e, m, E, M, sub_exp=0),
+                "subnormals share the exponent of the smallest normal number, 1 - bias, so the two ranges join up."),
+        Mistake("off-by-one bias (2**(E-1) instead of 2**(E-1) - 1)",
+                lambda s, e, m, E, M: _value_with(s, e, m, E, M, bias=2 ** (E - 1)),
+                "bias = 2**(exp_bits - 1) - 1: 15 for fp16, 7 for e4m3, 1 for e2m1."),
+    ],
+    hints=("normal (exponent > 0): (-1)**s * 2**(exponent - bias) * (1 + mantissa / 2**man_bits)",
+           "subnormal (exponent == 0): (-1)**s * 2**(1 - bias) * (mantissa / 2**man_bits)"),
+)
+
+
+def check_exmy_value(fn):
+    """Check ``fn(sign, exponent, mantissa, exp_bits, man_bits) -> float`` (every pattern a number)."""
+    return run_check(EXMY_VALUE, fn)
+
+
+# --- largest finite value -----------------------------------------------------------------------------
+
+def _float_max(exp_bits, man_bits, special):
+    return FloatFormat(exp_bits, man_bits, special).max
+
+
+def _max_with(E, M, top_exp, top_man, lead=1):
+    bias = 2 ** (E - 1) - 1
+    return 2.0 ** (top_exp - bias) * (lead + top_man / 2**M)
+
+
+FLOAT_MAX = CheckSpec(
+    name="float_max",
+    reference=_float_max,
+    golden=[Case((5, 10, "ieee"), label="fp16"), Case((4, 3, "fn"), label="e4m3fn"), Case((2, 1, "none"), label="e2m1"),
+            Case((5, 2, "ieee"), label="e5m2"), Case((3, 2, "none"), label="e3m2")],
+    random_case=lambda rng: Case((int(rng.integers(2, 8)), int(rng.integers(1, 8)), str(rng.choice(["ieee", "fn", "none"])))),
+    mistakes=[
+        Mistake("used the all-ones exponent, which 'ieee' reserves for inf/NaN",
+                lambda E, M, sp: _max_with(E, M, 2**E - 1, 2**M - 1 - (sp == "fn")),
+                "in 'ieee' formats the top exponent field is inf/NaN: the largest finite exponent field is 2**E - 2."),
+        Mistake("forgot that 'fn' keeps the top exponent but loses its all-ones mantissa to NaN",
+                lambda E, M, sp: _max_with(E, M, 2**E - 1 - (sp == "ieee"), 2**M - 1),
+                "e4m3fn: 0 1111 111 is NaN, so the max is 0 1111 110 = 448."),
+        Mistake("treated 'fn' like 'ieee'", lambda E, M, sp: _max_with(E, M, 2**E - 1 - (sp != "none"), 2**M - 1),
+                "'fn' formats have no inf: their top exponent field still holds numbers."),
+        Mistake("forgot the implicit leading 1", lambda E, M, sp: _max_with(
+            E, M, 2**E - 1 - (sp == "ieee"), 2**M - 1 - (sp == "fn"), lead=0),
+                "max = 2**(top exponent - bias) * (1 + top mantissa / 2**M)."),
+    ],
+    hints=("find the largest exponent field and mantissa field that still mean a number, then apply the formula.",),
+)
+
+
+def check_float_max(fn):
+    """Check ``fn(exp_bits, man_bits, special) -> float``: the largest finite value."""
+    return run_check(FLOAT_MAX, fn)
+
+
+# --- round to nearest, ties to even ------------------------------------------------------------------
+
+def _round_to_exmy(x, exp_bits, man_bits):
+    return cast(x, FloatFormat(exp_bits, man_bits, "none"))
+
+
+def _round_with(x, E, M, rounding, exp_shift=0, fixed_step=False):
+    e = torch.floor(torch.log2(x.abs().double())) + exp_shift
+    step = 2.0 ** -M if fixed_step else torch.exp2(e - M)
+    return (rounding(x.double() / step) * step).float()
+
+
+def _half_away(v):
+    return torch.sign(v) * torch.floor(v.abs() + 0.5)
+
+
+def _round_case(rng: np.random.Generator) -> Case:
+    E, M = int(rng.integers(2, 6)), int(rng.integers(1, 6))
+    fmt = FloatFormat(E, M, "none")
+    e = rng.integers(fmt.min_exp, fmt.max_exp, size=12)  # stay inside the normal range
+    ticks = rng.integers(0, 2 ** (M + 1), size=12)  # half-steps: even = grid point, odd = tie
+    x = 2.0**e * (1 + ticks / 2 ** (M + 1) + rng.choice([0.0, 0.25, -0.25, 0.1], size=12) / 2**M)
+    x = x * rng.choice([-1.0, 1.0], size=12)
+    return Case((torch.tensor(x, dtype=torch.float32), E, M))
+
+
+ROUND_TO_EXMY = CheckSpec(
+    name="round_to_exmy",
+    reference=_round_to_exmy,
+    golden=[Case((torch.tensor([1.0, 1.5, -0.25, 8.0]), 4, 3), label="already representable"),
+            Case((torch.tensor([1.1, -1.1, 3.3, -0.3]), 4, 3), label="round to nearest"),
+            Case((torch.tensor([1.0625, 1.1875, -1.0625, 2.125, 2.375]), 4, 3), label="ties go to the even mantissa"),
+            Case((torch.tensor([1.9375, 1.97, -3.9]), 4, 3), label="rounding up into the next binade"),
+            Case((torch.tensor([1.25, 1.75, 3.0, 5.0, -2.5]), 2, 1), label="e2m1 ties")],
+    random_case=_round_case,
+    mistakes=[
+        Mistake("truncation (rounding toward zero) instead of rounding", lambda x, E, M: _round_with(x, E, M, torch.trunc),
+                "round to the *nearest* multiple of the step: torch.round, not int() or torch.trunc."),
+        Mistake("floor instead of rounding", lambda x, E, M: _round_with(x, E, M, torch.floor),
+                "torch.floor always goes down (also for negative x); use torch.round."),
+        Mistake("round half up (away from zero) instead of half to even", lambda x, E, M: _round_with(x, E, M, _half_away),
+                "floor(v + 0.5) sends every tie up; torch.round sends a tie to the even neighbour."),
+        Mistake("used torch.frexp's exponent directly (one more than floor(log2|x|))",
+                lambda x, E, M: _round_with(x, E, M, torch.round, exp_shift=1),
+                "frexp writes x = f * 2**e with 0.5 <= f < 1; the binade exponent is e - 1."),
+        Mistake("a fixed step 2**-man_bits that does not grow with the exponent",
+                lambda x, E, M: _round_with(x, E, M, torch.round, fixed_step=True),
+                "the gap between neighbours is 2**(e - man_bits) where 2**e <= |x| < 2**(e+1)."),
+    ],
+    hints=("e = floor(log2|x|), step = 2**(e - man_bits), x_hat = round(x / step) * step",
+           "return a float32 tensor shaped like x"),
+)
+
+
+def check_round_to_exmy(fn):
+    """Check ``fn(x, exp_bits, man_bits) -> tensor``: normal numbers rounded to ExMy, ties to even."""
+    return run_check(ROUND_TO_EXMY, fn)

@@ -1,0 +1,202 @@
+"""Lesson 02's explorer: quantize a real weight tensor and watch the grid, the error and the bytes.
+
+:func:`quantize_weights` is the pure function (settings in, reconstruction and measurements
+out); :func:`quantization_explorer` wraps it in a :class:`~qedu.widgets.Panel`.
+
+>>> r = quantize_weights(torch.tensor([[0.5, -1.0], [0.1, 0.2]]), bits=4, granularity=PerChannel(0))
+>>> r.codes_used, round(r.error.sqnr_db, 1)
+(3, 23.5)
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import ipywidgets as W
+import numpy as np
+import torch
+from matplotlib.collections import LineCollection
+from matplotlib.ticker import NullLocator
+
+from qedu._validation import as_float_tensor, check_int
+from qedu.calibration import minmax_range, percentile_range
+from qedu.formats import IntFormat
+from qedu.granularity import PerChannel, PerGroup, PerTensor
+from qedu.packing import StorageReport, storage_bytes
+from qedu.quantizers import (
+    ROUNDING_MODES, QuantizationError, choose_qparams_from_minmax, dequantize, quantization_error, quantize,
+)
+from qedu.widgets import LiveFigure, Panel
+
+__all__ = ["quantize_weights", "WeightQuantization", "error_table", "quantization_explorer", "GRANULARITIES", "CLIPPINGS"]
+
+GRANULARITIES = {"per-tensor": PerTensor(), "per-channel": PerChannel(0), "per-group 32": PerGroup(32)}
+CLIPPINGS = {  # label -> (rule, amount): a fraction of the min/max range, or a percentile range
+    "none (min/max)": ("fraction", 1.0),
+    "0.9 x max": ("fraction", 0.9),
+    "0.75 x max": ("fraction", 0.75),
+    "0.5 x max": ("fraction", 0.5),
+    "99.9th percentile": ("percentile", 99.9),
+    "99th percentile": ("percentile", 99.0),
+}
+BITS = tuple(range(1, 9))
+
+
+class WeightQuantization(NamedTuple):
+    """What :func:`quantize_weights` measured."""
+
+    x_hat: torch.Tensor
+    q: torch.Tensor
+    scale: torch.Tensor
+    zero_point: torch.Tensor
+    error: QuantizationError
+    codes_used: int
+    n_clipped: int
+    storage: StorageReport
+
+
+def quantize_weights(w, bits: int, symmetric: bool = True, granularity=PerTensor(), rounding: str = "half_even",
+                     clipping: tuple = ("fraction", 1.0), seed: int = 0) -> WeightQuantization:
+    """Fake-quantize ``w`` to signed ``bits``-bit codes and measure the result.
+
+    The range of each slice is its min/max times a fraction (``clipping=("fraction", 0.9)``)
+    or a percentile range (``("percentile", 99.9)``, see :func:`qedu.calibration.percentile_range`);
+    then ``choose_qparams_from_minmax``, ``quantize`` (stochastic rounding seeded with ``seed``)
+    and ``dequantize``. Storage assumes fp16 scales and, when asymmetric, ``bits``-bit zero points.
+
+    Raises:
+        ValueError: for symmetric 1-bit codes (the codes -1 and 0 with zero point 0 send every
+            weight to 0), an unknown clipping rule, and the errors of the functions it calls.
+    """
+    w = as_float_tensor(w, "w").detach().to(torch.float32)
+    bits = check_int(bits, "bits", 1, 8)
+    if symmetric and bits == 1:
+        raise ValueError("symmetric quantization needs at least 2 bits: 1-bit codes are -1 and 0, and with zero point 0 "
+                         "every weight rounds to 0. Untick 'symmetric' or use 2 bits or more.")
+    rule, amount = clipping
+    if rule == "fraction":
+        lo, hi = minmax_range(w, granularity)
+        lo, hi = lo * amount, hi * amount
+    elif rule == "percentile":
+        lo, hi = percentile_range(w, amount, granularity, symmetric=symmetric)
+    else:
+        raise ValueError(f"clipping rule {rule!r} is not 'fraction' or 'percentile'.")
+    fmt = IntFormat(bits)
+    scale, zero_point = choose_qparams_from_minmax(lo, hi, fmt, symmetric)
+    q = quantize(w, scale, zero_point, fmt, rounding, torch.Generator().manual_seed(seed))
+    x_hat = dequantize(q, scale, zero_point)
+    n_clipped = int(((q == fmt.qmin) | (q == fmt.qmax)).logical_and((w - x_hat).abs() > scale / 2 * (1 + 1e-4)).sum())
+    storage = storage_bytes(w.shape, bits, granularity, scale_bits=16, zero_point_bits=0 if symmetric else bits)
+    return WeightQuantization(x_hat, q, scale, zero_point, quantization_error(w, x_hat), int(q.unique().numel()),
+                              n_clipped, storage)
+
+
+def error_table(tensors: dict, bits=(8, 4, 2), granularities=None, symmetric: bool = True) -> str:
+    """A text table of the MSE of every tensor at every bit width and granularity (min/max ranges).
+
+    >>> print(error_table({"w": torch.tensor([[1.0, -0.5], [0.01, 0.02]])}, bits=(4,), granularities={"t": PerTensor()}))
+    tensor  bits  t
+    w       4     1.5e-03
+    """
+    granularities = GRANULARITIES if granularities is None else granularities
+    width = max(len(name) for name in [*tensors, "tensor"]) + 2
+    lines = [f"{'tensor':<{width}}bits  " + "  ".join(f"{label:<12}" for label in granularities).rstrip()]
+    for name, w in tensors.items():
+        for b in bits:
+            mse = [quantize_weights(w, b, symmetric, g).error.mse for g in granularities.values()]
+            lines.append(f"{name:<{width}}{b:<6}" + "  ".join(f"{m:<12.1e}" for m in mse).rstrip())
+    return "\n".join(lines)
+
+
+def _default_weights() -> torch.Tensor:
+    from qedu.models import pretrained
+
+    return pretrained("mlp", seed=0).fc2.weight.detach().clone()  # (64, 128): the hidden layer
+
+
+def quantization_explorer(weights=None) -> Panel:
+    """Bits, symmetric, granularity, rounding and clipping -> histogram + grid, error vs bits, bytes.
+
+    Args:
+        weights: a weight tensor (default: the hidden ``fc2`` layer, 64 x 128, of
+            ``pretrained("mlp", seed=0)``). Per-channel uses axis 0 (rows); per-group 32 cuts
+            the last axis into groups of 32.
+
+    Returns:
+        a :class:`~qedu.widgets.Panel`; ``panel.controls`` are ``bits``, ``symmetric``,
+        ``granularity``, ``rounding``, ``clipping``.
+    """
+    w = _default_weights() if weights is None else as_float_tensor(weights, "weights").detach().to(torch.float32)
+    w_max = float(w.abs().max()) or 1.0
+    edges = np.linspace(-1.1 * w_max, 1.1 * w_max, 121)
+    counts, _ = np.histogram(w.numpy(), edges)
+    fig = LiveFigure(1, 2, figsize=(8.0, 3.2), gridspec_kw={"width_ratios": [1.5, 1]})
+    ax_h, ax_c = fig.axes
+    ax_h.stairs(counts, edges, fill=True, color="0.75", label="weights")
+    grid = LineCollection([], colors="C0", linewidths=0.6, alpha=0.45, transform=ax_h.get_xaxis_transform())
+    ax_h.add_collection(grid)
+    clip_lines = [ax_h.axvline(0.0, color="C3", ls="--", lw=1) for _ in range(2)]
+    title = ax_h.text(0.5, 1.02, "", transform=ax_h.transAxes, ha="center", va="bottom", fontsize=10)
+    ax_h.set_xlim(edges[0], edges[-1])
+    ax_h.set_ylim(0, counts.max() * 1.1)
+    ax_h.set_yticks([])  # counts do not matter here; fewer labels also draw faster
+    ax_h.set_xlabel("weight value (grey: histogram, blue: grid, red: its ends)")
+    (sqnr_line,) = ax_c.plot(BITS, np.zeros(len(BITS)), "o-", color="C0", ms=3)
+    (sqnr_point,) = ax_c.plot([1], [0], "o", color="C3", ms=8, zorder=5)
+    fig.animate(grid, *clip_lines, title, sqnr_line, sqnr_point)
+    # MSE = power * 10**(-SQNR / 10): one curve, read in dB on the left and as MSE on the right
+    power = float((w.double() ** 2).mean()) or 1.0
+    ax_c.set_ylim(-5, 55)  # SQNR of 1..8 bits on any tensor fits here (about 6 dB per bit)
+    mse_ticks = [10.0**k for k in range(-12, 3) if -5 <= -10 * np.log10(10.0**k / power) <= 55]
+    ax_m = ax_c.secondary_yaxis("right", functions=(lambda s: power * 10.0 ** (-np.asarray(s) / 10),
+                                                    lambda m: -10 * np.log10(np.maximum(m, 1e-300) / power)))
+    ax_m.set_yticks(mse_ticks, [f"1e{int(round(np.log10(t)))}" for t in mse_ticks])
+    ax_m.yaxis.set_minor_locator(NullLocator())
+    ax_c.set_xlabel("bits")
+    ax_c.set_ylabel("SQNR (dB)", color="C0")
+    ax_m.set_ylabel("MSE", color="C2")
+    ax_c.set_xticks(BITS)
+    curves: dict = {}  # (symmetric, granularity, rounding, clipping) -> SQNR for bits 1..8
+
+    def curve(symmetric, granularity, rounding, clipping):
+        key = (symmetric, granularity, rounding, clipping)
+        if key not in curves:
+            errors = [quantize_weights(w, b, symmetric, GRANULARITIES[granularity], rounding, CLIPPINGS[clipping]).error
+                      if not (symmetric and b == 1) else QuantizationError(np.nan, np.nan) for b in BITS]
+            curves[key] = np.array([e.sqnr_db for e in errors])
+        return curves[key]
+
+    def update(bits, symmetric, granularity, rounding, clipping):
+        r = quantize_weights(w, bits, symmetric, GRANULARITIES[granularity], rounding, CLIPPINGS[clipping])
+        sqnr = curve(symmetric, granularity, rounding, clipping)
+        # the grid of the slice that holds the largest |w| (per-tensor: the only grid)
+        i = int(w.abs().argmax())
+        scale = float(r.scale.expand_as(w).reshape(-1)[i])
+        zero_point = int(r.zero_point.expand_as(w).reshape(-1)[i])
+        fmt = IntFormat(bits)
+        levels = (np.arange(fmt.qmin, fmt.qmax + 1) - zero_point) * scale
+        grid.set_segments([[(v, 0.0), (v, 1.0)] for v in levels])
+        for line, v in zip(clip_lines, (levels[0], levels[-1])):
+            line.set_xdata([v, v])
+        slices = GRANULARITIES[granularity].num_params(w.shape)
+        title.set_text(f"{2**bits} levels" + ("" if slices == 1 else f" (grid of 1 of {slices} slices)"))
+        sqnr_line.set_ydata(sqnr)
+        sqnr_point.set_data([bits], [r.error.sqnr_db])
+        fp32 = w.numel() * 4
+        s = r.storage
+        return (
+            f"<b>{bits}-bit {'symmetric' if symmetric else 'affine'}, {granularity}, {rounding}, clip {clipping}</b>: "
+            f"MSE {r.error.mse:.2e} &middot; SQNR {r.error.sqnr_db:.1f} dB &middot; codes used {r.codes_used} of {2**bits} "
+            f"&middot; clipped {r.n_clipped} weights<br>storage {s.total_bytes:,} bytes = {s.bits_per_value:.2f} bits/weight "
+            f"(codes {s.payload_bytes:,} + scales {s.scale_bytes:,} + zero points {s.zero_point_bytes:,}; "
+            f"float32 {fp32:,} bytes, {fp32 / s.total_bytes:.1f}x larger)"
+        )
+
+    controls = {
+        "bits": W.IntSlider(value=4, min=1, max=8, description="bits"),
+        "symmetric": W.Checkbox(value=True, description="symmetric"),
+        "granularity": W.Dropdown(options=list(GRANULARITIES), value="per-tensor", description="granularity"),
+        "rounding": W.Dropdown(options=list(ROUNDING_MODES), value="half_even", description="rounding"),
+        "clipping": W.Dropdown(options=list(CLIPPINGS), value="none (min/max)", description="clipping"),
+    }
+    return Panel(controls, update, fig, title="<b>Quantize a real weight tensor</b>: the grid (blue), its ends (red), "
+                 "and the error as the bits change.")

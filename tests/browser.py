@@ -1,0 +1,159 @@
+"""Drive a real JupyterLab in headless Chromium (Debian's /usr/bin/chromium, via playwright).
+
+Used by tests/test_browser.py. The server runs on 127.0.0.1 on a free port, serves a *copy* of
+the notebooks (so autosave can never write outputs into the repository) with the news popup
+off, and is stopped by the fixture that started it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CHROMIUM = os.environ.get("QEDU_CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+    "--disable-sync", "--no-first-run", "--disable-quic",
+]
+IDLE = '.jp-Notebook-ExecutionIndicator[data-status="idle"]'
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LabServer:
+    """A JupyterLab server over a temporary copy of lessons/, exercises/ and solutions/."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        for d in ("lessons", "exercises", "solutions"):
+            shutil.copytree(ROOT / d, workdir / d)
+        settings = workdir / "_settings" / "@jupyterlab" / "apputils-extension"
+        settings.mkdir(parents=True)
+        (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+        self.port = _free_port()
+        self.token = secrets.token_hex(16)
+        cmd = [
+            sys.executable, "-m", "jupyter", "lab", "--no-browser",
+            "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={self.port}", f"--ServerApp.token={self.token}",
+            f"--ServerApp.root_dir={workdir}", f"--LabApp.user_settings_dir={workdir / '_settings'}",
+            f"--LabApp.workspaces_dir={workdir / '_workspaces'}", "--LabApp.expose_app_in_browser=True",
+            "--ServerApp.port_retries=0",
+        ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            cmd.append("--allow-root")
+        env = dict(os.environ, JUPYTER_CONFIG_DIR=str(workdir / "_config"), JUPYTER_RUNTIME_DIR=str(workdir / "_runtime"))
+        self.log = open(workdir / "server.log", "w")
+        self.proc = subprocess.Popen(cmd, cwd=workdir, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready()
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited early:\n{(self.workdir / 'server.log').read_text()[-3000:]}")
+            try:
+                urllib.request.urlopen(f"{self.base}/api/status?token={self.token}", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise RuntimeError("JupyterLab did not start within a minute")
+
+    def url(self, notebook: str) -> str:
+        return f"{self.base}/lab/tree/{notebook}?token={self.token}&reset"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.log.close()
+
+
+class LessonPage:
+    """One notebook open in JupyterLab, with helpers to run it and drive its widgets."""
+
+    def __init__(self, page, server: LabServer, notebook: str):
+        self.page = page
+        page.goto(server.url(notebook))
+        page.wait_for_selector(".jp-Notebook", timeout=60_000)
+        # JupyterLab may ask which kernel to start: take the notebook's own (python3)
+        dialog = page.locator(".jp-Dialog button.jp-mod-accept")
+        try:
+            dialog.wait_for(timeout=5_000)
+            dialog.click()
+        except Exception:  # no dialog this time
+            pass
+        page.wait_for_selector(IDLE, timeout=60_000)
+
+    def run_all(self, timeout_ms: int = 120_000) -> None:
+        self.page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
+        # wait until the kernel has gone busy and come back idle with every cell numbered
+        self.page.wait_for_function(
+            """() => {
+                const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
+                const idle = document.querySelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]');
+                return idle && prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
+            }""",
+            timeout=timeout_ms,
+        )
+
+    def errors(self) -> list[str]:
+        """Texts of every error output (tracebacks) in the notebook."""
+        return self.page.eval_on_selector_all(
+            '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"], .jp-RenderedText[data-mime-type="application/vnd.jupyter.error"]',
+            "els => els.map(e => e.textContent).filter(t => /Error|Traceback/.test(t))",
+        )
+
+    def panel(self, index: int = 0):
+        """The index-th qedu Panel (a widget VBox holding an image) on the page."""
+        panels = self.page.locator(".widget-vbox:has(img.widget-image)")
+        panels.nth(index).scroll_into_view_if_needed()
+        return panels.nth(index)
+
+    def figure_png(self, panel) -> bytes:
+        """The exact PNG bytes the widget shows (read from the image's blob URL)."""
+        data = panel.locator("img.widget-image").first.evaluate(
+            """async img => {
+                const buf = await (await fetch(img.src)).arrayBuffer();
+                return Array.from(new Uint8Array(buf));
+            }"""
+        )
+        return bytes(data)
+
+    def texts(self, panel) -> str:
+        return panel.locator(".widget-html-content").all_inner_texts().__str__()
+
+    def wait_for_change(self, panel, before: bytes, timeout_ms: int = 20_000) -> bytes:
+        deadline = time.time() + timeout_ms / 1000
+        while time.time() < deadline:
+            now = self.figure_png(panel)
+            if now != before:
+                return now
+            self.page.wait_for_timeout(100)
+        raise AssertionError("the widget's figure did not change")
+
+    def press_slider(self, panel, key: str, index: int = 0, times: int = 1) -> None:
+        handle = panel.locator(".noUi-handle").nth(index)
+        handle.focus()
+        for _ in range(times):
+            handle.press(key)

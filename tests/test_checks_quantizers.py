@@ -1,0 +1,112 @@
+"""Tests for qedu/checks/quantizers.py: each check passes correct code, reports stubs, names every mistake."""
+import re
+
+import pytest
+import torch
+
+from qedu import checks
+from qedu.checks.framework import CheckFailed
+from qedu.checks.quantizers import DEQUANTIZE, PACK4, PER_CHANNEL, QPARAMS, QUANTIZE, STOCHASTIC_ROUND
+
+
+# Solutions written the way a learner would (the same code as exercise_sources/02_uniform_quantization.py).
+def qparams(x, bits, symmetric):
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    lo = torch.clamp(x.min(), max=0.0)
+    hi = torch.clamp(x.max(), min=0.0)
+    if symmetric:
+        scale = torch.clamp(torch.maximum(-lo, hi) / ((qmax - qmin) / 2), min=1.1920929e-07)
+        return scale.item(), 0
+    scale = torch.clamp((hi - lo) / (qmax - qmin), min=1.1920929e-07)
+    zero_point = int(qmin - torch.round(lo / scale))
+    return scale.item(), min(max(zero_point, qmin), qmax)
+
+
+def quantize(x, scale, zero_point, bits):
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    inv_scale = 1.0 / torch.tensor(scale, dtype=torch.float32)
+    return torch.clamp(torch.round(x * inv_scale) + zero_point, qmin, qmax).to(torch.int64)
+
+
+def dequantize(q, scale, zero_point):
+    return (q - zero_point).float() * scale
+
+
+def per_channel(w, bits):
+    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    scale = torch.clamp(w.abs().amax(dim=1, keepdim=True) / ((qmax - qmin) / 2), min=1.1920929e-07)
+    return torch.clamp(torch.round(w * (1.0 / scale)), qmin, qmax) * scale
+
+
+def stochastic_round(v, generator):
+    u = torch.rand(v.shape, generator=generator)
+    return torch.floor(v + u)
+
+
+def pack4(q):
+    if q.numel() % 2:
+        q = torch.cat([q, q.new_zeros(1)])
+    return (q[0::2] | (q[1::2] << 4)).to(torch.uint8)
+
+
+CHECKS = {
+    "qparams": (checks.check_qparams, QPARAMS, qparams),
+    "quantize": (checks.check_quantize, QUANTIZE, quantize),
+    "dequantize": (checks.check_dequantize, DEQUANTIZE, dequantize),
+    "per_channel": (checks.check_per_channel, PER_CHANNEL, per_channel),
+    "stochastic_round": (checks.check_stochastic_round, STOCHASTIC_ROUND, stochastic_round),
+    "pack4": (checks.check_pack4, PACK4, pack4),
+}
+MISTAKES = [(name, m) for name, (_, spec, _) in CHECKS.items() for m in spec.mistakes]
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_check_passes_the_reference_and_a_learner_solution(name, capsys):
+    check, spec, solution = CHECKS[name]
+    assert check(spec.reference).passed
+    assert check(solution).passed
+    assert "all" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", CHECKS)
+def test_stub_reports_not_implemented(name, capsys):
+    check = CHECKS[name][0]
+
+    def stub(*args):
+        raise NotImplementedError("Replace this line with your code.")
+
+    result = check(stub)
+    assert result.status == "not implemented" and not result.passed
+    assert "not implemented yet" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name, mistake", MISTAKES, ids=[f"{n}: {m.name}" for n, m in MISTAKES])
+def test_every_registered_mistake_is_rejected_and_named(name, mistake, capsys):
+    check = CHECKS[name][0]
+    with pytest.raises(CheckFailed, match=re.escape(f"likely mistake: {mistake.name}.")):
+        check(mistake.impl)
+
+
+def test_tie_case_separates_division_from_reciprocal():
+    """-12.15 / 0.1 and -12.15 * (1/0.1) round to different codes: the golden case that shows it."""
+    x = torch.tensor([-12.15])
+    assert torch.round(x / 0.1).item() == -121 and QUANTIZE.reference(x, 0.1, 0, 8).item() == -122
+
+
+def test_wrong_types_are_explained():
+    with pytest.raises(CheckFailed, match=r"dtype torch.float32; return integer codes"):
+        checks.check_quantize(lambda x, s, z, b: torch.round(x / s))
+    with pytest.raises(CheckFailed, match=r"float tensor of integers"):
+        checks.check_stochastic_round(lambda v, g: torch.floor(v).long())
+    with pytest.raises(CheckFailed, match=r"dtype torch.int64, expected torch.uint8"):
+        checks.check_pack4(lambda q: pack4(q).long())
+    with pytest.raises(TypeError, match=r"pass it without \(\)"):
+        checks.check_quantize(quantize(torch.zeros(1), 0.1, 0, 8))
+
+
+def test_stochastic_check_is_reproducible(capsys):
+    """Fresh generators every run: running a check twice gives the same verdict and output."""
+    for _ in range(2):
+        assert checks.check_stochastic_round(stochastic_round).passed
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == out[1]
