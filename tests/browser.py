@@ -152,8 +152,30 @@ class LessonPage:
             self.page.wait_for_timeout(100)
         raise AssertionError("the widget's figure did not change")
 
-    def press_slider(self, panel, key: str, index: int = 0, times: int = 1) -> None:
-        handle = panel.locator(".noUi-handle").nth(index)
+    def wait_for_png(self, panel, expected: bytes, timeout_ms: int = 20_000) -> bool:
+        """Wait until the figure shows exactly ``expected``; False if it never does."""
+        deadline = time.time() + timeout_ms / 1000
+        while time.time() < deadline:
+            if self.figure_png(panel) == expected:
+                return True
+            self.page.wait_for_timeout(150)
+        return False
+
+    def press_slider(self, panel, key: str, index: int = 0, times: int = 1, label: str | None = None) -> None:
+        """Press a key on a slider's handle (by position, or by its description ``label``)."""
+        scope = panel.locator(".widget-slider", has_text=label) if label else panel
+        handle = scope.locator(".noUi-handle").nth(0 if label else index)
         handle.focus()
         for _ in range(times):
             handle.press(key)
+
+    def select(self, panel, label: str, option: str) -> None:
+        """Choose ``option`` in the dropdown whose description is ``label``."""
+        panel.locator(".widget-dropdown", has_text=label).locator("select").select_option(label=option)
+
+    def click_checkbox(self, panel, label: str) -> None:
+        panel.locator(".widget-checkbox", has_text=label).locator("input").click()
+
+    def message(self, panel) -> str:
+        """The panel's message line (the last HTML widget): red text when a setting is invalid."""
+        return panel.locator(":scope > .widget-html").last.inner_text()

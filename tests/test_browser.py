@@ -80,8 +80,49 @@ def test_lesson_00_bits_slider(lab, page):
     nb.wait_for_change(panel, moved_png)
     assert "1-bit" in nb.texts(panel)
     nb.press_slider(panel, "End")  # back to 8 bits: the very same picture
-    page.wait_for_timeout(300)
-    deadline_png = nb.wait_for_change(panel, nb.figure_png(panel)) if nb.figure_png(panel) != start_png else start_png
-    assert deadline_png == start_png
+    assert nb.wait_for_png(panel, start_png), "moving back did not restore the original figure"
     assert nb.texts(panel) == start_text
     assert nb.errors() == []
+
+
+def test_lesson_01_format_explorer(lab, page):
+    nb = LessonPage(page, lab, "lessons/01_number_formats.ipynb")
+    nb.run_all()
+    assert nb.errors() == []
+    panel = nb.panel(0)
+    start_png, start_text = nb.figure_png(panel), nb.texts(panel)
+    assert "fp16" in start_text
+    nb.select(panel, "format", "BF16")
+    bf16_png = nb.wait_for_change(panel, start_png)
+    assert "bf16" in nb.texts(panel) and nb.message(panel) == ""
+    nb.press_slider(panel, "ArrowLeft", times=16, label="x * 2^k")  # shrink the tensor by 2^16
+    nb.wait_for_change(panel, bf16_png)
+    assert "x 2^-16" in nb.texts(panel)
+    _shot(page, "01_number_formats_bf16_k-16")
+    nb.press_slider(panel, "ArrowRight", times=16, label="x * 2^k")
+    nb.select(panel, "format", "FP16")
+    assert nb.wait_for_png(panel, start_png), "moving back did not restore the original figure"
+    assert nb.texts(panel) == start_text
+    assert nb.errors() == []
+
+
+def test_lesson_02_quantization_explorer(lab, page):
+    nb = LessonPage(page, lab, "lessons/02_uniform_quantization.ipynb")
+    nb.run_all()
+    assert nb.errors() == []
+    panel = nb.panel(0)
+    start_png, start_text = nb.figure_png(panel), nb.texts(panel)
+    nb.press_slider(panel, "ArrowLeft", times=2, label="bits")  # 4 -> 2 bits
+    two_bit = nb.wait_for_change(panel, start_png)
+    assert nb.texts(panel) != start_text
+    nb.select(panel, "granularity", "per-channel")
+    nb.wait_for_change(panel, two_bit)
+    _shot(page, "02_uniform_quantization_2bit_per_channel")
+    nb.press_slider(panel, "Home", label="bits")  # the extreme: symmetric 1-bit makes no sense
+    page.wait_for_function("el => el.innerText.length > 0", arg=panel.locator(":scope > .widget-html").last.element_handle())
+    assert "1" in nb.message(panel) and "symmetric" in nb.message(panel).lower()
+    assert nb.errors() == []  # shown in the widget, not raised
+    nb.select(panel, "granularity", "per-tensor")
+    nb.press_slider(panel, "ArrowRight", times=3, label="bits")  # back to 4 bits
+    assert nb.wait_for_png(panel, start_png), "moving back did not restore the original figure"
+    assert nb.message(panel) == "" and nb.texts(panel) == start_text

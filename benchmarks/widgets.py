@@ -1,0 +1,91 @@
+#!/usr/bin/env python
+"""Kernel-side update time of each lesson's main widget (no browser): median and spread.
+
+Every control of each panel is moved through its values (dropdown options, slider ends and
+middle, both states of a toggle), twice over, and `panel.last_update_ms` is recorded for each
+move. The first pass includes cache misses; the table reports all moves and the second pass
+(warm) separately.
+
+Usage: python benchmarks/widgets.py   ->  benchmarks/results/widgets.{json,md}
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine, summary, write  # noqa: E402
+
+import qedu  # noqa: E402
+
+# lesson -> (module, builder); later lessons add their main widget here
+WIDGETS = {
+    "00_welcome": ("qedu.widgets.welcome", "bits_demo"),
+    "01_number_formats": ("qedu.widgets.formats", "format_explorer"),
+    "02_uniform_quantization": ("qedu.widgets.quantization", "quantization_explorer"),
+    "03_calibration": ("qedu.widgets.ptq", "calibration_explorer"),
+    "04_post_training_quantization": ("qedu.widgets.ptq", "ptq_explorer"),
+    "06_mixed_precision_training": ("qedu.widgets.training", "loss_scaling_explorer"),
+    "07_low_bit_optimizers_and_memory": ("qedu.widgets.training", "memory_explorer"),
+}
+
+
+def control_values(widget) -> list:
+    """The values a benchmark (or a test) moves a control through, ending at its start value."""
+    start = widget.value
+    if hasattr(widget, "options") and widget.options:
+        opts = [o[1] if isinstance(o, tuple) else o for o in widget.options]
+        values = [v for v in opts if v != start]
+    elif hasattr(widget, "min") and hasattr(widget, "max"):
+        mid = type(start)((widget.min + widget.max) / 2) if not isinstance(start, tuple) else start
+        values = [v for v in (widget.min, mid, widget.max) if v != start]
+    elif isinstance(start, bool):
+        values = [not start]
+    else:
+        values = []
+    return values + [start]
+
+
+def measure(builder) -> tuple[list[float], list[float]]:
+    panel = builder()
+    all_ms, warm_ms = [], []
+    for rep in range(2):
+        for name, widget in panel.controls.items():
+            for value in control_values(widget):
+                widget.value = value
+                all_ms.append(panel.last_update_ms)
+                if rep == 1:
+                    warm_ms.append(panel.last_update_ms)
+    return all_ms, warm_ms
+
+
+def main() -> None:
+    qedu.setup(seed=0)
+    rows, payload = [], {"machine": machine(), "widgets": {}}
+    for lesson, (module, name) in WIDGETS.items():
+        try:
+            builder = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue  # lesson not written yet
+        all_ms, warm_ms = measure(builder)
+        payload["widgets"][lesson] = {"widget": f"{module}.{name}", "all_moves": summary(all_ms), "warm": summary(warm_ms)}
+        a, w = summary(all_ms), summary(warm_ms)
+        rows.append(f"| {lesson} | `{name}` | {a['n']} | {a['median_ms']:.0f} | {a['p25_ms']:.0f}-{a['p75_ms']:.0f} | {a['max_ms']:.0f} | {w['median_ms']:.0f} |")
+        print(rows[-1])
+    m = payload["machine"]
+    md = "\n".join([
+        "# Widget update time (kernel side)",
+        "",
+        f"{m['platform']}, {m['cpu_count']} cores, torch {m['torch']} with {m['torch_threads']} thread(s), "
+        f"load average {m['load_average_1min']} at start, {m['date']}. Produced by `python benchmarks/widgets.py`.",
+        "",
+        "| lesson | widget | moves | median ms | p25-p75 ms | max ms | warm median ms |",
+        "|---|---|---|---|---|---|---|",
+        *rows,
+    ])
+    write("widgets", payload, md)
+
+
+if __name__ == "__main__":
+    main()
