@@ -67,3 +67,10 @@ def test_lesson_map_matches_files():
 
 def test_lesson_slugs_are_the_published_map():
     assert [lesson.slug[:2] for lesson in LESSONS] == [f"{i:02d}" for i in range(12)]
+
+
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=_ids(ALL_NOTEBOOKS))
+def test_no_output_markers_that_check_nothing(path):
+    # With outputs stripped, nbval has nothing to compare a marked cell with: the marker would
+    # promise a check that never happens. Test printed numbers through qedu's functions instead.
+    assert "NBVAL_CHECK_OUTPUT" not in path.read_text(), "remove # NBVAL_CHECK_OUTPUT (see CONTRIBUTING.md)"
