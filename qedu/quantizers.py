@@ -374,8 +374,15 @@ def fake_quantize(x, scale, zero_point, fmt: IntFormat, rounding: str = "half_ev
     >>> fake_quantize(torch.tensor([0.26, -3.0]), 0.1, 0, IntFormat(4))
     tensor([ 0.3000, -0.8000])
     """
-    q = quantize(x, scale, zero_point, fmt, rounding, generator)
-    return dequantize(q, scale, zero_point)
+    fmt = _check_fmt(fmt)
+    x = _check_x(x)
+    scale = _check_scale(scale, x.shape)
+    zero_point = _check_zero_point(zero_point, x.shape, fmt).to(torch.float32)
+    # The same arithmetic as dequantize(quantize(...)), kept in float32 (codes are small integers,
+    # exact in float32) and done in place on one buffer: no int32 round trip, fewer passes
+    # over memory. benchmarks/quantizer_throughput.py measures the difference.
+    v = round_codes(x * (1.0 / scale), rounding, generator)  # the only new full-size tensor
+    return v.add_(zero_point).clamp_(fmt.qmin, fmt.qmax).sub_(zero_point).mul_(scale)
 
 
 # ----------------------------------------------------------------------------- error
