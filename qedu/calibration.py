@@ -205,8 +205,9 @@ def kl_range(x, fmt: IntFormat, symmetric: bool = False, n_bins: int = 2048):
     The range is ``[0, T]`` for non-negative data, else ``[-T, T]`` (clamped to the data's own
     range unless ``symmetric``). The spike of exact zeros after a ReLU stays in the histogram:
     the ratio between it and the clipped mass is what stops a degenerate answer on data with
-    few distinct values, such as pixels (k / 16). This is not torch's ``HistogramObserver``, which minimises the
-    L2 error over bin ranges instead.
+    few distinct values, such as pixels (k / 16). This is not torch's ``HistogramObserver``,
+    which minimises the L2 error over bin ranges instead. The smallest threshold is ``n_levels``
+    bins: with one value far beyond the others, ``n_bins`` limits how much can be clipped.
 
     >>> x = torch.cat([torch.rand(2000, generator=torch.Generator().manual_seed(0)), torch.tensor([30.0])])
     >>> lo, hi = kl_range(x, IntFormat(4, signed=False))
@@ -307,18 +308,20 @@ class Observer(nn.Module):
         self.granularity = _check_granularity(granularity, allow_group=False)
         self.n_batches = 0
         self._shape = None  # shape of the first batch: where the results must broadcast
+        self._range_cache = None  # searches (MSE, KL) are slow: computed once per data seen
 
     def forward(self, x):
         """Record the statistics of ``x`` and return ``x`` itself (refuses NaN/inf and empty batches)."""
         values = _check_x(x, "x")  # one NaN would silently poison the range: refuse it, name the count
         rows = self.granularity.to_rows(values)  # (...) -> (n_slices, slice_len)
-        if self._shape is not None and rows.shape[0] != self.granularity.to_rows(torch.zeros(self._shape)).shape[0]:
-            raise ValueError(f"this observer saw batches of shape {tuple(self._shape)} and now {tuple(values.shape)} "
-                             "with a different number of channels; use one observer per activation.")
         if self._shape is None:
-            self._shape = tuple(values.shape)
+            self._shape, self._n_slices = tuple(values.shape), rows.shape[0]
+        elif rows.shape[0] != self._n_slices:
+            raise ValueError(f"this observer saw batches of shape {self._shape} and now {tuple(values.shape)} "
+                             "with a different number of channels; use one observer per activation.")
         self._record(rows)
         self.n_batches += 1
+        self._range_cache = None  # new data: the range must be recomputed
         return x
 
     def _record(self, rows: torch.Tensor) -> None:  # pragma: no cover - overridden
@@ -336,8 +339,10 @@ class Observer(nn.Module):
         if self.n_batches == 0:
             raise RuntimeError(f"{type(self).__name__} has not seen any data yet; run calibration data through it "
                                "first (observer(x), or calibrate(prepared, x_calib)).")
-        lo, hi = self._range()
-        return self._unrows(lo), self._unrows(hi)
+        if self._range_cache is None:
+            lo, hi = self._range()
+            self._range_cache = (self._unrows(lo), self._unrows(hi))
+        return self._range_cache
 
     def calculate_qparams(self) -> tuple[torch.Tensor, torch.Tensor]:
         """``(scale, zero_point)`` of the clipping range, via ``choose_qparams_from_minmax``."""
