@@ -43,6 +43,10 @@ class LabServer:
         settings = workdir / "_settings" / "@jupyterlab" / "apputils-extension"
         settings.mkdir(parents=True)
         (settings / "notification.jupyterlab-settings").write_text(json.dumps({"fetchNews": "false", "checkForUpdates": False}))
+        # render every cell (no virtual scrolling), so every output and widget is in the DOM
+        notebook_settings = workdir / "_settings" / "@jupyterlab" / "notebook-extension"
+        notebook_settings.mkdir(parents=True)
+        (notebook_settings / "tracker.jupyterlab-settings").write_text(json.dumps({"windowingMode": "none"}))
         self.port = _free_port()
         self.token = secrets.token_hex(16)
         cmd = [
@@ -107,19 +111,32 @@ class LessonPage:
 
     def run_all(self, timeout_ms: int = 120_000) -> None:
         self.page.evaluate("() => { window.jupyterapp.commands.execute('notebook:run-all-cells'); }")
-        # wait until the kernel has gone busy and come back idle with every cell numbered
-        self.page.wait_for_function(
-            """() => {
-                const prompts = [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')];
-                const idle = document.querySelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]');
-                return idle && prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent));
-            }""",
-            timeout=timeout_ms,
-        )
+        # done when the kernel is idle and every code cell of the notebook model has run
+        # (the model, not the DOM, so it holds however the notebook is rendered)
+        try:
+            self.page.wait_for_function(
+                """() => {
+                    const panel = window.jupyterapp.shell.currentWidget;
+                    const idle = document.querySelector('.jp-Notebook-ExecutionIndicator[data-status="idle"]');
+                    if (!panel || !panel.content || !idle) return false;
+                    const cells = [...panel.content.model.cells].filter(c => c.type === 'code');
+                    const failed = cells.some(c => Array.from({length: c.outputs.length}, (_, i) => c.outputs.get(i)).some(o => o.type === 'error'));
+                    return failed || (cells.length > 0 && cells.every(c => c.executionCount !== null));
+                }""",
+                timeout=timeout_ms,
+            )
+        except Exception:
+            self.page.screenshot(path=str(ROOT / "test-artifacts" / "run_all_timeout.png"))
+            raise
 
     def errors(self) -> list[str]:
         """Texts of every error output (tracebacks) in the notebook."""
-        return self.page.eval_on_selector_all(
+        model_errors = self.page.evaluate(
+            """() => [...window.jupyterapp.shell.currentWidget.content.model.cells]
+                .flatMap(c => c.type === 'code' ? Array.from({length: c.outputs.length}, (_, i) => c.outputs.get(i)) : [])
+                .filter(o => o.type === 'error').map(o => JSON.stringify(o.toJSON()).slice(0, 2000))"""
+        )
+        return model_errors + self.page.eval_on_selector_all(
             '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"], .jp-RenderedText[data-mime-type="application/vnd.jupyter.error"]',
             "els => els.map(e => e.textContent).filter(t => /Error|Traceback/.test(t))",
         )

@@ -126,3 +126,47 @@ def test_lesson_02_quantization_explorer(lab, page):
     nb.press_slider(panel, "ArrowRight", times=3, label="bits")  # back to 4 bits
     assert nb.wait_for_png(panel, start_png), "moving back did not restore the original figure"
     assert nb.message(panel) == "" and nb.texts(panel) == start_text
+
+
+def test_lesson_03_calibration_explorer(lab, page):
+    nb = LessonPage(page, lab, "lessons/03_calibration.ipynb")
+    nb.run_all()
+    assert nb.errors() == []
+    panel = nb.panel(0)
+    start_png, start_text = nb.figure_png(panel), nb.texts(panel)
+    nb.click_checkbox(panel, "one corrupted image")
+    poisoned = nb.wait_for_change(panel, start_png)
+    assert nb.texts(panel) != start_text
+    nb.select(panel, "method", "percentile")
+    nb.wait_for_change(panel, poisoned)
+    nb.press_slider(panel, "Home", label="bits")  # the lowest bit-width
+    page.wait_for_timeout(300)
+    _shot(page, "03_calibration_percentile_outlier")
+    assert nb.message(panel) == "" and nb.errors() == []
+    nb.press_slider(panel, "ArrowRight", times=2, label="bits")  # back to 4 bits
+    nb.select(panel, "method", "minmax")
+    nb.click_checkbox(panel, "one corrupted image")
+    assert nb.wait_for_png(panel, start_png, timeout_ms=30_000), "moving back did not restore the original figure"
+    assert nb.texts(panel) == start_text
+
+
+def test_lesson_04_ptq_explorer(lab, page):
+    nb = LessonPage(page, lab, "lessons/04_post_training_quantization.ipynb")
+    nb.run_all()
+    assert nb.errors() == []
+    panel = nb.panel(0)
+    start_png, start_text = nb.figure_png(panel), nb.texts(panel)
+    nb.press_slider(panel, "Home", label="weight bits")  # 8 -> 2 bits: accuracy collapses
+    two_bit = nb.wait_for_change(panel, start_png)
+    assert nb.texts(panel) != start_text
+    nb.select(panel, "clipping", "mse")
+    nb.wait_for_change(panel, two_bit)
+    nb.select(panel, "act bits", "none")
+    page.wait_for_timeout(300)
+    _shot(page, "04_post_training_quantization_w2_mse")
+    assert nb.message(panel) == "" and nb.errors() == []
+    nb.select(panel, "act bits", "8")
+    nb.select(panel, "clipping", "minmax")
+    nb.press_slider(panel, "End", label="weight bits")
+    assert nb.wait_for_png(panel, start_png, timeout_ms=30_000), "moving back did not restore the original figure"
+    assert nb.texts(panel) == start_text

@@ -1,0 +1,61 @@
+"""Results measured by the scripts in ``benchmarks/``, for lessons that show them.
+
+Some tables take minutes to measure (multi-seed ablations, latency sweeps), too long for a
+lesson cell. The benchmark scripts write them to ``benchmarks/results/NAME.json`` and the
+lesson loads them with :func:`load_results`, saying where they came from.
+
+The folder is found, in order, from ``$QEDU_RESULTS_DIR``, next to the installed package (a
+clone or editable install: ``<repo>/benchmarks/results``), or from the current folder
+(``benchmarks/results`` or ``../benchmarks/results``, e.g. a notebook running in ``lessons/``).
+
+>>> 'machine' in load_results("ptq_ablation")
+True
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+__all__ = ["results_dir", "load_results"]
+
+
+def _candidates() -> list[Path]:
+    found = []
+    if os.environ.get("QEDU_RESULTS_DIR"):
+        found.append(Path(os.environ["QEDU_RESULTS_DIR"]))
+    found.append(Path(__file__).resolve().parent.parent / "benchmarks" / "results")
+    found += [Path.cwd() / "benchmarks" / "results", Path.cwd().parent / "benchmarks" / "results"]
+    return found
+
+
+def results_dir() -> Path:
+    """The ``benchmarks/results`` folder, or a FileNotFoundError that says how to get one."""
+    for path in _candidates():
+        if path.is_dir():
+            return path
+    tried = ", ".join(str(p) for p in _candidates())
+    raise FileNotFoundError(
+        f"no benchmarks/results folder found (looked in {tried}). The measured tables ship with the "
+        "qedu repository: open the lessons from a clone, or set QEDU_RESULTS_DIR to a copy of "
+        "benchmarks/results."
+    )
+
+
+def load_results(name: str) -> dict:
+    """The JSON a benchmark wrote as ``benchmarks/results/<name>.json``.
+
+    Raises:
+        TypeError: ``name`` is not a string.
+        FileNotFoundError: naming the file and the benchmark command that writes it.
+    """
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a results file name such as 'ptq_ablation', got {name!r}.")
+    path = results_dir() / f"{name.removesuffix('.json')}.json"
+    if not path.exists():
+        available = sorted(p.stem for p in path.parent.glob("*.json"))
+        raise FileNotFoundError(
+            f"{path} does not exist; available: {available}. Each file is written by a script in "
+            "benchmarks/ (see its docstring), e.g. `python benchmarks/ptq.py`."
+        )
+    return json.loads(path.read_text())
