@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["results_dir", "load_results"]
+__all__ = ["results_dir", "load_results", "results_markdown"]
 
 
 def _candidates() -> list[Path]:
@@ -42,20 +42,29 @@ def results_dir() -> Path:
     )
 
 
+def _path(name, suffix: str) -> Path:
+    if not isinstance(name, str) or not name:
+        raise TypeError(f"name must be a results file name such as 'ptq_ablation', got {name!r}.")
+    path = results_dir() / f"{name.removesuffix(suffix)}{suffix}"
+    if not path.exists():
+        available = sorted(p.stem for p in path.parent.glob(f"*{suffix}"))
+        raise FileNotFoundError(
+            f"{path} does not exist; available: {available}. Each file is written by a script in "
+            "benchmarks/ (see its docstring), e.g. `python benchmarks/ptq.py`."
+        )
+    return path
+
+
 def load_results(name: str) -> dict:
     """The JSON a benchmark wrote as ``benchmarks/results/<name>.json``.
 
     Raises:
         TypeError: ``name`` is not a string.
-        FileNotFoundError: naming the file and the benchmark command that writes it.
+        FileNotFoundError: naming the file and listing the ones there are.
     """
-    if not isinstance(name, str) or not name:
-        raise TypeError(f"name must be a results file name such as 'ptq_ablation', got {name!r}.")
-    path = results_dir() / f"{name.removesuffix('.json')}.json"
-    if not path.exists():
-        available = sorted(p.stem for p in path.parent.glob("*.json"))
-        raise FileNotFoundError(
-            f"{path} does not exist; available: {available}. Each file is written by a script in "
-            "benchmarks/ (see its docstring), e.g. `python benchmarks/ptq.py`."
-        )
-    return json.loads(path.read_text())
+    return json.loads(_path(name, ".json").read_text())
+
+
+def results_markdown(name: str) -> str:
+    """The markdown table a benchmark wrote as ``benchmarks/results/<name>.md``."""
+    return _path(name, ".md").read_text()

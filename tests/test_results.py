@@ -24,3 +24,11 @@ def test_env_var_wins_and_missing_file_names_the_choices(tmp_path, monkeypatch):
 def test_bad_name_is_a_type_error():
     with pytest.raises(TypeError, match="name"):
         results.load_results(3)
+
+
+def test_markdown_tables_load_too(tmp_path, monkeypatch):
+    (tmp_path / "t.md").write_text("| a |\n")
+    monkeypatch.setenv("QEDU_RESULTS_DIR", str(tmp_path))
+    assert results.results_markdown("t") == "| a |\n"
+    with pytest.raises(FileNotFoundError, match="available"):
+        results.results_markdown("u")

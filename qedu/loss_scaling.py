@@ -1,0 +1,227 @@
+"""Loss scaling from scratch: keep small gradients above a low-precision format's underflow.
+
+fp16 holds magnitudes from 2**-24 (6e-8) to 65504. Gradients are often smaller than 2**-24 and
+would round to zero, so mixed-precision training multiplies the loss by a *scale* ``S`` before
+the backward pass (every gradient is then ``S`` times larger, by the chain rule) and divides the
+fp32 gradients by ``S`` before the optimizer step (Micikevicius et al. 2018, "Mixed Precision
+Training")::
+
+    scaled_loss = loss * S            scaler.scale(loss).backward()
+    grad        = grad * (1 / S)      scaler.step(optimizer)   (unscale, then step or skip)
+    if any grad is inf or NaN: skip the step (the scale was too large)
+    S = next scale                    scaler.update()
+
+* :class:`StaticLossScaler` keeps ``S`` fixed.
+* :class:`DynamicLossScaler` finds ``S`` by itself, exactly like ``torch.amp.GradScaler``
+  (``tests/test_loss_scaling.py`` proves equal scales and skipped steps): after an overflow
+  ``S *= backoff_factor``; after ``growth_interval`` clean steps in a row ``S *= growth_factor``.
+* :class:`DelayedScaling` is the FP8 recipe (Transformer Engine's "delayed scaling"): one scale
+  per tensor, chosen from the largest ``|x|`` ("amax") seen in the last ``history_len`` steps, so
+  the tensor fills the fp8 range: ``scale = fmt.max / max(amax_history) / 2**margin``.
+
+>>> scaler = DynamicLossScaler(init_scale=4.0, growth_interval=2)
+>>> p = torch.nn.Parameter(torch.ones(2)); opt = torch.optim.SGD([p], lr=0.1)
+>>> scaler.scale((3 * p).sum()).backward(); scaler.step(opt), scaler.update(), scaler.get_scale()
+(True, None, 4.0)
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from collections import deque
+
+import torch
+
+from qedu._validation import as_float_tensor, check_int
+from qedu.floats import FP8_E4M3, FloatFormat, cast
+
+__all__ = ["StaticLossScaler", "DynamicLossScaler", "DelayedScaling", "scale_from_amax"]
+
+
+def _positive(value, name: str, example: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a finite number > 0 (e.g. {example}), got {value!r}.")
+    return float(value)
+
+
+class StaticLossScaler:
+    """Multiply the loss by a fixed ``scale``; unscale the gradients; skip steps with inf/NaN.
+
+    The methods follow ``torch.amp.GradScaler`` so the two are interchangeable in a loop::
+
+        scaler.scale(loss).backward(); scaler.step(optimizer); scaler.update()
+
+    Args:
+        scale: the loss scale ``S`` (> 0); powers of two keep the scaling exact.
+
+    After :meth:`step`, ``found_inf`` says whether the step was skipped.
+    """
+
+    def __init__(self, scale: float = 2.0**16):
+        # float32, like GradScaler's scale tensor, so multiplying by it rounds the same way
+        self._scale = torch.tensor(_positive(scale, "scale", "2.**16"), dtype=torch.float32)
+        self.found_inf = False
+        self._unscaled = False
+
+    def get_scale(self) -> float:
+        """The current loss scale ``S``."""
+        return float(self._scale)
+
+    def scale(self, loss: torch.Tensor) -> torch.Tensor:
+        """``loss * S``: backpropagate this instead of ``loss``."""
+        if not isinstance(loss, torch.Tensor):
+            raise TypeError(f"loss must be a torch.Tensor (the output of the loss function), got {type(loss).__name__}.")
+        return loss * self._scale
+
+    def unscale_(self, optimizer: torch.optim.Optimizer) -> None:
+        """Divide every gradient of ``optimizer`` by ``S`` in place; note any inf or NaN.
+
+        Like GradScaler, multiplies by ``1 / S`` computed in float64 and rounded to float32.
+        Call it yourself only to inspect or clip the true gradients before :meth:`step`.
+        """
+        if self._unscaled:
+            raise RuntimeError("unscale_() was already called since the last update(); call it once per step.")
+        inv_scale = torch.tensor(1.0 / float(self._scale), dtype=torch.float32)
+        found_inf = False
+        with torch.no_grad():
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    if p.grad is None:
+                        continue
+                    p.grad.mul_(inv_scale)
+                    found_inf |= not bool(torch.isfinite(p.grad).all())
+        self.found_inf = found_inf
+        self._unscaled = True
+
+    def step(self, optimizer: torch.optim.Optimizer) -> bool:
+        """Unscale (unless done already), then ``optimizer.step()`` only if every gradient is finite.
+
+        Returns True when the optimizer stepped, False when the step was skipped.
+        """
+        if not self._unscaled:
+            self.unscale_(optimizer)
+        if self.found_inf:
+            return False
+        optimizer.step()
+        return True
+
+    def update(self) -> None:
+        """End of the iteration: a static scaler keeps ``S``."""
+        self._unscaled = False
+
+
+class DynamicLossScaler(StaticLossScaler):
+    """A loss scaler that finds its scale by trial and error (``torch.amp.GradScaler``'s algorithm).
+
+    After each step, in :meth:`update`::
+
+        if the step found inf/NaN:  S = S * backoff_factor;   clean_steps = 0
+        else:                       clean_steps += 1
+                                    if clean_steps == growth_interval:
+                                        S = S * growth_factor  (unless that overflows float32)
+                                        clean_steps = 0
+
+    So ``S`` sits just below the largest value that does not overflow: it halves on every
+    overflow and doubles again after ``growth_interval`` good steps.
+
+    Args:
+        init_scale: starting ``S`` (GradScaler's default ``2**16``).
+        growth_factor: > 1, multiplies ``S`` after ``growth_interval`` clean steps.
+        backoff_factor: in (0, 1), multiplies ``S`` after an overflow.
+        growth_interval: clean steps in a row before growing.
+    """
+
+    def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
+                 growth_interval: int = 2000):
+        super().__init__(init_scale)
+        self.growth_factor = _positive(growth_factor, "growth_factor", "2.0")
+        self.backoff_factor = _positive(backoff_factor, "backoff_factor", "0.5")
+        if self.growth_factor <= 1.0:
+            raise ValueError(f"growth_factor must be > 1 (e.g. 2.0), got {growth_factor}.")
+        if self.backoff_factor >= 1.0:
+            raise ValueError(f"backoff_factor must be < 1 (e.g. 0.5), got {backoff_factor}.")
+        self.growth_interval = check_int(growth_interval, "growth_interval", 1)
+        self.clean_steps = 0  # GradScaler calls it the growth tracker
+
+    def _times(self, factor: float) -> torch.Tensor:
+        """``S * factor`` computed in float64 and rounded to float32, as GradScaler's kernel does."""
+        return torch.tensor(float(self._scale) * factor, dtype=torch.float32)
+
+    def update(self) -> None:
+        """Back off after an overflow, grow after ``growth_interval`` clean steps (see the class)."""
+        if not self._unscaled:
+            raise RuntimeError("update() needs a step() (or unscale_()) first in this iteration.")
+        if self.found_inf:
+            self._scale = self._times(self.backoff_factor)
+            self.clean_steps = 0
+        else:
+            self.clean_steps += 1
+            if self.clean_steps == self.growth_interval:
+                grown = self._times(self.growth_factor)
+                if torch.isfinite(grown):
+                    self._scale = grown
+                self.clean_steps = 0
+        self._unscaled = False
+
+
+def scale_from_amax(amax: float, fmt: FloatFormat, margin: int = 0, previous: float = 1.0) -> float:
+    """The per-tensor FP8 scale that maps ``amax`` onto the top of ``fmt``: ``fmt.max / amax / 2**margin``.
+
+    ``x * scale`` then fits in ``fmt`` without overflow; ``margin`` leaves ``2**margin`` of
+    headroom. When ``amax`` is 0 or not finite there is nothing to learn from, so ``previous``
+    is kept (as Transformer Engine does).
+
+    >>> scale_from_amax(2.0, FP8_E4M3), scale_from_amax(0.0, FP8_E4M3, previous=3.0)
+    (224.0, 3.0)
+    """
+    margin = check_int(margin, "margin", 0)
+    if not (math.isfinite(amax) and amax > 0):
+        return previous
+    return fmt.max / amax / 2.0**margin
+
+
+class DelayedScaling:
+    """FP8 per-tensor scaling with an amax history ("delayed scaling", Micikevicius et al. 2022).
+
+    Each call to :meth:`quantize` uses the scale computed from *earlier* steps (the current
+    tensor's amax is not known until it has been produced, hence "delayed")::
+
+        x_hat = cast(x * scale, fmt, saturate=True) / scale     # what the fp8 matmul sees
+        history.append(max |x|)                                 # keep the last history_len
+        scale = fmt.max / max(history) / 2**margin              # for the next step
+
+    The first step uses ``scale = 1``. A tensor that suddenly grows beyond the history's amax
+    saturates at ``fmt.max`` for one step; ``last_overflow`` and ``last_underflow`` report the
+    fraction of values that saturated or rounded to zero in the latest call.
+
+    Args:
+        fmt: the fp8 (or any) :class:`~qedu.floats.FloatFormat`, default ``FP8_E4M3``.
+        history_len: how many past amaxes to remember (Transformer Engine's ``amax_history_len``).
+        margin: extra headroom in powers of two.
+
+    >>> ds = DelayedScaling(FP8_E4M3, history_len=2)
+    >>> [ds.quantize(torch.tensor([a])).item() for a in (1.0, 0.5, 4.0)], ds.scale  # 4.0 saturates
+    ([1.0, 0.5, 1.0], 112.0)
+    """
+
+    def __init__(self, fmt: FloatFormat = FP8_E4M3, history_len: int = 16, margin: int = 0):
+        if not isinstance(fmt, FloatFormat):
+            raise TypeError(f"fmt must be a FloatFormat such as qedu.formats.FP8_E4M3, got {fmt!r}.")
+        self.fmt = fmt
+        self.margin = check_int(margin, "margin", 0)
+        self.amax_history: deque[float] = deque(maxlen=check_int(history_len, "history_len", 1))
+        self.scale = 1.0
+        self.last_overflow = 0.0
+        self.last_underflow = 0.0
+
+    def quantize(self, x) -> torch.Tensor:
+        """Round ``x`` through ``fmt`` with the current scale, then update the history and scale."""
+        x = as_float_tensor(x, "x").float()
+        scale = self.scale  # decided by earlier steps
+        scaled = x * scale
+        x_fp8 = cast(scaled, self.fmt, saturate=True)  # fp8 training saturates instead of making inf
+        self.last_overflow = float((scaled.abs() > self.fmt.max).float().mean())
+        self.last_underflow = float(((x_fp8 == 0) & (x != 0)).float().mean())
+        self.amax_history.append(float(x.abs().max()))
+        self.scale = scale_from_amax(max(self.amax_history), self.fmt, self.margin, previous=scale)
+        return x_fp8 / scale

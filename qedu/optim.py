@@ -1,0 +1,290 @@
+"""Adam with 8-bit states, quantized block by block (Dettmers et al. 2022, "8-bit Optimizers via
+Block-wise Quantization").
+
+Adam keeps two fp32 numbers per parameter, ``m`` (running mean of the gradient) and ``v``
+(running mean of its square): 8 bytes, twice the weights themselves. 8-bit Adam stores each in
+one byte, a code into a table of 256 ``levels`` in [-1, 1] (or [0, 1] for ``v``)::
+
+    blocks  = state split into blocks of block_size values      (numel,) -> (n_blocks, block_size)
+    absmax  = max |blocks| per block                             one float32 per block
+    q       = index of the level nearest to blocks / absmax      uint8
+    x_hat   = levels[q] * absmax                                 dequantize
+
+(:func:`qedu.nonuniform.blockwise_absmax_quantize` with a 256-level table.) Every step dequantizes
+``m`` and ``v``, does the usual fp32 Adam update with them, and quantizes the new ``m`` and ``v`` again. State memory: 2 bytes + 2 x 4 bytes per block per parameter, 2.03
+bytes for blocks of 256 instead of 8. Which levels matters:
+
+* ``"linear"``: 256 evenly spaced levels. ``v`` spans many orders of magnitude within a block,
+  so its small entries round to 0; the next update ``m / (sqrt(v) + eps)`` then divides by
+  almost nothing and training blows up.
+* ``"dynamic"``: bitsandbytes' *dynamic tree* map (:func:`dynamic_map`): levels spread over seven
+  decades, dense near 1 and sparse near 1e-6, like a float whose exponent is stored in unary.
+  Small blocks keep one outlier from setting the scale of too many values.
+
+``Adam(params, states="fp32")`` does no quantization and equals ``torch.optim.Adam`` bit for bit
+(the tests prove it, weight decay included).
+
+>>> w = torch.nn.Parameter(torch.ones(1000)); opt = Adam([w], lr=0.1, states="dynamic")
+>>> w.grad = torch.ones(1000); opt.step(); round(w[0].item(), 4), opt.state_bytes() / w.numel()
+(0.9, 2.032)
+"""
+from __future__ import annotations
+
+import copy
+import math
+import numbers
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from qedu._validation import check_int
+
+__all__ = ["dynamic_map", "linear_map", "Adam", "STATE_FORMATS", "AdamRun", "train_adam"]
+
+STATE_FORMATS = ("fp32", "dynamic", "linear")
+
+
+def dynamic_map(signed: bool = True, max_exponent_bits: int = 7, total_bits: int = 8) -> torch.Tensor:
+    """The 256 levels of the dynamic tree map, built as bitsandbytes' ``create_dynamic_map`` does.
+
+    (Dettmers 2015, "8-Bit Approximations for Parallelism in Deep Learning".) After the sign
+    bit, a code's leading zeros choose a decade ``10**-(6 - i)`` (i = 0..6) and its remaining
+    bits a *fraction*: ``2**i`` (signed) or ``2**(i+1)`` (unsigned) equal slices of [0.1, 1],
+    each represented by its midpoint. So the top decade has the finest levels and each decade
+    below it half as many::
+
+        level = 10**(i - 6) * mean of one slice of linspace(0.1, 1, n_i + 1),  n_i = 2**i (signed)
+
+    plus 0 and 1.0 (and, signed, the negatives). Signed: 2 x 127 + 2 = 256 values from -0.993
+    to 1 (there is no -1); unsigned: 254 + 2 = 256 values in [0, 1]. Smallest nonzero
+    magnitude: 10**-6 x 0.55 (signed) or 10**-6 x 0.325 (unsigned).
+
+    >>> m = dynamic_map(signed=True); len(m), m.min().item(), m.max().item()
+    (256, -0.992968738079071, 1.0)
+    """
+    if not isinstance(signed, bool):
+        raise TypeError(f"signed must be True or False, got {signed!r}.")
+    max_exponent_bits = check_int(max_exponent_bits, "max_exponent_bits", 1, 7)
+    total_bits = check_int(total_bits, "total_bits", max_exponent_bits + 1, 8)
+    data: list[float] = []
+    non_sign_bits = total_bits - 1
+    extra = 2 ** (non_sign_bits - max_exponent_bits) - 1  # codes with no decade-marker bit
+    for i in range(max_exponent_bits):
+        n_slices = 2 ** (i + non_sign_bits - max_exponent_bits) * (1 if signed else 2)
+        boundaries = torch.linspace(0.1, 1, n_slices + 1)  # float32, as bitsandbytes computes it
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        data += (10 ** (-(max_exponent_bits - 1) + i) * means).tolist()
+        if signed:
+            data += (-(10 ** (-(max_exponent_bits - 1) + i)) * means).tolist()
+    if extra > 0:  # only when total_bits - 1 > max_exponent_bits: more levels in the top decade
+        boundaries = torch.linspace(0.1, 1, extra + 1)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        data += (10 ** (-(max_exponent_bits - 1) + i) * means).tolist()
+        if signed:
+            data += (-(10 ** (-(max_exponent_bits - 1) + i)) * means).tolist()
+    data += [0.0, 1.0]
+    data += [0.0] * (2**total_bits - len(data))  # pads smaller maps with zeros, as bitsandbytes does
+    return torch.tensor(sorted(data), dtype=torch.float32)
+
+
+def linear_map(signed: bool = True) -> torch.Tensor:
+    """Evenly spaced levels: ``k / 127`` for k = -127..127 (signed, 255 levels with an exact 0),
+    ``k / 255`` for k = 0..255 (unsigned).
+
+    >>> (linear_map(signed=False)[:3] * 255).tolist()
+    [0.0, 1.0, 2.0]
+    """
+    if not isinstance(signed, bool):
+        raise TypeError(f"signed must be True or False, got {signed!r}.")
+    k = torch.arange(-127, 128) if signed else torch.arange(0, 256)
+    return k.float() / (127.0 if signed else 255.0)
+
+
+def _float32_boundaries(levels: torch.Tensor) -> torch.Tensor:
+    """Midpoints between neighbouring levels, as float32 numbers that decide like the exact ones.
+
+    :func:`qedu.nonuniform.quantize_to_codebook` compares values with the float64 midpoints. For
+    float32 values ``x <= m`` holds exactly when ``x <= m32``, ``m`` rounded *down* to float32,
+    so the optimizer can bucketize in float32 (faster) and get the same codes.
+    """
+    m64 = (levels[1:].double() + levels[:-1].double()) / 2
+    m32 = m64.float()
+    return torch.where(m32.double() > m64, torch.nextafter(m32, torch.tensor(-math.inf)), m32)
+
+
+def _quantize(x: torch.Tensor, boundaries: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`qedu.nonuniform.blockwise_absmax_quantize` without input checks (inf/NaN pass),
+    returning uint8 codes: the optimizer's hot path. The tests prove the codes equal."""
+    n = x.numel()
+    n_blocks = math.ceil(n / block_size)
+    padded = torch.zeros(n_blocks * block_size)
+    padded[:n] = x.reshape(-1)
+    blocks = padded.view(n_blocks, block_size)  # (numel,) -> (n_blocks, block_size)
+    absmax = blocks.abs().amax(dim=1)  # (n_blocks,)
+    normalized = blocks / torch.where(absmax > 0, absmax, 1.0)[:, None]  # in [-1, 1]
+    q = torch.bucketize(normalized, boundaries).to(torch.uint8)  # index of the nearest level
+    return q.reshape(-1)[:n].reshape(x.shape), absmax
+
+
+def _dequantize(q: torch.Tensor, absmax: torch.Tensor, levels: torch.Tensor, block_size: int) -> torch.Tensor:
+    """``x_hat = levels[q] * absmax`` of its block, as :func:`qedu.nonuniform.blockwise_absmax_dequantize`."""
+    n = q.numel()
+    n_blocks = absmax.numel()
+    codes = torch.zeros(n_blocks * block_size, dtype=torch.long)
+    codes[:n] = q.reshape(-1)
+    x_hat = levels[codes].view(n_blocks, block_size) * absmax[:, None]  # (n_blocks, block_size)
+    return x_hat.reshape(-1)[:n].reshape(q.shape)
+
+
+class Adam(torch.optim.Optimizer):
+    """Adam whose ``m`` and ``v`` are stored in fp32 or 8 bits (block-wise, see the module docstring).
+
+    The update, as in ``torch.optim.Adam`` (L2 weight decay added to the gradient)::
+
+        g = grad + weight_decay * w
+        m = beta1 * m + (1 - beta1) * g            v = beta2 * v + (1 - beta2) * g**2
+        w = w - lr / (1 - beta1**t) * m / (sqrt(v) / sqrt(1 - beta2**t) + eps)
+
+    Args:
+        params, lr, betas, eps, weight_decay: as ``torch.optim.Adam``.
+        states: "fp32" (no quantization), "dynamic" (:func:`dynamic_map`, signed for ``m``,
+            unsigned for ``v``, as bitsandbytes' Adam8bit) or "linear" (:func:`linear_map`).
+        block_size: values per absmax block (bitsandbytes uses 256).
+
+    After each :meth:`step`, ``last_stats`` gives the fraction of nonzero ``m`` and ``v``
+    entries that quantization turned into 0 (``"m_zeroed"``, ``"v_zeroed"``).
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0, states: str = "dynamic", block_size: int = 256):
+        for name, value, lo, hi in (("lr", lr, 0, math.inf), ("eps", eps, 0, math.inf), ("weight_decay", weight_decay, 0, math.inf),
+                                    ("betas[0]", betas[0], 0, 1), ("betas[1]", betas[1], 0, 1)):
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not lo <= value < hi:
+                raise ValueError(f"{name} must be a number in [{lo}, {hi}), got {value!r}.")
+        if states not in STATE_FORMATS:
+            raise ValueError(f"states must be one of {STATE_FORMATS}, got {states!r}.")
+        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        self.states = states
+        self.block_size = check_int(block_size, "block_size", 1)
+        make = dynamic_map if states == "dynamic" else linear_map
+        self.levels = {} if states == "fp32" else {"m": make(signed=True), "v": make(signed=False)}
+        self._boundaries = {k: _float32_boundaries(lv) for k, lv in self.levels.items()}
+        self._zero_code = {k: int(torch.bucketize(torch.zeros(()), b)) for k, b in self._boundaries.items()}
+        self.last_stats = {"m_zeroed": 0.0, "v_zeroed": 0.0}
+
+    def _load(self, state: dict, key: str) -> torch.Tensor:
+        """The fp32 value of state ``key`` ("m" or "v")."""
+        if self.states == "fp32":
+            return state[key]
+        return _dequantize(state[key + "_q"], state[key + "_absmax"], self.levels[key], self.block_size)
+
+    def _store(self, state: dict, key: str, value: torch.Tensor, zeroed: dict) -> None:
+        if self.states == "fp32":
+            return  # updated in place
+        q, absmax = _quantize(value, self._boundaries[key], self.block_size)
+        state[key + "_q"], state[key + "_absmax"] = q, absmax
+        zeroed[key][0] += int(((q == self._zero_code[key]) & (value != 0)).sum())  # nonzero -> level 0
+        zeroed[key][1] += int((value != 0).sum())
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """One Adam update of every parameter that has a gradient."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        zeroed = {"m": [0, 0], "v": [0, 0]}  # [entries turned to 0, nonzero entries]
+        for group in self.param_groups:
+            lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if not state:
+                    state["step"] = 0
+                    for key in ("m", "v"):
+                        zeros = torch.zeros_like(p, memory_format=torch.preserve_format)
+                        if self.states == "fp32":
+                            state[key] = zeros
+                        else:
+                            state[key + "_q"], state[key + "_absmax"] = _quantize(zeros, self._boundaries[key], self.block_size)
+                state["step"] += 1
+                t = state["step"]
+                g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
+                m, v = self._load(state, "m"), self._load(state, "v")
+                m.lerp_(g, 1 - beta1)  # m + (1 - beta1) * (g - m), torch's formula for the same thing
+                v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                bias_correction1 = 1 - beta1**t
+                bias_correction2_sqrt = (1 - beta2**t) ** 0.5
+                denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
+                p.addcdiv_(m, denom, value=-lr / bias_correction1)
+                self._store(state, "m", m, zeroed)
+                self._store(state, "v", v, zeroed)
+        self.last_stats = {f"{k}_zeroed": z / n if n else 0.0 for k, (z, n) in zeroed.items()}
+        return loss
+
+    def state_bytes(self) -> int:
+        """Bytes of all optimizer-state tensors (codes, absmax, or fp32 m and v)."""
+        return sum(t.nbytes for s in self.state.values() for t in s.values() if isinstance(t, torch.Tensor))
+
+
+@dataclass
+class AdamRun:
+    """What :func:`train_adam` measured: ``test_acc`` per epoch, ``v_zeroed`` and ``train_loss`` per
+    step; the trained ``model`` and its ``optimizer`` (whose ``state`` holds m and v)."""
+
+    states: str
+    block_size: int
+    model: torch.nn.Module
+    optimizer: "Adam | None" = None
+    test_acc: list[float] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    v_zeroed: list[float] = field(default_factory=list)
+    state_bytes: int = 0
+    n_params: int = 0
+    seconds: float = 0.0
+
+    @property
+    def final_test_acc(self) -> float:
+        return self.test_acc[-1] if self.test_acc else float("nan")
+
+    @property
+    def bytes_per_param(self) -> float:
+        return self.state_bytes / self.n_params if self.n_params else float("nan")
+
+    def __repr__(self) -> str:
+        return (f"AdamRun(states={self.states!r}, block_size={self.block_size}, final_test_acc={self.final_test_acc:.4f}, "
+                f"bytes_per_param={self.bytes_per_param:.3f}, seconds={self.seconds:.2f})")
+
+
+def train_adam(model: torch.nn.Module, data, *, states: str = "dynamic", block_size: int = 256, lr: float = 1e-3,
+               epochs: int = 30, batch_size: int = 32, seed: int = 0) -> AdamRun:
+    """Train a copy of ``model`` on ``data`` (:class:`~qedu.data.Digits`) with :class:`Adam`.
+
+    The same loop as :func:`qedu.models.train` (cross-entropy, batches in a seeded order), with
+    this module's Adam, so ``states="fp32"`` gives the same weights as ``qedu.models.train``.
+    """
+    from qedu.data import batches
+    from qedu.models import evaluate
+
+    model = copy.deepcopy(model)  # never touch the caller's model
+    optimizer = Adam(model.parameters(), lr=lr, states=states, block_size=block_size)
+    order = torch.Generator().manual_seed(check_int(seed, "seed", 0, 2**32 - 1))
+    run = AdamRun(states, optimizer.block_size, model, optimizer, n_params=sum(p.numel() for p in model.parameters()))
+    start = time.perf_counter()
+    for _epoch in range(check_int(epochs, "epochs", 1)):
+        model.train()
+        for xb, yb in batches(data.x_train, data.y_train, check_int(batch_size, "batch_size", 1), shuffle=True, generator=order):
+            loss = F.cross_entropy(model(xb), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            run.train_loss.append(float(loss.detach()))
+            run.v_zeroed.append(optimizer.last_stats["v_zeroed"])
+        run.test_acc.append(evaluate(model, data.x_test, data.y_test))
+    run.seconds = time.perf_counter() - start
+    run.state_bytes = optimizer.state_bytes()
+    model.eval()
+    return run

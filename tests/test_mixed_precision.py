@@ -1,0 +1,171 @@
+"""qedu.mixed_precision: simulated low-precision layers, gradient statistics, the training loop."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qedu.data import load_digits
+from qedu.floats import BF16, FP4_E2M1, FP8_E4M3, FP8_E5M2, FP16, cast
+from qedu.loss_scaling import StaticLossScaler
+from qedu.mixed_precision import GradStats, Precision, simulate, train_simulated
+from qedu.models import make_cnn, make_mlp, train
+
+
+@functools.lru_cache(maxsize=1)
+def _small_data():
+    """The digits with 320 training images: 10 steps per epoch at batch 32."""
+    data = load_digits(seed=0)
+    return dataclasses.replace(data, x_train=data.x_train[:320], y_train=data.y_train[:320])
+
+
+def _params_equal(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_fp32_precision_equals_qedu_models_train_bit_for_bit():
+    data = _small_data()
+    run = train_simulated(make_mlp(seed=0), data, Precision(None, None), epochs=2)
+    reference = make_mlp(seed=0)
+    history = train(reference, data, epochs=2)
+    assert run.test_acc == history.test_acc
+    assert _params_equal(run.model, reference)
+
+
+@pytest.mark.parametrize("precision", [
+    Precision(FP16, FP16), Precision(BF16, BF16, master_weights=False), Precision(FP8_E4M3, FP8_E5M2),
+], ids=lambda p: p.name)
+def test_qedu_cast_and_torch_cast_give_the_same_run(precision):
+    kwargs = dict(epochs=1, loss_divisor=2.0**12)
+    a = train_simulated(make_mlp(seed=0), _small_data(), precision, backend="qedu", **kwargs)
+    b = train_simulated(make_mlp(seed=0), _small_data(), precision, backend="torch", **kwargs)
+    assert _params_equal(a.model, b.model)
+    assert a.losses == b.losses and a.grad_stats == b.grad_stats
+
+
+def test_forward_rounds_inputs_weights_and_output():
+    torch.manual_seed(0)
+    layer = nn.Linear(5, 3)
+    sim = simulate(layer, Precision(FP8_E4M3, FP8_E5M2))
+    x = torch.randn(4, 5) * 3
+    expected = cast(F.linear(cast(x, FP8_E4M3), cast(layer.weight, FP8_E4M3), cast(layer.bias, FP8_E4M3)), FP8_E4M3)
+    assert torch.equal(sim(x), expected)
+    conv = nn.Conv2d(2, 3, 3, padding=1)
+    simc = simulate(conv, Precision(BF16, BF16))
+    xc = torch.randn(2, 2, 5, 5)
+    expected = cast(F.conv2d(cast(xc, BF16), cast(conv.weight, BF16), cast(conv.bias, BF16), padding=1), BF16)
+    assert torch.equal(simc(xc), expected)
+
+
+def test_backward_rounds_gradients_and_counts_them():
+    torch.manual_seed(0)
+    layer = nn.Linear(6, 4)
+    sim = simulate(layer, Precision(None, FP16))  # fp32 forward, fp16 gradients
+    x = torch.randn(8, 6)
+    upstream = torch.randn(8, 4) * 1e-6  # many values below fp16's normal range, some below its subnormals
+    upstream[0] = 1e5  # and some above its max
+    sim(x).backward(upstream)
+    g_out = cast(upstream, FP16)  # what the layer's output gradient becomes
+    w_grad = cast(g_out.T @ x, FP16)
+    b_grad = cast(g_out.sum(0), FP16)
+    params = dict(sim.named_parameters())
+    assert torch.equal(params["net.parametrizations.weight.original"].grad, w_grad)
+    assert torch.equal(params["net.parametrizations.bias.original"].grad, b_grad)
+    assert sim.stats[".output"] == GradStats.count(upstream, g_out, FP16)
+    assert sim.stats[".output"].underflow > 0 and sim.stats[".output"].overflow == 4
+    assert sim.stats[".weight"] == GradStats.count(g_out.T @ x, w_grad, FP16)
+
+
+def test_grad_stats_count_by_hand():
+    before = torch.tensor([0.0, 1e-9, -1e-9, 1e-6, 3e-5, 1.0, 1e5, -1e6, float("inf")])
+    s = GradStats.count(before, cast(before, FP16), FP16)
+    # zero: 0.0; underflow: +-1e-9; subnormal: 1e-6, 3e-5 (below 2**-14 = 6.1e-5); overflow: 1e5, -1e6, inf
+    assert s == GradStats(n=9, zero=1, underflow=2, subnormal=2, overflow=3)
+    sat = torch.tensor([500.0, -1000.0, 448.0, 1e-4])
+    s8 = GradStats.count(sat, cast(sat, FP8_E4M3, saturate=True), FP8_E4M3)
+    assert s8 == GradStats(n=4, zero=0, underflow=1, subnormal=0, overflow=2)  # 448 itself is not an overflow
+    assert (s + s8).n == 13 and s.underflow_fraction == 2 / 9
+
+
+def test_caller_model_is_not_changed():
+    model = make_cnn(seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    run = train_simulated(model, _small_data(), Precision(BF16, BF16, master_weights=False), epochs=1, backend="torch")
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    assert not any(hasattr(m, "parametrizations") for m in model.modules())
+    assert run.model.net is not model
+
+
+@pytest.mark.parametrize("rounding", ["nearest", "stochastic"])
+def test_without_master_weights_the_stored_weights_are_in_the_format(rounding):
+    run = train_simulated(make_mlp(seed=0), _small_data(), Precision(BF16, BF16, False, rounding), epochs=1, backend="torch")
+    masters = [p for n, p in run.model.named_parameters() if n.endswith("original")]
+    assert masters and all(torch.equal(p, cast(p, BF16)) for p in masters)
+    with_master = train_simulated(make_mlp(seed=0), _small_data(), Precision(BF16, BF16), epochs=1, backend="torch")
+    assert not all(torch.equal(p, cast(p, BF16)) for n, p in with_master.model.named_parameters())
+
+
+def test_dividing_the_loss_leaves_fp32_training_unchanged():
+    """The honest loss-scaling construction: loss / 2**k with Adam's eps / 2**k is the same fp32 run."""
+    a = train_simulated(make_mlp(seed=0), _small_data(), Precision(None, None), epochs=1)
+    b = train_simulated(make_mlp(seed=0), _small_data(), Precision(None, None), epochs=1, loss_divisor=2.0**20)
+    assert _params_equal(a.model, b.model)
+
+
+def test_small_gradients_underflow_in_fp16_and_loss_scaling_rescues_them():
+    data = _small_data()
+    kw = dict(epochs=1, loss_divisor=2.0**20, backend="torch")
+    plain = train_simulated(make_mlp(seed=0), data, Precision(FP16, FP16), **kw)
+    scaled = train_simulated(make_mlp(seed=0), data, Precision(FP16, FP16), loss_scale="dynamic", **kw)
+    bf16 = train_simulated(make_mlp(seed=0), data, Precision(BF16, BF16), **kw)
+    # the last layer's output gradients (dloss/dlogits / 2**20) vanish; the layers below then get zeros
+    assert plain.total_stats("fc3.output").lost_fraction > 0.5
+    assert plain.total_stats("output").zero_fraction > 0.9
+    assert scaled.total_stats("output").lost_fraction < 0.01
+    assert bf16.total_stats().underflow == 0  # bf16 has fp32's exponent range
+    assert scaled.scales[0] == 2.0**16 and not any(scaled.skipped)
+    # with the scale equal to the divisor the scaled fp16 run is the unscaled problem's fp16 run
+    same = train_simulated(make_mlp(seed=0), data, Precision(FP16, FP16), epochs=1, loss_divisor=2.0**16,
+                           loss_scale=2.0**16, backend="torch")
+    ref = train_simulated(make_mlp(seed=0), data, Precision(FP16, FP16), epochs=1, backend="torch")
+    assert _params_equal(same.model, ref.model)
+
+
+def test_too_large_a_static_scale_skips_every_step():
+    run = train_simulated(make_mlp(seed=0), _small_data(), Precision(FP16, FP16), epochs=1,
+                          loss_scale=StaticLossScaler(2.0**40), backend="torch")
+    assert run.skipped_fraction == 1.0
+    assert run.total_stats("output").overflow > 0
+    untouched = simulate(make_mlp(seed=0), Precision(FP16, FP16))
+    assert _params_equal(run.model, untouched)
+
+
+def test_precision_and_simulate_reject_bad_input():
+    with pytest.raises(TypeError, match="compute must be a FloatFormat"):
+        Precision("fp16")
+    with pytest.raises(ValueError, match="weight_rounding"):
+        Precision(BF16, BF16, False, "up")
+    with pytest.raises(ValueError, match="backend='torch'"):
+        simulate(make_mlp(seed=0), Precision(FP4_E2M1, None), backend="torch")
+    with pytest.raises(TypeError, match="torch.nn.Module"):
+        simulate("mlp", Precision())
+    with pytest.raises(TypeError, match="loss_scale"):
+        train_simulated(make_mlp(seed=0), _small_data(), Precision(), loss_scale="big")
+
+
+def test_stochastic_rounding_keeps_the_small_updates_round_to_nearest_loses():
+    """Lessons 06-07: bf16 weights without an fp32 copy at lr 1e-4. Round-to-nearest swamps most
+    updates (the weights barely move); stochastic rounding moves them as far as fp32 masters do."""
+    data = dataclasses.replace(_small_data(), x_train=load_digits(seed=0).x_train[:640], y_train=load_digits(seed=0).y_train[:640])
+    init = [p.detach().clone() for p in make_mlp(seed=0).parameters()]
+    moved = {}
+    for name, precision in [("master", Precision(BF16, BF16)), ("nearest", Precision(BF16, BF16, False, "nearest")),
+                            ("stochastic", Precision(BF16, BF16, False, "stochastic"))]:
+        run = train_simulated(make_mlp(seed=0), data, precision, epochs=2, lr=1e-4, backend="torch")
+        moved[name] = sum(float((p.detach() - q).abs().sum()) for p, q in zip(run.model.parameters(), init))
+    assert moved["nearest"] < 0.5 * moved["master"]
+    assert abs(moved["stochastic"] / moved["master"] - 1) < 0.15
