@@ -170,3 +170,47 @@ def test_lesson_04_ptq_explorer(lab, page):
     nb.press_slider(panel, "End", label="weight bits")
     assert nb.wait_for_png(panel, start_png, timeout_ms=30_000), "moving back did not restore the original figure"
     assert nb.texts(panel) == start_text
+
+
+GENERIC = [
+    "lessons/06_mixed_precision_training.ipynb",
+    "lessons/07_low_bit_optimizers_and_memory.ipynb",
+]
+
+
+@pytest.mark.parametrize("notebook", GENERIC, ids=[Path(n).stem for n in GENERIC])
+def test_lesson_first_widget_responds_and_restores(lab, page, notebook):
+    """Run the lesson, change the first dropdown of its first widget, then change it back."""
+    nb = LessonPage(page, lab, notebook)
+    nb.run_all()
+    assert nb.errors() == []
+    panel = nb.panel(0)
+    start_png, start_text = nb.figure_png(panel), nb.texts(panel)
+    select = panel.locator(".widget-dropdown select").first
+    original = select.evaluate("s => s.options[s.selectedIndex].text")
+    other = select.evaluate("s => [...s.options].map(o => o.text).find(t => t !== s.options[s.selectedIndex].text)")
+    select.select_option(label=other)
+    nb.wait_for_change(panel, start_png, timeout_ms=60_000)
+    _shot(page, f"{Path(notebook).stem}_{other}".replace(" ", "_").replace("/", "_"))
+    assert nb.errors() == []
+    select.select_option(label=original)
+    assert nb.wait_for_png(panel, start_png, timeout_ms=60_000), "moving back did not restore the original figure"
+    assert nb.texts(panel) == start_text
+
+
+def test_lesson_05_qat_bits_then_train(lab, page):
+    nb = LessonPage(page, lab, "lessons/05_quantization_aware_training.ipynb")
+    nb.run_all()
+    assert nb.errors() == []
+    panel = nb.panel(0)
+    start_png, start_text = nb.figure_png(panel), nb.texts(panel)
+    panel.locator(".widget-toggle-buttons button", has_text="4 bits").click()  # shows the PTQ baseline, trains nothing
+    nb.wait_for_change(panel, start_png)
+    panel.locator(".widget-toggle-buttons button", has_text="2 bits").click()
+    assert nb.wait_for_png(panel, start_png), "moving back did not restore the original figure"
+    assert nb.texts(panel) == start_text
+    panel.locator("button", has_text="Train").click()  # trains with a progress bar and a live curve
+    panel.get_by_text("done in").wait_for(timeout=120_000)  # the status line once training ends
+    nb.wait_for_change(panel, start_png, timeout_ms=60_000)
+    _shot(page, "05_quantization_aware_training_trained")
+    assert nb.errors() == [] and nb.message(panel) == ""
