@@ -26,8 +26,11 @@ WIDGETS = {
     "02_uniform_quantization": ("qedu.widgets.quantization", "quantization_explorer"),
     "03_calibration": ("qedu.widgets.ptq", "calibration_explorer"),
     "04_post_training_quantization": ("qedu.widgets.ptq", "ptq_explorer"),
-    "06_mixed_precision_training": ("qedu.widgets.training", "loss_scaling_explorer"),
-    "07_low_bit_optimizers_and_memory": ("qedu.widgets.training", "memory_explorer"),
+    "05_quantization_aware_training": ("qedu.widgets.qat", "qat_trainer"),
+    "06_mixed_precision_training": ("qedu.widgets.training", "mixed_precision_lab"),
+    "07_low_bit_optimizers_and_memory": ("qedu.widgets.training", "memory_planner"),
+    "08_evaluating_quantized_models": ("qedu.widgets.evaluation", "evaluation_explorer"),
+    "09_data_quality_and_security": ("qedu.widgets.evaluation", "calibration_explorer"),
 }
 
 

@@ -175,6 +175,8 @@ def test_lesson_04_ptq_explorer(lab, page):
 GENERIC = [
     "lessons/06_mixed_precision_training.ipynb",
     "lessons/07_low_bit_optimizers_and_memory.ipynb",
+    "lessons/08_evaluating_quantized_models.ipynb",
+    "lessons/09_data_quality_and_security.ipynb",
 ]
 
 

@@ -10,6 +10,7 @@ from qedu.checks.formats import *  # noqa: F401,F403
 from qedu.checks.quantizers import *  # noqa: F401,F403
 from qedu.checks.ptq import *  # noqa: F401,F403
 from qedu.checks.qat import *  # noqa: F401,F403
+from qedu.checks.evaluation import *  # noqa: F401,F403
 from qedu.checks.training import *  # noqa: F401,F403
 
 __all__ = ["Case", "CheckFailed", "CheckResult", "CheckSpec", "Mistake", "compare", "run_check"]

@@ -1,0 +1,218 @@
+"""qedu.evaluation: exact metrics on hand-made cases, honest latency, sizes, and the lesson 08 claims."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from qedu.data import load_digits
+from qedu.evaluation import (
+    Latency, logits, class_accuracy, compare_models, confidence_shift, disagreement_rate, dynamic_int8,
+    flipped, int8_support, measure_latency, per_class_deltas, regression_report, serialized_bytes,
+)
+from qedu.granularity import PerTensor
+from qedu.models import evaluate, make_mlp, per_class_accuracy, predict, pretrained
+from qedu.ptq import PTQConfig, quantize_model
+
+T = lambda *v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(seed=0)
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory):
+    return pretrained("mlp", seed=0, cache_dir=tmp_path_factory.getbasetemp() / "qedu-models")  # trained once per session
+
+
+# ----------------------------------------------------------------------------- disagreement, per class
+def test_disagreement_on_tiny_vectors():
+    assert disagreement_rate(T(0, 1, 2, 3), T(0, 1, 2, 3)) == 0.0
+    assert disagreement_rate(T(0, 1, 2, 3), T(0, 1, 0, 0)) == 0.5
+    assert disagreement_rate(T(0, 1, 2), T(1, 2, 0)) == 1.0
+    assert disagreement_rate([1, 2, 3, 4], [1, 2, 3, 0]) == 0.25  # lists are accepted
+
+
+def test_disagreement_counts_flips_that_cancel_in_accuracy():
+    y, f, q = T(0, 1, 2, 3, 4), T(0, 1, 2, 3, 0), T(0, 1, 2, 0, 4)  # one image broken, one fixed
+    assert (f == y).double().mean() == (q == y).double().mean()
+    assert disagreement_rate(f, q) == 0.4
+
+
+def test_class_accuracy_exact_and_nan_for_absent_classes():
+    acc = class_accuracy(T(0, 0, 0, 0, 1, 1), T(0, 0, 0, 1, 1, 0), n_classes=3)
+    assert acc[:2].tolist() == [0.75, 0.5] and math.isnan(acc[2]) and acc.dtype == torch.float64
+
+
+def test_class_accuracy_equals_models_per_class_accuracy():
+    model, x = make_mlp(seed=0), torch.rand(50, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.randint(0, 10, (50,), generator=torch.Generator().manual_seed(1))
+    ours, theirs = class_accuracy(y, predict(model, x)), per_class_accuracy(model, x, y)
+    assert torch.allclose(ours, theirs, equal_nan=True, atol=0)
+
+
+def test_per_class_deltas_exact():
+    y, f, q = T(0, 0, 0, 0, 1, 1), T(0, 0, 0, 1, 1, 1), T(0, 0, 1, 1, 1, 0)
+    assert per_class_deltas(y, f, q, n_classes=2).tolist() == [-0.25, -0.5]
+    assert per_class_deltas(y, q, f, n_classes=2).tolist() == [0.25, 0.5]
+
+
+def test_flips_list_index_label_and_kind():
+    rows = flipped(T(0, 1, 2, 3), T(0, 1, 0, 3), T(0, 2, 2, 1)).rows()
+    assert rows == [
+        dict(index=1, label=1, float_pred=1, quant_pred=2, kind="broken"),
+        dict(index=2, label=2, float_pred=0, quant_pred=2, kind="fixed"),
+        dict(index=3, label=3, float_pred=3, quant_pred=1, kind="broken"),
+    ]
+    assert flipped(T(0, 1), T(1, 0), T(2, 2)).rows()[0]["kind"] == "changed"
+
+
+def test_confidence_shift_exact():
+    y = T(1)
+    float_logits = torch.tensor([[0.0, math.log(3.0)]], dtype=torch.float64)  # p(true) = 0.75
+    quant_logits = torch.tensor([[0.0, 0.0]], dtype=torch.float64)  # p(true) = 0.5
+    assert confidence_shift(y, float_logits, quant_logits).item() == pytest.approx(-0.25, abs=1e-12)
+
+
+# ----------------------------------------------------------------------------- flagging
+def _one_loss(n_in_class: int, lost: int):
+    """Class 0 with n inputs loses ``lost`` of them; class 1 (4 inputs) is untouched."""
+    y = T(*([0] * n_in_class + [1] * 4))
+    f = y.clone()
+    q = y.clone()
+    q[:lost] = 1
+    return y, f, q
+
+
+@pytest.mark.parametrize("threshold, flagged", [(0.25, ()), (0.2499, (0,)), (0.0, (0,)), (0.26, ())],
+                         ids=["exactly-threshold-not-flagged", "just-below", "zero-flags-any-loss", "above"])
+def test_flag_threshold_edges(threshold, flagged):
+    y, f, q = _one_loss(4, 1)  # class 0 loses exactly 1 of 4 = 0.25
+    assert regression_report(y, f, q, threshold=threshold, n_classes=2).flagged == flagged
+
+
+def test_flag_uses_counts_not_rounded_differences():
+    y, f, q = _one_loss(10, 0)
+    f[:2] = 1  # float: 8 of 10 right (0.8)
+    q[:3] = 1  # quantized: 7 of 10 (0.7): lost exactly 0.1
+    assert 0.8 - 0.7 > 0.1  # float subtraction would wrongly flag this class ...
+    assert regression_report(y, f, q, threshold=0.1, n_classes=2).flagged == ()  # ... the counts do not
+
+
+def test_flag_holds_even_when_overall_accuracy_does_not_change():
+    y = T(0, 0, 0, 0, 1, 1, 1, 1)
+    f = T(0, 0, 0, 0, 1, 1, 0, 0)  # class 1 half wrong
+    q = T(0, 0, 1, 1, 1, 1, 1, 1)  # class 1 fixed, class 0 broken: same total
+    r = regression_report(y, f, q, threshold=0.05, n_classes=2)
+    assert r.float_accuracy == r.quant_accuracy == 0.75 and r.accuracy_change == 0
+    assert r.flagged == (0,) and r.disagreement == 0.5
+    assert "FLAGGED" in r.summary() and "**lost > 5.0**" in r.to_markdown()
+
+
+def test_gains_are_never_flagged():
+    y, f, q = _one_loss(4, 1)
+    assert regression_report(y, q, f, threshold=0.0, n_classes=2).flagged == ()
+
+
+# ----------------------------------------------------------------------------- bad input
+@pytest.mark.parametrize("call, error, fragment", [
+    (lambda: disagreement_rate(torch.tensor([0.0, 1.0]), T(0, 1)), TypeError, "integer class labels"),
+    (lambda: disagreement_rate(T(0, 1), T(0, 1, 2)), ValueError, "lengths"),
+    (lambda: disagreement_rate(T(), T()), ValueError, "empty"),
+    (lambda: disagreement_rate(torch.zeros(2, 2, dtype=torch.long), T(0, 1)), ValueError, "1-D"),
+    (lambda: class_accuracy(T(0, 5), T(0, 1), n_classes=3), ValueError, "n_classes=6"),
+    (lambda: regression_report(T(0), T(0), T(0), threshold=1.0), ValueError, "threshold"),
+    (lambda: regression_report(T(0), T(0), T(0), threshold=float("nan")), ValueError, "threshold"),
+    (lambda: confidence_shift(T(0, 1), torch.zeros(3, 2), torch.zeros(2, 2)), ValueError, "float_logits"),
+    (lambda: measure_latency(3, torch.zeros(1)), TypeError, "function"),
+    (lambda: measure_latency(abs, torch.zeros(1), repeats=0), ValueError, "repeats"),
+    (lambda: measure_latency(abs, torch.zeros(1), warmup=-1), ValueError, "warmup"),
+    (lambda: measure_latency(abs, torch.zeros(1), threads=0), ValueError, "threads"),
+    (lambda: serialized_bytes([1, 2]), TypeError, "state_dict"),
+], ids=["float-labels", "lengths", "empty", "2-d", "n-classes", "threshold-1", "threshold-nan", "logits-rows",
+        "not-callable", "repeats", "warmup", "threads", "not-a-model"])
+def test_bad_input_is_a_clear_error(call, error, fragment):
+    with pytest.raises(error, match=fragment):
+        call()
+
+
+# ----------------------------------------------------------------------------- latency and size
+def test_latency_reports_median_and_spread_and_restores_threads_and_mode():
+    model = make_mlp(seed=0).train()
+    before = torch.get_num_threads()
+    r = measure_latency(model, torch.zeros(7, 1, 8, 8), warmup=2, repeats=9, threads=1, name="mlp")
+    assert isinstance(r, Latency) and len(r.samples_ms) == 9 and r.repeats == 9 and r.batch_size == 7
+    assert r.min_ms <= r.p25_ms <= r.median_ms <= r.p75_ms <= r.max_ms  # never a claim about the time itself
+    assert r.threads == 1 and torch.get_num_threads() == before and model.training
+    assert "median" in str(r) and "1 thread" in str(r)
+
+
+def test_latency_sets_the_thread_count_while_it_runs():
+    seen = []
+    measure_latency(lambda x: seen.append(torch.get_num_threads()), torch.zeros(1), warmup=0, repeats=2, threads=2)
+    assert seen == [2, 2]
+
+
+def test_fake_quantized_file_is_bigger_and_int8_file_smaller_than_float(mlp, digits):
+    float_bytes = serialized_bytes(mlp)
+    assert float_bytes > 4 * sum(p.numel() for p in mlp.parameters())
+    fake = quantize_model(mlp, PTQConfig(), digits.x_calib)
+    assert serialized_bytes(fake) > 1.9 * float_bytes  # float weights *and* int32 codes
+    ok, reason = int8_support()
+    if ok:
+        int8 = dynamic_int8(mlp)
+        assert serialized_bytes(int8) < float_bytes / 2.5
+        assert disagreement_rate(predict(mlp, digits.x_test), predict(int8, digits.x_test)) < 0.02
+    else:  # the build has no int8 kernels: the function must say so, not fail silently
+        with pytest.raises(RuntimeError, match="no int8 kernels"):
+            dynamic_int8(mlp)
+    assert isinstance(reason, str) and reason
+
+
+# ----------------------------------------------------------------------------- lesson 08's claims
+def test_report_on_models_agrees_with_models_per_class_accuracy(mlp, digits):
+    quant = quantize_model(mlp, PTQConfig(weight_bits=4, act_bits=4, weight_granularity=PerTensor()), digits.x_calib)
+    r = compare_models(mlp, quant, digits.x_test, digits.y_test)
+    assert torch.equal(r.per_class_quant, per_class_accuracy(quant, digits.x_test, digits.y_test))
+    # the lesson's silent regression: overall about one point, one class more than five
+    assert -0.02 < r.accuracy_change < 0 and r.flagged and r.disagreement > -r.accuracy_change
+    assert r.confidence is not None and float(r.confidence.mean()) < 0
+
+
+def test_lesson_08_claims_on_the_mlp(mlp, digits):
+    float_acc = evaluate(mlp, digits.x_test, digits.y_test)
+    variants = [quantize_model(mlp, PTQConfig(), digits.x_calib)] + ([dynamic_int8(mlp)] if int8_support()[0] else [])
+    assert all(abs(evaluate(v, digits.x_test, digits.y_test) - float_acc) <= 1 / 360 + 1e-9 for v in variants)
+    quant = quantize_model(mlp, PTQConfig(weight_bits=4, act_bits=4, weight_granularity=PerTensor()), digits.x_calib)
+    r = compare_models(mlp, quant, digits.x_test, digits.y_test)
+    top = logits(mlp, digits.x_test).softmax(1).amax(1)  # the float model's confidence
+    assert (top[r.flips.index] < top.quantile(0.1)).all()  # every flip among the least sure tenth
+    assert (r.confidence < -0.1).double().mean() > r.disagreement  # confidence moves on more images than flip
+
+
+RESULTS = Path(__file__).resolve().parent.parent / "benchmarks" / "results" / "evaluation.json"
+
+
+def test_lesson_08_claims_about_the_benchmark_results():
+    from qedu.analysis import AblationTable
+
+    bench = json.loads(RESULTS.read_text())
+    ablation = AblationTable.from_dict(bench["ablation"])
+    for model in ("mlp", "cnn"):
+        (eight,) = ablation.where(model=model, bits=8, granularity="per-tensor")
+        assert abs(eight["change_mean"]) <= 0.3 and eight["disagreement_mean"] <= 0.3  # "at 8 bits nothing moves"
+        for bits in (4, 3):  # "the worst class loses several times more than the total"
+            (row,) = ablation.where(model=model, bits=bits, granularity="per-tensor")
+            assert row["worst_class_mean"] < 3 * row["change_mean"] < 0
+    gaps = AblationTable.from_dict(bench["robustness"])
+    assert all(r["gap_mean"] < 0 for r in gaps.where(model="cnn", bits=4))  # the direction holds over seeds
+    assert all(abs(r["gap_mean"]) <= 0.5 for r in gaps.where(bits=8))  # W8A8 follows float32
+    sizes = {(r["case"].split()[0] + " " + r["case"].split()[1], r["variant"].split()[0]): r["file_bytes"]
+             for r in bench["latency"]["rows"]}
+    assert sizes["digits MLP", "fake-quant"] > 1.9 * sizes["digits MLP", "float32"]  # "twice as big as the float file"
+    assert sizes["wide MLP", "int8"] < 0.26 * sizes["wide MLP", "float32"]  # "a file four times smaller"

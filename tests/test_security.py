@@ -1,0 +1,250 @@
+"""qedu.security: FGSM/PGD against the math, poisoning against min/max, the monitor's rule, lesson 09's claims."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qedu.calibration import clipping_error
+from qedu.data import load_digits
+from qedu.formats import IntFormat
+from qedu.models import evaluate, pretrained
+from qedu.ptq import PTQConfig, quantize_model
+from qedu.robustness import corrupt
+from qedu.security import (
+    RangeMonitor, attack_table, calibration_report, clip_rate, fgsm, pgd, poison_calibration, straight_through,
+)
+
+UINT4 = IntFormat(4, signed=False)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    return load_digits(seed=0)
+
+
+@pytest.fixture(scope="module")
+def mlp(tmp_path_factory):
+    return pretrained("mlp", seed=0, cache_dir=tmp_path_factory.getbasetemp() / "qedu-models")  # trained once per session
+
+
+@pytest.fixture(scope="module")
+def w4a4(mlp, digits):
+    return quantize_model(mlp, PTQConfig(weight_bits=4, act_bits=4), digits.x_calib)
+
+
+def _linear():
+    g = torch.Generator().manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(4, 3))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.randn(3, 4, generator=g))
+        model[1].bias.copy_(torch.randn(3, generator=g))
+    return model
+
+
+# ----------------------------------------------------------------------------- FGSM and PGD
+def test_fgsm_on_a_linear_model_is_the_analytic_sign_of_the_gradient():
+    model = _linear()
+    x = torch.rand(6, 1, 2, 2, generator=torch.Generator().manual_seed(1))
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    w, b = model[1].weight.detach(), model[1].bias.detach()
+    p = F.softmax(x.flatten(1) @ w.T + b, dim=1)  # (N, 3)
+    grad = (p - F.one_hot(y, 3)) @ w / len(x)  # d mean-CE / d x = W^T (softmax - onehot) / N, (N, 4)
+    expected = (x + 0.1 * grad.sign().reshape(x.shape)).clamp(0, 1)
+    assert torch.equal(fgsm(model, x, y, 0.1), expected)
+
+
+def test_fgsm_spends_eps_per_pixel_stays_in_0_1_and_leaves_the_model_alone(mlp, digits):
+    x, y = digits.x_test[:50], digits.y_test[:50]
+    before = {k: v.clone() for k, v in mlp.state_dict().items()}
+    grads = [None if p.grad is None else p.grad.clone() for p in mlp.parameters()]
+    x_adv = fgsm(mlp, x, y, 0.1)
+    moved = (x_adv - x).abs()
+    assert x_adv.min() >= 0 and x_adv.max() <= 1 and moved.max() <= 0.1 + 1e-6
+    inside = (x > 0.1) & (x < 0.9)  # away from the clamp every pixel moves by exactly eps (or 0 where grad is 0)
+    assert torch.allclose(moved[inside & (moved > 0)], torch.tensor(0.1), atol=1e-6)
+    assert all(torch.equal(before[k], v) for k, v in mlp.state_dict().items())
+    assert all((g is None and p.grad is None) or torch.equal(g, p.grad) for g, p in zip(grads, mlp.parameters()))
+    assert torch.equal(fgsm(mlp, x, y, 0.0), x)
+
+
+@pytest.mark.parametrize("eps", [0.02, 0.1, 0.3])
+def test_pgd_stays_in_the_eps_ball_and_in_0_1(mlp, digits, eps):
+    x, y = digits.x_test[:40], digits.y_test[:40]
+    x_adv = pgd(mlp, x, y, eps, steps=5, seed=0)
+    assert (x_adv - x).abs().max() <= eps + 1e-6 and x_adv.min() >= 0 and x_adv.max() <= 1
+    assert torch.equal(x_adv, pgd(mlp, x, y, eps, steps=5, seed=0))
+
+
+def test_pgd_is_at_least_as_strong_as_fgsm(mlp, digits):
+    x, y = digits.x_test, digits.y_test
+    assert evaluate(mlp, pgd(mlp, x, y, 0.1), y) <= evaluate(mlp, fgsm(mlp, x, y, 0.1), y) < evaluate(mlp, x, y) - 0.3
+
+
+def test_fake_quant_masks_gradients_and_straight_through_restores_them(mlp, w4a4, digits):
+    x, y = digits.x_test[:100], digits.y_test[:100]
+    assert torch.equal(fgsm(w4a4, x, y, 0.1), x)  # round() has zero gradient: the attack moves nothing
+    ste = straight_through(w4a4)
+    assert torch.equal(ste(x), w4a4(x))  # same outputs ...
+    assert evaluate(w4a4, fgsm(ste, x, y, 0.1), y) < evaluate(w4a4, x, y) - 0.3  # ... and a working attack
+    with pytest.raises(TypeError, match="quantize_model"):
+        straight_through(mlp)
+
+
+def test_attack_table_rows(mlp, w4a4, digits):
+    rows = attack_table({"float": mlp}, {"float": mlp, "W4A4": w4a4}, digits.x_test[:30], digits.y_test[:30], [0.0, 0.1])
+    assert [(r["eps"], r["target"]) for r in rows] == [(0.0, "float"), (0.0, "W4A4"), (0.1, "float"), (0.1, "W4A4")]
+    with pytest.raises(ValueError, match="'fgsm' or 'pgd'"):
+        attack_table({"f": mlp}, {"f": mlp}, digits.x_test[:2], digits.y_test[:2], [0.1], attack="cw")
+
+
+@pytest.mark.parametrize("call, error, fragment", [
+    (lambda m, x, y: fgsm(m, x, y, -0.1), ValueError, "eps must be"),
+    (lambda m, x, y: fgsm(m, x, y, float("nan")), ValueError, "eps must be"),
+    (lambda m, x, y: fgsm(m, x, y[:2], 0.1), ValueError, "one label per image"),
+    (lambda m, x, y: fgsm(m, x, y.float(), 0.1), ValueError, "integer"),
+    (lambda m, x, y: fgsm("model", x, y, 0.1), TypeError, "nn.Module"),
+    (lambda m, x, y: pgd(m, x, y, 0.1, steps=0), ValueError, "steps"),
+    (lambda m, x, y: pgd(m, x, y, 0.1, step_size=-1.0), ValueError, "step_size"),
+    (lambda m, x, y: fgsm(m, x * float("nan"), y, 0.1), ValueError, "NaN"),
+], ids=["eps-negative", "eps-nan", "lengths", "float-labels", "not-a-model", "steps", "step-size", "nan-images"])
+def test_attack_bad_input(call, error, fragment):
+    model, x, y = _linear(), torch.rand(3, 1, 2, 2), torch.tensor([0, 1, 2])
+    with pytest.raises(error, match=fragment):
+        call(model, x, y)
+
+
+# ----------------------------------------------------------------------------- calibration poisoning
+def test_poisoning_copies_and_scales_the_chosen_images():
+    x = torch.rand(100, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    before = x.clone()
+    out = poison_calibration(x, 0.05, factor=20.0, seed=1)
+    changed = (out != x).flatten(1).any(1)
+    assert torch.equal(x, before) and int(changed.sum()) == 5
+    assert torch.allclose(out[changed], 20 * x[changed])
+    assert torch.equal(poison_calibration(x, 0.0), x) and torch.equal(poison_calibration(x, n=0), x)
+    assert int((poison_calibration(x, 1e-9) != x).flatten(1).any(1).sum()) == 1  # a positive fraction: >= 1 image
+    assert int((poison_calibration(x, n=3) != x).flatten(1).any(1).sum()) == 3
+    for bad in (-0.1, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="fraction"):
+            poison_calibration(x, bad)
+    with pytest.raises(ValueError, match="exactly one"):
+        poison_calibration(x)
+    with pytest.raises(ValueError, match="exactly one"):
+        poison_calibration(x, 0.1, n=1)
+    with pytest.raises(ValueError, match="n must be between 0 and 100"):
+        poison_calibration(x, n=101)
+    with pytest.raises(ValueError, match="factor"):
+        poison_calibration(x, 0.1, factor=float("inf"))
+
+
+def test_one_poisoned_image_inflates_the_minmax_scale_by_the_expected_factor(mlp, digits):
+    config = PTQConfig(weight_bits=8, act_bits=4)
+    clean = calibration_report(mlp, config, digits.x_calib, digits.x_test, digits.y_test)
+    poisoned_x = poison_calibration(digits.x_calib, n=1, factor=20.0, seed=0)  # one image
+    poisoned = calibration_report(mlp, config, poisoned_x, digits.x_test, digits.y_test)
+    expected = 20.0 * float(poisoned_x.max() / 20.0) / float(digits.x_calib.max())  # its max vs the clean max
+    assert poisoned.scales["fc1"] / clean.scales["fc1"] == pytest.approx(expected, rel=1e-6)
+    assert all(poisoned.scales[n] > 5 * clean.scales[n] for n in clean.scales)  # every layer downstream too
+    # lesson 09: at 4-bit activations one image in 256 costs more than 15 points; percentile calibration cuts the loss
+    assert poisoned.accuracy < clean.accuracy - 0.15
+    pct = PTQConfig(weight_bits=8, act_bits=4, act_method="percentile", percentile=99.9)
+    assert calibration_report(mlp, pct, poisoned_x, digits.x_test, digits.y_test).accuracy > poisoned.accuracy + 0.05
+
+
+def test_faded_calibration_shrinks_the_scale_and_clean_pixels_clip(mlp, digits):
+    config = PTQConfig(weight_bits=8, act_bits=8)
+    faded = calibration_report(mlp, config, corrupt(digits.x_calib, "contrast", 3), digits.x_test, digits.y_test)
+    clean = calibration_report(mlp, config, digits.x_calib, digits.x_test, digits.y_test)
+    assert faded.scales["fc1"] < 0.75 * clean.scales["fc1"] and faded.clip_rates["fc1"] > 0.2
+    assert clean.clip_rates == {"fc1": 0.0, "fc2": 0.0, "fc3": 0.0}
+
+
+# ----------------------------------------------------------------------------- clip rate and the monitor
+def test_clip_rate_exact_cases_and_both_bounds():
+    x = torch.tensor([-0.12, 0.0, 0.7, 1.5, 1.52, 1.64])  # codes -1, 0, 7, 15, 15, 16 on a uint4 grid of step 0.1
+    assert clip_rate(x, 0.1, 0, UINT4) == pytest.approx(2 / 6)
+    assert clip_rate(torch.tensor([1.549]), 0.1, 0, UINT4) == 0.0  # rounds onto qmax: represented, not clipped
+    assert clip_rate(torch.tensor([1.551]), 0.1, 0, UINT4) == 1.0
+    assert clip_rate(torch.tensor([-0.8, 0.2, 0.74]), 0.1, 3, IntFormat(4)) == pytest.approx(1 / 3)  # codes -5, 5, 10
+    with pytest.raises(ValueError, match="scale must be > 0"):
+        clip_rate(x, 0.0, 0, UINT4)
+    with pytest.raises(TypeError, match="IntFormat"):
+        clip_rate(x, 0.1, 0, "uint4")
+
+
+def test_clip_rate_agrees_with_calibrations_clipped_fraction():
+    x = torch.randn(10_000, generator=torch.Generator().manual_seed(0)) * 3
+    fmt = IntFormat(4, signed=False)
+    from qedu.quantizers import choose_qparams_from_minmax
+
+    scale, zero_point = choose_qparams_from_minmax(torch.tensor(-1.0), torch.tensor(2.0), fmt, False)
+    assert clip_rate(x, scale, zero_point, fmt) == pytest.approx(clipping_error(x, -1.0, 2.0, fmt).clipped_fraction)
+
+
+def test_monitor_alarms_on_a_shifted_stream_not_on_the_calibration_stream(w4a4, digits):
+    monitor = RangeMonitor(w4a4, digits.x_calib)
+    calm = monitor.check(digits.x_calib)
+    assert not calm.alarm and calm.rates == calm.baseline == {"fc1": 0.0, "fc2": 0.0, "fc3": 0.0}
+    assert "ok" in calm.summary()
+    for batch in digits.x_test.split(60):  # clean test batches: no false alarm
+        assert not monitor.check(batch).alarm
+    brighter = monitor.check(digits.x_test * 1.5)  # a sensor gain change
+    assert brighter.alarm and "fc1" in brighter.clipping_alarms and brighter.rates["fc1"] > 0.2
+    assert brighter.summary().startswith("ALARM")
+    dim = monitor.check(digits.x_test * 0.2)  # inputs faded to a fifth: most levels unused
+    assert dim.underuse_alarms and not dim.clipping_alarms
+
+
+def test_monitor_bad_input(mlp, w4a4, digits):
+    with pytest.raises(TypeError, match="quantize_model"):
+        RangeMonitor(quantize_model(mlp, PTQConfig(act_bits=None)), digits.x_calib)
+    with pytest.raises(ValueError, match="tolerance"):
+        RangeMonitor(w4a4, digits.x_calib, tolerance=1.5)
+    with pytest.raises(ValueError, match="underuse"):
+        RangeMonitor(w4a4, digits.x_calib, underuse=-0.1)
+
+
+# ----------------------------------------------------------------------------- lesson 09's claims
+def test_lesson_09_calibration_set_claims(mlp, digits):
+    from qedu.widgets.evaluation import calibration_sets
+
+    config = PTQConfig(weight_bits=8, act_bits=4)
+    sets = calibration_sets(digits, seed=0)
+    report = {name: calibration_report(mlp, config, x, digits.x_test, digits.y_test) for name, x in sets.items()}
+    clean = report["balanced, 256 images"]
+    assert report["1 image"].clip_rates["fc3"] > 0.01  # "a few percent of the last layer's inputs clip"
+    assert 0.18 < report["faded (contrast 3)"].clip_rates["fc1"] < 0.25  # "about a fifth"
+    assert report["faded (contrast 3)"].accuracy == min(r.accuracy for r in report.values()) < clean.accuracy - 0.01
+    assert abs(report["noisy (gaussian_noise 3)"].accuracy - clean.accuracy) <= 1 / 360 + 1e-9  # "barely matter"
+
+
+def test_lesson_09_poisoning_defence_and_monitor_claims(mlp, digits):
+    config = PTQConfig(weight_bits=8, act_bits=4)
+    poisoned = poison_calibration(digits.x_calib, n=1, factor=20.0, seed=0)
+    clean = calibration_report(mlp, config, digits.x_calib, digits.x_test, digits.y_test)
+    fixed = calibration_report(mlp, config, poisoned.clamp(0, 1), digits.x_test, digits.y_test)
+    assert fixed.scales == clean.scales and fixed.accuracy == clean.accuracy  # "restores min/max exactly"
+    assert 64 / (256 * 64) > 0.001  # one image is more than the 0.1 % a 99.9th percentile discards
+    monitor = RangeMonitor(fixed.quantized, digits.x_calib)
+    x, y = digits.x_test, digits.y_test
+    assert monitor.check(x * 16).clipping_alarms and monitor.check(x * 0.2).underuse_alarms
+    for silent in (corrupt(x, "gaussian_noise", 3), corrupt(x, "contrast", 4)):  # blind spots, and they cost
+        assert not monitor.check(silent).alarm and evaluate(fixed.quantized, silent, y) < clean.accuracy - 0.14
+    bad_monitor = RangeMonitor(calibration_report(mlp, config, poisoned, x, y).quantized, poisoned)
+    assert bad_monitor.check(x).underuse_alarms  # a poisoned calibration shows up on clean data
+
+
+def test_lesson_09_attack_claims(mlp, w4a4, digits):
+    x, y = digits.x_test, digits.y_test
+    targets = {"float32": mlp, "W4A4": w4a4}
+    rows = attack_table({"float32": mlp}, targets, x, y, [0.05, 0.2])
+    rows += attack_table({"float32": mlp}, targets, x, y, [0.05, 0.2], attack="pgd")
+    acc = {(r["attack"], r["target"], r["eps"]): r["accuracy"] for r in rows}
+    for target in targets:
+        assert acc["pgd", target, 0.05] <= acc["fgsm", target, 0.05] + 1 / 360  # PGD at least as strong
+        assert acc["fgsm", target, 0.2] < 0.05  # "every version falls"
+    through = evaluate(w4a4, fgsm(straight_through(w4a4), x, y, 0.1), y)
+    transfer = evaluate(w4a4, fgsm(mlp, x, y, 0.1), y)
+    assert abs(through - transfer) < 0.05  # "works as well as the transferred one"

@@ -1,0 +1,119 @@
+"""Lessons 08-09's widgets, driven headless, and the pure functions behind them."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from qedu.data import load_digits
+from qedu.evaluation import compare_models
+from qedu.models import pretrained
+from qedu.security import calibration_report
+from qedu.widgets.evaluation import (
+    EvaluationLab, calibration_explorer, calibration_outcome, calibration_sets, evaluation_explorer, lab_config,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cache(tmp_path_factory):
+    mp = pytest.MonkeyPatch()
+    mp.setenv("QEDU_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "qedu-models"))  # shared: trained once
+    yield
+    mp.undo()
+
+
+@pytest.fixture(scope="module")
+def lab():
+    return EvaluationLab(pretrained("mlp", seed=0), load_digits(seed=0))
+
+
+def test_lab_result_equals_the_library_on_the_same_setting(lab):
+    r = lab.result(4, "per-tensor", "minmax", "none", 3)
+    direct = compare_models(lab.model, lab.quantized(4, "per-tensor", "minmax"), lab.data.x_test, lab.data.y_test)
+    assert torch.equal(r.report.deltas, direct.deltas) and r.report.disagreement == direct.disagreement
+    assert r.float_curve == [] and lab.quantized(4, "per-tensor", "minmax") is lab.quantized(4, "per-tensor", "minmax")
+
+
+def test_lab_curves_start_at_clean_accuracy(lab):
+    r = lab.result(8, "per-channel", "minmax", "blur", 2)
+    clean = lab.result(8, "per-channel", "minmax", "none", 0).report
+    assert len(r.float_curve) == 6 and r.float_curve[0] == clean.float_accuracy and r.quant_curve[0] == clean.quant_accuracy
+    assert r.report.float_accuracy == r.float_curve[2]
+    assert lab_config(4, "per-channel", "percentile").weight_method == "minmax"
+
+
+MOVES_08 = {"bits": 3, "granularity": "per-channel", "method": "mse", "corruption": "contrast", "severity": 5}
+
+
+@pytest.fixture(scope="module")
+def panel_08():
+    return evaluation_explorer()
+
+
+@pytest.mark.parametrize("name", MOVES_08)
+def test_evaluation_explorer_each_control_changes_the_view_and_back(panel_08, name):
+    panel = panel_08
+    if name == "severity":
+        panel.controls["corruption"].value = "blur"
+    before_png, before_text = panel.figure.png, panel.readout.value
+    original = panel.controls[name].value
+    panel.controls[name].value = MOVES_08[name]
+    assert panel.message.value == "", panel.message.value
+    assert panel.figure.png != before_png and panel.readout.value != before_text
+    panel.controls[name].value = original
+    assert panel.figure.png == before_png and panel.readout.value == before_text
+    panel.controls["corruption"].value = "none"
+    assert panel.last_update_ms > 0
+
+
+def test_evaluation_explorer_every_option_draws(panel_08):
+    for name in ("bits", "method", "corruption"):
+        start = panel_08.controls[name].value
+        for option in panel_08.controls[name].options:
+            panel_08.controls[name].value = option
+            assert panel_08.error is None, (name, option, panel_08.message.value)
+        panel_08.controls[name].value = start
+
+
+def test_calibration_sets_come_from_training_images():
+    data = load_digits(seed=0)
+    sets = calibration_sets(data)
+    train = {tuple(x.flatten().tolist()) for x in data.x_train}
+    for name in ("balanced, 256 images", "16 images", "1 image", "digit 1 only, 64 images"):
+        assert all(tuple(x.flatten().tolist()) in train for x in sets[name]), name
+
+
+def test_calibration_outcome_matches_the_library():
+    model, data = pretrained("mlp", seed=0), load_digits(seed=0)
+    out = calibration_outcome(model, data.x_calib, data, bits=4)
+    from qedu.ptq import PTQConfig
+
+    direct = calibration_report(model, PTQConfig(weight_bits=8, act_bits=4), data.x_calib, data.x_test, data.y_test)
+    assert out.report.scales == direct.scales and out.report.accuracy == direct.accuracy and not out.monitor_alarm
+
+
+MOVES_09 = {"calibration_set": "faded (contrast 3)", "poison": "1 image", "method": "percentile", "bits": 8}
+SAME_PICTURE = {"bits"}  # the bars are relative to min/max at the same bits: only the numbers change
+
+
+@pytest.fixture(scope="module")
+def panel_09():
+    return calibration_explorer()
+
+
+@pytest.mark.parametrize("name", MOVES_09)
+def test_calibration_explorer_each_control_changes_the_view_and_back(panel_09, name):
+    panel = panel_09
+    before_png, before_text = panel.figure.png, panel.readout.value
+    original = panel.controls[name].value
+    panel.controls[name].value = MOVES_09[name]
+    assert panel.message.value == "", panel.message.value
+    assert (panel.figure.png == before_png) == (name in SAME_PICTURE) and panel.readout.value != before_text
+    panel.controls[name].value = original
+    assert panel.figure.png == before_png and panel.readout.value == before_text
+
+
+def test_calibration_explorer_poisoning_raises_an_alarm_and_costs_accuracy(panel_09):
+    panel_09.controls["poison"].value = "1 image"
+    assert "ALARM" in panel_09.readout.value and "under" not in panel_09.message.value
+    panel_09.controls["poison"].value = "none"
+    assert "no alarm" in panel_09.readout.value
