@@ -12,13 +12,14 @@ STAMP := $(VENV)/.qedu-installed
 PORT ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: lab test venv exercises strip clean-venv help
+.PHONY: lab test bench venv exercises strip clean-venv help
 
 help:
 	@echo "make lab        open JupyterLab at lessons/00_welcome.ipynb (creates .venv first)"
 	@echo "make test       run the whole test suite (creates .venv first)"
 	@echo "make exercises  regenerate exercises/ and solutions/ from exercise_sources/"
 	@echo "make strip      strip outputs from every notebook"
+	@echo "make bench      run the benchmark suite (writes benchmarks/results/)"
 
 venv: $(STAMP)
 
@@ -38,6 +39,12 @@ lab: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadfile $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/widgets.py
+	$(BIN)/python benchmarks/quantizer_throughput.py
+	$(BIN)/python benchmarks/lessons.py
+	$(BIN)/python benchmarks/mixed_precision.py --quick
 
 exercises: $(STAMP)
 	$(BIN)/python scripts/build_exercises.py
