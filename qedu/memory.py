@@ -36,7 +36,6 @@ the one it assumes, by adding up the bytes autograd saves for the backward pass.
 """
 from __future__ import annotations
 
-import copy
 import math
 from dataclasses import dataclass
 

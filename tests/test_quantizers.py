@@ -1,6 +1,5 @@
 """qedu.quantizers: exact agreement with torch, rounding modes, properties, and clear errors."""
 import math
-import warnings
 
 import numpy as np
 import pytest
@@ -9,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qedu.formats import BINARY, INT4, INT8, UINT4, UINT8, IntFormat
-from qedu.granularity import PerChannel, PerGroup, PerTensor
+from qedu.granularity import PerChannel, PerGroup
 from qedu.quantizers import (
     FLOAT32_EPS, choose_qparams, choose_qparams_from_minmax, dequantize, fake_quantize, quantization_error, quantize,
     round_codes,
