@@ -74,8 +74,9 @@ class LiveFigure:
             for artist in self.animated:
                 self.figure.draw_artist(artist)
         buf = io.BytesIO()
+        # fast zlib level: a live picture is sent once and replaced, so speed beats size here
         mpl_image.imsave(buf, np.asarray(canvas.buffer_rgba()), format="png", dpi=self.figure.dpi,
-                         metadata={"Software": None})
+                         metadata={"Software": None}, pil_kwargs={"compress_level": 1})
         self.png = buf.getvalue()
         self.image.value = self.png
         return self.png
