@@ -67,3 +67,31 @@ def check_axis(axis, ndim: int, name: str = "axis") -> int:
             f"use a value in [{-ndim}, {ndim - 1}]."
         )
     return axis % ndim
+
+
+def check_bool(value, name: str) -> bool:
+    """Return ``value`` if it is exactly True or False (not 1, not "yes")."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}.")
+    return value
+
+
+def check_choice(value, name: str, choices):
+    """Return ``value`` if it is one of ``choices``; the error lists them."""
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}; pick one of those.")
+    return value
+
+
+def check_seed(seed, name: str = "seed") -> int:
+    """A seed: an int in 0 .. 2**32 - 1 (what numpy and torch accept)."""
+    return check_int(seed, name, 0, 2**32 - 1)
+
+
+def check_module(model, name: str = "model"):
+    """Return ``model`` if it is a ``torch.nn.Module``."""
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(
+            f"{name} must be a torch.nn.Module (e.g. qedu.models.pretrained('mlp')), got {type(model).__name__}."
+        )
+    return model

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qedu._validation import as_float_tensor, check_int
+from qedu._validation import as_float_tensor, check_bool, check_int
 from qedu.formats import UINT8, IntFormat
 from qedu.granularity import PerChannel, PerGroup, PerTensor
 from qedu.quantizers import choose_qparams_from_minmax, fake_quantize
@@ -67,12 +67,6 @@ def _check_fmt(fmt) -> IntFormat:
     if not isinstance(fmt, IntFormat):
         raise TypeError(f"fmt must be an IntFormat such as qedu.formats.UINT8 or IntFormat(4), got {fmt!r}.")
     return fmt
-
-
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}.")
-    return value
 
 
 def _check_percentile(percentile) -> float:
@@ -118,7 +112,7 @@ def percentile_range(x, percentile: float = 99.99, granularity=PerTensor(), symm
     x = _check_x(x)
     q = _check_percentile(percentile) / 100.0
     granularity = _check_granularity(granularity)
-    _check_bool(symmetric, "symmetric")
+    check_bool(symmetric, "symmetric")
     if symmetric:
         hi = granularity.reduce(x, lambda rows: _quantile(rows.abs(), q))
         return -hi, hi
@@ -157,7 +151,7 @@ def mse_range(x, fmt: IntFormat, granularity=PerTensor(), symmetric: bool = Fals
     x = _check_x(x)
     fmt = _check_fmt(fmt)
     granularity = _check_granularity(granularity)
-    _check_bool(symmetric, "symmetric")
+    check_bool(symmetric, "symmetric")
     n_grid = check_int(n_grid, "n_grid", 1)
     rows = granularity.to_rows(x)  # one row per slice: (n_slices, slice_len)
     lo0, hi0 = rows.amin(dim=1, keepdim=True), rows.amax(dim=1, keepdim=True)  # (n_slices, 1)
@@ -216,7 +210,7 @@ def kl_range(x, fmt: IntFormat, symmetric: bool = False, n_bins: int = 2048):
     """
     x = _check_x(x).flatten()
     fmt = _check_fmt(fmt)
-    _check_bool(symmetric, "symmetric")
+    check_bool(symmetric, "symmetric")
     n_bins = check_int(n_bins, "n_bins", 2)
     nonneg = bool(x.min() >= 0)
     values = (x if nonneg else x.abs()).double().numpy()
@@ -304,7 +298,7 @@ class Observer(nn.Module):
     def __init__(self, fmt: IntFormat = UINT8, symmetric: bool = False, granularity=PerTensor()):
         super().__init__()
         self.fmt = _check_fmt(fmt)
-        self.symmetric = _check_bool(symmetric, "symmetric")
+        self.symmetric = check_bool(symmetric, "symmetric")
         self.granularity = _check_granularity(granularity, allow_group=False)
         self.n_batches = 0
         self._shape = None  # shape of the first batch: where the results must broadcast

@@ -28,11 +28,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from qedu._validation import check_int
+from qedu._validation import check_int, check_seed
 
 __all__ = ["Digits", "load_digits", "calibration_indices", "calibration_subset", "batches"]
 
-_MAX_SEED = 2**32 - 1
 _PIXEL_MAX = 16.0  # digits pixels are integers 0..16
 
 
@@ -81,10 +80,6 @@ def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y
-
-
-def _check_seed(seed, name: str = "seed") -> int:
-    return check_int(seed, name, 0, _MAX_SEED)
 
 
 def _check_test_size(test_size, n_total: int, n_classes: int) -> float:
@@ -143,7 +138,7 @@ def load_digits(seed: int = 0, test_size: float = 0.2, n_calib: int = 256) -> Di
     >>> len(d.y_train), len(d.y_test), torch.bincount(d.y_calib).tolist()
     (1437, 360, [2, 2, 2, 2, 2, 2, 2, 2, 2, 2])
     """
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     x, y = _raw_digits()
     n_classes = int(y.max()) + 1
     test_size = _check_test_size(test_size, len(y), n_classes)
@@ -202,7 +197,7 @@ def calibration_indices(
 def _pick(y, n, *, seed, balanced, classes, n_name) -> torch.Tensor:
     y = _as_labels(y)
     n = check_int(n, n_name, 1)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     if not isinstance(balanced, bool):
         raise TypeError(f"balanced must be True or False, got {balanced!r}.")
     present = sorted(int(c) for c in torch.unique(y))
@@ -307,7 +302,7 @@ def batches(
         if generator is None:
             if seed is None:
                 raise ValueError("shuffle=True needs randomness you can repeat: pass seed=0 (or a torch.Generator).")
-            generator = torch.Generator().manual_seed(_check_seed(seed))
+            generator = torch.Generator().manual_seed(check_seed(seed))
         elif not isinstance(generator, torch.Generator):
             raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}.")
         order = torch.randperm(len(y), generator=generator)  # drawn now, so the call fixes the order

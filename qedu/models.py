@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qedu._validation import check_int
+from qedu._validation import check_int, check_module, check_seed
 from qedu.data import Digits, batches, load_digits
 
 __all__ = [
@@ -44,17 +44,12 @@ __all__ = [
     "TrainConfig", "PRETRAINED", "pretrained", "pretrained_path", "default_cache_dir", "clear_memo", "CacheWarning",
 ]
 
-_MAX_SEED = 2**32 - 1
 MODEL_FORMAT_VERSION = 1  # bump when the saved file layout or the architectures change
 
 
 # --------------------------------------------------------------------------------------------
 # Architectures
 # --------------------------------------------------------------------------------------------
-
-def _check_seed(seed, name: str = "seed") -> int:
-    return check_int(seed, name, 0, _MAX_SEED)
-
 
 def _check_widths(widths, name: str, allow_empty: bool) -> tuple[int, ...]:
     if isinstance(widths, (numbers.Integral,)) and not isinstance(widths, bool):
@@ -71,7 +66,7 @@ def _seeded_build(seed: int | None, build: Callable[[], nn.Module]) -> nn.Module
     """Build a model with its initial weights fixed by ``seed``, leaving torch's global RNG alone."""
     if seed is None:
         return build()  # uses torch's global generator (seeded by qedu.setup)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return build()
@@ -185,12 +180,6 @@ def _check_positive_float(value, name: str, *, allow_zero: bool = False, example
     return value
 
 
-def _check_model(model) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module (e.g. make_mlp()), got {type(model).__name__}.")
-    return model
-
-
 def _check_data(data) -> Digits:
     needed = ("x_train", "y_train", "x_test", "y_test")
     if not all(hasattr(data, a) for a in needed):
@@ -226,12 +215,12 @@ def train(
     >>> train(make_mlp(seed=0), data, epochs=1).test_acc[0] > 0.5
     True
     """
-    model = _check_model(model)
+    model = check_module(model)
     data = _check_data(data)
     epochs = check_int(epochs, "epochs", 1)
     lr = _check_positive_float(lr, "lr")
     batch_size = check_int(batch_size, "batch_size", 1)
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     weight_decay = _check_positive_float(weight_decay, "weight_decay", allow_zero=True, example="1e-4")
     if callback is not None and not callable(callback):
         raise TypeError(f"callback must be a function callback(epoch, metrics), got {type(callback).__name__}.")
@@ -269,7 +258,7 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
     >>> predict(make_mlp(seed=0), torch.zeros(3, 1, 8, 8)).shape
     torch.Size([3])
     """
-    model = _check_model(model)
+    model = check_module(model)
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor of images (N, 1, 8, 8), got {type(x).__name__}.")
     batch_size = check_int(batch_size, "batch_size", 1)
@@ -379,8 +368,8 @@ def _resolve(name, seed, epochs, data_seed) -> tuple[str, int, int, TrainConfig]
     if not isinstance(name, str) or name.lower() not in PRETRAINED:
         raise ValueError(f"name must be one of {sorted(PRETRAINED)}, got {name!r}.")
     name = name.lower()
-    seed = _check_seed(seed)
-    data_seed = _check_seed(data_seed, "data_seed")
+    seed = check_seed(seed)
+    data_seed = check_seed(data_seed, "data_seed")
     config = PRETRAINED[name]
     if epochs is not None:
         config = TrainConfig(check_int(epochs, "epochs", 1), config.lr, config.batch_size, config.weight_decay)

@@ -34,7 +34,7 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from qedu._validation import as_float_tensor, check_int
+from qedu._validation import as_float_tensor, check_bool, check_choice, check_int, check_module
 from qedu.calibration import OBSERVERS, make_observer, minmax_range, mse_range, percentile_range
 from qedu.formats import IntFormat
 from qedu.granularity import PerChannel, PerGroup, PerTensor
@@ -54,18 +54,6 @@ _LAYER_FIELDS = ("weight_bits", "weight_granularity", "weight_symmetric", "weigh
 
 
 # ----------------------------------------------------------------------------- the configuration
-def _check_choice(value, name: str, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(map(repr, choices))}; pick one of those.")
-    return value
-
-
-def _check_bool(value, name: str) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}.")
-    return value
-
-
 @dataclass(frozen=True)
 class PTQConfig:
     """How to quantize a model after training. A frozen value: hashable, safe to cache on.
@@ -109,16 +97,16 @@ class PTQConfig:
         if not isinstance(self.weight_granularity, (PerTensor, PerChannel, PerGroup)):
             raise TypeError(f"weight_granularity must be PerTensor(), PerChannel(0) or PerGroup(group_size), "
                             f"got {self.weight_granularity!r}.")
-        _check_bool(self.weight_symmetric, "weight_symmetric")
-        _check_choice(self.weight_method, "weight_method", WEIGHT_METHODS)
+        check_bool(self.weight_symmetric, "weight_symmetric")
+        check_choice(self.weight_method, "weight_method", WEIGHT_METHODS)
         if self.act_bits is not None:
             check_int(self.act_bits, "act_bits", 2, 16)
-        _check_choice(self.act_method, "act_method", ACT_METHODS)
-        _check_bool(self.act_symmetric, "act_symmetric")
+        check_choice(self.act_method, "act_method", ACT_METHODS)
+        check_bool(self.act_symmetric, "act_symmetric")
         p = self.percentile
         if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 50 < p <= 100:
             raise ValueError(f"percentile must be a number in (50, 100], e.g. 99.99, got {p!r}.")
-        _check_bool(self.fold_bn, "fold_bn")
+        check_bool(self.fold_bn, "fold_bn")
         object.__setattr__(self, "keep_float", self._normalise_names(self.keep_float))
         object.__setattr__(self, "overrides", self._normalise_overrides(self.overrides))
         for name, _ in self.overrides:
@@ -224,7 +212,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
     >>> type(folded.bn1).__name__, folded.conv1.bias is not None
     ('Identity', True)
     """
-    model = _check_model(model)
+    model = check_module(model)
     model = copy.deepcopy(model).eval()
     for parent in list(model.modules()):
         if not isinstance(parent, nn.Sequential):
@@ -323,12 +311,6 @@ class QuantLayer(nn.Module):
 
 
 # ----------------------------------------------------------------------------- prepare / calibrate / convert
-def _check_model(model) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module (e.g. qedu.models.pretrained('mlp')), got {type(model).__name__}.")
-    return model
-
-
 def _check_config(config) -> PTQConfig:
     if not isinstance(config, PTQConfig):
         raise TypeError(f"config must be a PTQConfig, e.g. PTQConfig(weight_bits=4), got {type(config).__name__}.")
@@ -342,7 +324,7 @@ def quantizable_layers(model: nn.Module) -> list[str]:
     >>> quantizable_layers(make_cnn(seed=0))
     ['conv1', 'conv2', 'fc']
     """
-    model = _check_model(model)
+    model = check_module(model)
     names, wrapped = [], []
     for name, m in model.named_modules():
         if any(name.startswith(w + ".") for w in wrapped):
@@ -364,7 +346,7 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig()) -> nn.Module:
         ValueError: ``config`` names layers the model does not have (the message lists them), or
             ``model`` was prepared already.
     """
-    model, config = _check_model(model), _check_config(config)
+    model, config = check_module(model), _check_config(config)
     if hasattr(model, "qedu_config") or any(isinstance(m, QuantLayer) for m in model.modules()):
         raise ValueError("model is already prepared (it holds QuantLayers); pass the original float model.")
     model = fold_batchnorm(model) if config.fold_bn else copy.deepcopy(model).eval()
@@ -382,7 +364,7 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig()) -> nn.Module:
 
 
 def _quant_layers(prepared) -> list[QuantLayer]:
-    prepared = _check_model(prepared)
+    prepared = check_module(prepared)
     if not hasattr(prepared, "qedu_config"):
         raise TypeError("prepared must be the model that prepare(model, config) returned; this one was not "
                         "prepared. Call prepared = prepare(model, config) first.")
@@ -496,7 +478,7 @@ def model_size(model: nn.Module, config: PTQConfig | None = None) -> SizeReport:
     >>> model_size(make_mlp(seed=0)).total_bytes, model_size(make_mlp(seed=0), PTQConfig(act_bits=None)).total_bytes
     (68904, 18640)
     """
-    model = _check_model(model)
+    model = check_module(model)
     quantizable: set[str] = set()
     if config is not None:
         config = _check_config(config)

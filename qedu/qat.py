@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qedu._validation import check_int
+from qedu._validation import check_int, check_module
 from qedu.calibration import record_activations
 from qedu.data import Digits
 from qedu.formats import IntFormat
@@ -329,12 +329,6 @@ class QuantizedLayer(nn.Module):
 
 
 # ----------------------------------------------------------------------------- prepare / convert
-def _check_model(model) -> nn.Module:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module (e.g. qedu.models.pretrained('mlp')), got {type(model).__name__}.")
-    return model
-
-
 def prepare_qat(model: nn.Module, config: QATConfig = QATConfig(), x_calib=None) -> nn.Module:
     """A copy of ``model`` whose Linear/Conv layers train through quantizers (:class:`QATLayer`).
 
@@ -355,7 +349,7 @@ def prepare_qat(model: nn.Module, config: QATConfig = QATConfig(), x_calib=None)
     """
     from qedu.lsq import LSQQuantizer, PACTQuantizer
 
-    model = _check_model(model)
+    model = check_module(model)
     if not isinstance(config, QATConfig):
         raise TypeError(f"config must be a QATConfig, e.g. QATConfig(weight_bits=2), got {type(config).__name__}.")
     if any(isinstance(m, (QATLayer, QuantizedLayer)) for m in model.modules()):
@@ -411,7 +405,7 @@ def convert(qat_model: nn.Module) -> nn.Module:
     Raises:
         TypeError: ``qat_model`` holds no QATLayer (call :func:`prepare_qat` first).
     """
-    qat_model = _check_model(qat_model)
+    qat_model = check_module(qat_model)
     if not any(isinstance(m, QATLayer) for m in qat_model.modules()):
         raise TypeError("qat_model must be the model prepare_qat(model, config) returned (it holds no QATLayer); "
                         "call prepared = prepare_qat(model, config) first.")
@@ -487,7 +481,7 @@ def train_qat(model: nn.Module, data: Digits, epochs: int = 3, lr: float = 1e-3,
         TypeError: ``model`` holds no QATLayer, ``callback`` is not callable, ``progress`` not a bool.
         ValueError: as :func:`qedu.models.train` (epochs < 1, lr <= 0, ...).
     """
-    model = _check_model(model)
+    model = check_module(model)
     if not any(isinstance(m, QATLayer) for m in model.modules()):
         raise TypeError("model must come from prepare_qat(model, config): it holds no QATLayer, so training it would "
                         "be ordinary float training. Call prepared = prepare_qat(model, config) first.")

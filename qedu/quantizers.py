@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import torch
 
-from qedu._validation import as_float_tensor
+from qedu._validation import as_float_tensor, check_choice
 from qedu.formats import INT8, IntFormat
 from qedu.granularity import PerChannel, PerGroup, PerTensor
 
@@ -57,12 +57,6 @@ def _check_fmt(fmt) -> IntFormat:
             "Integer quantization maps to integer codes; floating-point formats are a cast, not a scale and zero point."
         )
     return fmt
-
-
-def _check_choice(value, name: str, choices) -> str:
-    if value not in choices:
-        raise ValueError(f"{name}={value!r} is not one of {', '.join(repr(c) for c in choices)}; pick one of those.")
-    return value
 
 
 def _check_x(x, name: str = "x") -> torch.Tensor:
@@ -175,7 +169,7 @@ def choose_qparams_from_minmax(min_val, max_val, fmt: IntFormat, symmetric: bool
     fmt = _check_fmt(fmt)
     if not isinstance(symmetric, bool):
         raise TypeError(f"symmetric must be True or False, got {symmetric!r}.")
-    _check_choice(symmetric_rule, "symmetric_rule", SYMMETRIC_RULES)
+    check_choice(symmetric_rule, "symmetric_rule", SYMMETRIC_RULES)
     if not (isinstance(eps, numbers.Real) and eps > 0 and math.isfinite(eps)):
         raise ValueError(f"eps must be a positive finite float, got {eps!r}; the default is {FLOAT32_EPS:.8g}.")
     min_val = _check_x(min_val, "min_val")
@@ -279,7 +273,7 @@ def round_codes(v: torch.Tensor, rounding: str = "half_even", generator: torch.G
     >>> round_codes(torch.tensor([-2.5, -0.5, 0.5, 1.5, 2.5]), "half_away")
     tensor([-3., -1.,  1.,  2.,  3.])
     """
-    _check_choice(rounding, "rounding", ROUNDING_MODES)
+    check_choice(rounding, "rounding", ROUNDING_MODES)
     if rounding == "half_even":
         return torch.round(v)
     if rounding == "half_away":
@@ -328,7 +322,7 @@ def quantize(x, scale, zero_point, fmt: IntFormat, rounding: str = "half_even",
     x = _check_x(x)
     scale = _check_scale(scale, x.shape)
     zero_point = _check_zero_point(zero_point, x.shape, fmt)
-    _check_choice(rounding, "rounding", ROUNDING_MODES)
+    check_choice(rounding, "rounding", ROUNDING_MODES)
     inv_scale = 1.0 / scale  # float32, as torch: inv_scale = 1.0f / scale
     v = round_codes(x * inv_scale, rounding, generator) + zero_point.to(torch.float32)
     return torch.clamp(v, fmt.qmin, fmt.qmax).to(torch.int32)  # clamp in float: huge |x| saturates

@@ -2,14 +2,11 @@
 and names every registered classic mistake."""
 from __future__ import annotations
 
-import re
-
-import pytest
 import torch
 
 from qedu import checks
 from qedu.checks import evaluation as ev
-from qedu.checks.framework import CheckFailed
+from tests.check_contract import check_contract
 
 SPECS = {
     "disagreement_rate": (ev.DISAGREEMENT, checks.check_disagreement_rate),
@@ -17,31 +14,12 @@ SPECS = {
     "clip_rate": (ev.CLIP_RATE, checks.check_clip_rate),
     "fgsm": (ev.FGSM, checks.check_fgsm),
 }
-MISTAKES = [(name, m) for name, (spec, _) in SPECS.items() for m in spec.mistakes]
+CONTRACT = {name: (check, spec) for name, (spec, check) in SPECS.items()}
+MISTAKES = [(name, m) for name, (_, spec, *_) in CONTRACT.items() for m in spec.mistakes]
 
-
-def _stub(*args):
-    raise NotImplementedError("Replace this line with your code.")
-
-
-@pytest.mark.parametrize("name", list(SPECS))
-def test_check_passes_the_reference(name):
-    spec, check = SPECS[name]
-    assert check(spec.reference).passed
-
-
-@pytest.mark.parametrize("name", list(SPECS))
-def test_check_says_not_implemented_for_a_stub(name, capsys):
-    _, check = SPECS[name]
-    assert check(_stub).status == "not implemented"
-    assert "not implemented yet" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name, mistake", MISTAKES, ids=[f"{n}: {m.name}" for n, m in MISTAKES])
-def test_check_names_each_classic_mistake(name, mistake):
-    _, check = SPECS[name]
-    with pytest.raises(CheckFailed, match=f"likely mistake: {re.escape(mistake.name)}"):
-        check(mistake.impl)
+test_check_passes_the_reference, test_check_says_not_implemented_for_a_stub, test_check_names_each_classic_mistake = check_contract(
+    CONTRACT
+)
 
 
 def test_the_brief_mistakes_are_registered():

@@ -1,5 +1,4 @@
 """Tests for qedu/checks/formats.py: each check passes correct code, reports stubs, names every mistake."""
-import re
 
 import pytest
 import torch
@@ -7,6 +6,7 @@ import torch
 from qedu import checks
 from qedu.checks.formats import EXMY_VALUE, FLOAT_MAX, INT_RANGE, ROUND_TO_EXMY
 from qedu.checks.framework import CheckFailed
+from tests.check_contract import check_contract
 
 
 # Solutions written the way a learner would (the same code as exercise_sources/01_number_formats.py).
@@ -47,33 +47,9 @@ CHECKS = {
     "float_max": (checks.check_float_max, FLOAT_MAX, float_max),
     "round_to_exmy": (checks.check_round_to_exmy, ROUND_TO_EXMY, round_to_exmy),
 }
-MISTAKES = [(name, m) for name, (_, spec, _) in CHECKS.items() for m in spec.mistakes]
-
-
-@pytest.mark.parametrize("name", CHECKS)
-def test_check_passes_the_reference_and_a_learner_solution(name, capsys):
-    check, spec, solution = CHECKS[name]
-    assert check(spec.reference).passed
-    assert check(solution).passed
-    assert "all" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name", CHECKS)
-def test_check_reports_a_stub_without_raising(name, capsys):
-    check = CHECKS[name][0]
-
-    def stub(*args):
-        raise NotImplementedError("Replace this line with your code.")
-
-    assert check(stub).status == "not implemented"
-    assert "not implemented yet" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name, mistake", MISTAKES, ids=[f"{n}: {m.name}" for n, m in MISTAKES])
-def test_check_names_every_registered_mistake(name, mistake):
-    check = CHECKS[name][0]
-    with pytest.raises(CheckFailed, match=re.escape(f"likely mistake: {mistake.name}. Hint: {mistake.hint}")):
-        check(mistake.impl)
+test_check_passes_the_reference, test_check_says_not_implemented_for_a_stub, test_check_names_each_classic_mistake = check_contract(
+    CHECKS
+)
 
 
 def test_wrong_type_and_crash_are_reported():

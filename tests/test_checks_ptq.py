@@ -11,6 +11,7 @@ import torch
 from qedu import checks
 from qedu.checks import ptq as ptq_checks
 from qedu.checks.framework import CheckFailed
+from tests.check_contract import check_contract
 
 SPECS = {
     "minmax_observer": (ptq_checks.MINMAX_OBSERVER, checks.check_minmax_observer),
@@ -18,31 +19,14 @@ SPECS = {
     "mse_clip": (ptq_checks.MSE_CLIP, checks.check_mse_clip),
     "fold_bn": (ptq_checks.FOLD_BN, checks.check_fold_bn),
 }
-MISTAKES = [(name, m) for name, (spec, _) in SPECS.items() for m in spec.mistakes]
-
-
-def _stub(*args):
+CONTRACT = {name: (check, spec) for name, (spec, check) in SPECS.items()}
+def _stub(*args, **kwargs):
     raise NotImplementedError("Replace this line with your code.")
 
 
-@pytest.mark.parametrize("name", list(SPECS))
-def test_check_passes_the_reference(name):
-    spec, check = SPECS[name]
-    assert check(spec.reference).passed
-
-
-@pytest.mark.parametrize("name", list(SPECS))
-def test_check_says_not_implemented_for_a_stub(name, capsys):
-    _, check = SPECS[name]
-    assert check(_stub).status == "not implemented"
-    assert "not implemented yet" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name, mistake", MISTAKES, ids=[f"{n}: {m.name}" for n, m in MISTAKES])
-def test_check_names_each_classic_mistake(name, mistake):
-    _, check = SPECS[name]
-    with pytest.raises(CheckFailed, match=f"likely mistake: {re.escape(mistake.name)}"):
-        check(mistake.impl)
+test_check_passes_the_reference, test_check_says_not_implemented_for_a_stub, test_check_names_each_classic_mistake = check_contract(
+    CONTRACT
+)
 
 
 def test_checks_accept_0d_tensors_for_numbers():

@@ -3,7 +3,6 @@ implemented yet' for a stub, and names every registered classic mistake."""
 from __future__ import annotations
 
 import math
-import re
 
 import pytest
 import torch
@@ -12,37 +11,17 @@ import torch.nn.functional as F
 from qedu import checks
 from qedu.checks import qat as qat_checks
 from qedu.checks.framework import CheckFailed
+from tests.check_contract import check_contract
 
 SPECS = {
     "round_ste": (qat_checks.ROUND_STE, checks.check_round_ste),
     "fake_quant_linear": (qat_checks.FAKE_QUANT_LINEAR, checks.check_fake_quant_linear),
     "lsq_grad_scale": (qat_checks.LSQ_GRAD_SCALE, checks.check_lsq_grad_scale),
 }
-MISTAKES = [(name, m) for name, (spec, _) in SPECS.items() for m in spec.mistakes]
-
-
-def _stub(*args, **kwargs):
-    raise NotImplementedError("Replace this line with your code.")
-
-
-@pytest.mark.parametrize("name", list(SPECS))
-def test_check_passes_the_reference(name):
-    spec, check = SPECS[name]
-    assert check(spec.reference).passed
-
-
-@pytest.mark.parametrize("name", list(SPECS))
-def test_check_says_not_implemented_for_a_stub(name, capsys):
-    _, check = SPECS[name]
-    assert check(_stub).status == "not implemented"
-    assert "not implemented yet" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name, mistake", MISTAKES, ids=[f"{n}: {m.name}" for n, m in MISTAKES])
-def test_check_names_each_classic_mistake(name, mistake):
-    _, check = SPECS[name]
-    with pytest.raises(CheckFailed, match=f"likely mistake: {re.escape(mistake.name)}"):
-        check(mistake.impl)
+CONTRACT = {name: (check, spec) for name, (spec, check) in SPECS.items()}
+test_check_passes_the_reference, test_check_says_not_implemented_for_a_stub, test_check_names_each_classic_mistake = check_contract(
+    CONTRACT
+)
 
 
 # --- correct answers written the ways learners write them pass ---------------------------------

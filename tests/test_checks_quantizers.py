@@ -1,11 +1,11 @@
 """Tests for qedu/checks/quantizers.py: each check passes correct code, reports stubs, names every mistake."""
-import re
 
 import pytest
 import torch
 
 from qedu import checks
 from qedu.checks.framework import CheckFailed
+from tests.check_contract import check_contract
 from qedu.checks.quantizers import DEQUANTIZE, PACK4, PER_CHANNEL, QPARAMS, QUANTIZE, STOCHASTIC_ROUND
 
 
@@ -57,34 +57,9 @@ CHECKS = {
     "stochastic_round": (checks.check_stochastic_round, STOCHASTIC_ROUND, stochastic_round),
     "pack4": (checks.check_pack4, PACK4, pack4),
 }
-MISTAKES = [(name, m) for name, (_, spec, _) in CHECKS.items() for m in spec.mistakes]
-
-
-@pytest.mark.parametrize("name", CHECKS)
-def test_check_passes_the_reference_and_a_learner_solution(name, capsys):
-    check, spec, solution = CHECKS[name]
-    assert check(spec.reference).passed
-    assert check(solution).passed
-    assert "all" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name", CHECKS)
-def test_stub_reports_not_implemented(name, capsys):
-    check = CHECKS[name][0]
-
-    def stub(*args):
-        raise NotImplementedError("Replace this line with your code.")
-
-    result = check(stub)
-    assert result.status == "not implemented" and not result.passed
-    assert "not implemented yet" in capsys.readouterr().out
-
-
-@pytest.mark.parametrize("name, mistake", MISTAKES, ids=[f"{n}: {m.name}" for n, m in MISTAKES])
-def test_every_registered_mistake_is_rejected_and_named(name, mistake, capsys):
-    check = CHECKS[name][0]
-    with pytest.raises(CheckFailed, match=re.escape(f"likely mistake: {mistake.name}.")):
-        check(mistake.impl)
+test_check_passes_the_reference, test_check_says_not_implemented_for_a_stub, test_check_names_each_classic_mistake = check_contract(
+    CHECKS
+)
 
 
 def test_tie_case_separates_division_from_reciprocal():

@@ -1,0 +1,48 @@
+"""The contract every exercise check keeps, as parametrized tests a test module adopts in one line.
+
+    test_passes, test_stub, test_mistakes = check_contract({
+        "int_range": (checks.check_int_range, INT_RANGE_SPEC, learner_style_solution),
+        ...
+    })
+
+For each check: it passes qedu's reference (and any learner-style solutions given after the
+spec), reports a stub that raises NotImplementedError as "not implemented yet" without raising,
+and rejects every registered classic mistake with a CheckFailed that names it and gives its hint.
+"""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from qedu.checks.framework import CheckFailed
+
+
+def _stub(*args, **kwargs):
+    raise NotImplementedError("Replace this line with your code.")
+
+
+def check_contract(checks: dict):
+    """``checks``: name -> (check function, CheckSpec, *correct solutions). Returns three tests."""
+    names = list(checks)
+    mistakes = [(name, m) for name, (_, spec, *_) in checks.items() for m in spec.mistakes]
+
+    @pytest.mark.parametrize("name", names)
+    def test_check_passes_the_reference(name, capsys):
+        check, spec, *solutions = checks[name]
+        for fn in (spec.reference, *solutions):
+            assert check(fn).passed
+        assert "✅" in capsys.readouterr().out
+
+    @pytest.mark.parametrize("name", names)
+    def test_check_says_not_implemented_for_a_stub(name, capsys):
+        result = checks[name][0](_stub)
+        assert result.status == "not implemented" and not result.passed
+        assert "not implemented yet" in capsys.readouterr().out
+
+    @pytest.mark.parametrize("name, mistake", mistakes, ids=[f"{n}: {m.name}" for n, m in mistakes])
+    def test_check_names_each_classic_mistake(name, mistake):
+        with pytest.raises(CheckFailed, match=re.escape(f"likely mistake: {mistake.name}. Hint: {mistake.hint}")):
+            checks[name][0](mistake.impl)
+
+    return test_check_passes_the_reference, test_check_says_not_implemented_for_a_stub, test_check_names_each_classic_mistake
