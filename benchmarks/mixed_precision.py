@@ -28,8 +28,9 @@ Usage::
     python benchmarks/mixed_precision.py            # normal run, a few minutes on a CPU without bf16 units
     python benchmarks/mixed_precision.py --quick    # CI-sized, < 60 s on a 2-core CPU
     python benchmarks/mixed_precision.py --accuracy # digits accuracy over 3 seeds, ~5-10 minutes
+    python benchmarks/mixed_precision.py --device cuda --fused-attention  # attention by one fused kernel
 
-Writes ``benchmarks/results/mixed_precision_<device>[_quick].json`` and ``.md``, or
+Writes ``benchmarks/results/mixed_precision_<device>[_fused][_quick].json`` and ``.md``, or
 ``benchmarks/results/training_recipes_digits.json`` and ``.md``.
 """
 from __future__ import annotations
@@ -85,7 +86,8 @@ def run_recipe(recipe: str, device: str, size: dict, threads: int, seed: int = 0
     if cuda:
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    model = TinyGPT(V, s, size["hidden"], size["n_layers"], size["n_heads"]).to(device)
+    model = TinyGPT(V, s, size["hidden"], size["n_layers"], size["n_heads"],
+                    fused_attention=size.get("attention") == "fused").to(device)
     if recipe == "bf16_pure":
         model = model.to(torch.bfloat16)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
@@ -156,6 +158,10 @@ def _cpu_flags() -> str:
     return ", ".join(f for f in wanted if f in flags) or "none of avx2/avx512/amx"
 
 
+_ATTENTION = {"explicit": "attention written out (stores the s x s probabilities)",
+              "fused": "fused attention (F.scaled_dot_product_attention: no s x s matrix stored)"}
+
+
 def to_markdown(report: dict) -> str:
     env, size = report["environment"], report["size"]
     lines = [
@@ -164,7 +170,8 @@ def to_markdown(report: dict) -> str:
         f"torch {env['torch']}, {env['threads']} thread(s), Python {env['python']}, {env['platform']}"
         + (f"; CPU features: {env['cpu_features']}" if report["device"] == "cpu" else ""),
         f"TinyGPT: {size['n_layers']} layers, hidden {size['hidden']}, {size['n_heads']} heads, vocab {size['vocab_size']}, "
-        f"sequence {size['seq_len']}, batch {size['batch']} ({report['n_params']:,} parameters); "
+        f"sequence {size['seq_len']}, batch {size['batch']} ({report['n_params']:,} parameters), "
+        f"{_ATTENTION[size.get('attention', 'explicit')]}; "
         f"{size['warmup']} warm-up + {size['repeats']} timed steps per recipe"
         + (" (--quick)" if report["quick"] else "") + ".",
         f"Peak memory: {report['memory_kind']}.",
@@ -261,6 +268,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steady timings)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--accuracy", action="store_true", help="digits accuracy tables over 3 seeds instead of speed")
+    parser.add_argument("--fused-attention", action="store_true",
+                        help="TinyGPT with F.scaled_dot_product_attention (no s x s matrix stored); results file *_fused")
     args = parser.parse_args(argv)
 
     import torch
@@ -278,7 +287,7 @@ def main(argv=None) -> int:
         (args.out / "training_recipes_digits.md").write_text(accuracy_markdown(report) + "\n")
         print(accuracy_markdown(report))
         return 0
-    size = SIZES[(device, args.quick)]
+    size = dict(SIZES[(device, args.quick)], attention="fused" if args.fused_attention else "explicit")
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
@@ -316,7 +325,7 @@ def main(argv=None) -> int:
         "results": results,
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = f"mixed_precision_{device}{'_quick' if args.quick else ''}"
+    stem = f"mixed_precision_{device}{'_fused' if args.fused_attention else ''}{'_quick' if args.quick else ''}"
     (args.out / f"{stem}.json").write_text(json.dumps(report, indent=2) + "\n")
     (args.out / f"{stem}.md").write_text(to_markdown(report))
     print(to_markdown(report))

@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qedu._validation import check_int
+from qedu._validation import check_bool, check_int
 
 __all__ = ["Recipe", "RECIPES", "Memory", "training_memory", "transformer_activation_bytes", "gpt_param_count",
            "TinyGPT", "allocate_training_state", "measure_state_bytes", "measure_activation_bytes",
@@ -159,11 +159,15 @@ def gpt_param_count(n_layers: int, hidden: int, vocab_size: int, seq_len: int) -
 
 
 class _Block(nn.Module):
-    """One GPT layer, written out so every stored activation is visible (pre-norm, GELU MLP)."""
+    """One GPT layer, written out so every stored activation is visible (pre-norm, GELU MLP).
 
-    def __init__(self, hidden: int, n_heads: int, dropout: float):
+    With ``fused_attention`` the attention runs as one ``F.scaled_dot_product_attention`` call
+    (FlashAttention-style kernels on GPUs): same result, but no ``s x s`` matrix is stored.
+    """
+
+    def __init__(self, hidden: int, n_heads: int, dropout: float, fused_attention: bool = False):
         super().__init__()
-        self.n_heads = n_heads
+        self.n_heads, self.fused_attention = n_heads, fused_attention
         self.ln1, self.ln2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
         self.qkv, self.proj = nn.Linear(hidden, 3 * hidden), nn.Linear(hidden, hidden)
         self.fc1, self.fc2 = nn.Linear(hidden, 4 * hidden), nn.Linear(4 * hidden, hidden)
@@ -173,10 +177,13 @@ class _Block(nn.Module):
         b, s, h = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(h, dim=2)  # 3 x (b, s, h)
         q, k, v = (t.view(b, s, self.n_heads, h // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (b, a, s, h/a)
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(h // self.n_heads)  # (b, a, s, s)
-        causal = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)
-        att = self.drop(att.masked_fill(causal, float("-inf")).softmax(dim=-1))
-        y = (att @ v).transpose(1, 2).reshape(b, s, h)  # (b, a, s, h/a) -> (b, s, h)
+        if self.fused_attention:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.drop.p if self.training else 0.0, is_causal=True)
+        else:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(h // self.n_heads)  # (b, a, s, s)
+            causal = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)
+            y = self.drop(att.masked_fill(causal, float("-inf")).softmax(dim=-1)) @ v
+        y = y.transpose(1, 2).reshape(b, s, h)  # (b, a, s, h/a) -> (b, s, h)
         x = x + self.drop(self.proj(y))
         return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
 
@@ -185,7 +192,9 @@ class TinyGPT(nn.Module):
     """A small GPT: token + position embeddings, ``n_layers`` blocks, final norm, tied output layer.
 
     Weights start as in GPT-2 (normal, std 0.02; zero biases). Initial values come from torch's
-    global generator (seed it, e.g. with ``qedu.setup``).
+    global generator (seed it, e.g. with ``qedu.setup``). ``fused_attention=True`` computes
+    attention with ``F.scaled_dot_product_attention`` instead of writing it out (same result
+    up to rounding; stores no ``s x s`` attention matrix, so activation memory drops).
 
     >>> model = TinyGPT(vocab_size=16, seq_len=8, hidden=32, n_layers=2, n_heads=4)
     >>> tuple(model(torch.zeros(3, 8, dtype=torch.long)).shape), sum(p.numel() for p in model.parameters())
@@ -193,13 +202,14 @@ class TinyGPT(nn.Module):
     """
 
     def __init__(self, vocab_size: int = 256, seq_len: int = 64, hidden: int = 128, n_layers: int = 2,
-                 n_heads: int = 4, dropout: float = 0.0):
+                 n_heads: int = 4, dropout: float = 0.0, fused_attention: bool = False):
         super().__init__()
+        fused_attention = check_bool(fused_attention, "fused_attention")
         if check_int(hidden, "hidden", 1) % check_int(n_heads, "n_heads", 1):
             raise ValueError(f"hidden ({hidden}) must be a multiple of n_heads ({n_heads}).")
         self.tok = nn.Embedding(check_int(vocab_size, "vocab_size", 2), hidden)
         self.pos = nn.Embedding(check_int(seq_len, "seq_len", 1), hidden)
-        self.blocks = nn.ModuleList(_Block(hidden, n_heads, dropout) for _ in range(check_int(n_layers, "n_layers", 1)))
+        self.blocks = nn.ModuleList(_Block(hidden, n_heads, dropout, fused_attention) for _ in range(check_int(n_layers, "n_layers", 1)))
         self.ln = nn.LayerNorm(hidden)
         for m in self.modules():  # GPT-2's initialisation: small weights, so the first loss is ~ln(vocab)
             if isinstance(m, (nn.Linear, nn.Embedding)):
@@ -287,7 +297,7 @@ def measure_activation_bytes(model: TinyGPT, idx: torch.Tensor) -> int:
 
 
 def measure_cuda_peak(recipe: str = "mixed", n_layers: int = 4, hidden: int = 512, seq_len: int = 512, batch: int = 8,
-                      n_heads: int = 8, vocab_size: int = 1024) -> dict[str, float]:
+                      n_heads: int = 8, vocab_size: int = 1024, fused_attention: bool = False) -> dict[str, float]:
     """Peak CUDA memory of TinyGPT training steps vs this module's estimate (needs a GPU).
 
     Recipes: "fp32", "mixed" (``torch.autocast`` with bf16) and "bf16_pure". ``measured`` is
@@ -299,7 +309,9 @@ def measure_cuda_peak(recipe: str = "mixed", n_layers: int = 4, hidden: int = 51
     * activations: the formula without dropout (TinyGPT's default), with 4 bytes per value for
       "fp32" and 2 otherwise; autocast runs softmax in fp32, adding ``4*a*s*s*b`` per layer
       (the fp32 softmax output beside its bf16 copy);
-    * logits: ``b*s*vocab`` values, kept in the model's dtype and as the fp32 log-softmax.
+    * logits: ``b*s*vocab`` values, kept in the model's dtype and as the fp32 log-softmax;
+    * with ``fused_attention``: no ``s x s`` terms at all, only the kernel's fp32 log-sum-exp
+      (``4*a*s*b`` bytes per layer).
 
     Allocator rounding, cuBLAS workspaces and temporaries of the backward pass are not in the
     estimate, so expect ``ratio`` somewhat above 1.
@@ -309,7 +321,7 @@ def measure_cuda_peak(recipe: str = "mixed", n_layers: int = 4, hidden: int = 51
     if recipe not in ("fp32", "mixed", "bf16_pure"):
         raise ValueError(f"recipe must be 'fp32', 'mixed' or 'bf16_pure' for measure_cuda_peak, got {recipe!r}.")
     device = torch.device("cuda")
-    model = TinyGPT(vocab_size, seq_len, hidden, n_layers, n_heads).to(device)
+    model = TinyGPT(vocab_size, seq_len, hidden, n_layers, n_heads, fused_attention=fused_attention).to(device)
     if recipe == "bf16_pure":
         model = model.to(torch.bfloat16)
     optimizer = torch.optim.Adam(model.parameters())
@@ -329,7 +341,9 @@ def measure_cuda_peak(recipe: str = "mixed", n_layers: int = 4, hidden: int = 51
     B = 4 if recipe == "fp32" else 2
     per_param = {"fp32": 16, "mixed": 16 + 2, "bf16_pure": 8}[recipe]
     act = transformer_activation_bytes(n_layers, hidden, seq_len, batch, n_heads, B, dropout=False)
-    if recipe == "mixed":
+    if fused_attention:  # no s x s matrices; the kernel keeps one fp32 log-sum-exp per row and head
+        act += n_layers * (4 * n_heads * seq_len * batch - n_heads * seq_len * seq_len * batch * B)
+    elif recipe == "mixed":
         act += n_layers * 4 * n_heads * seq_len * seq_len * batch  # fp32 softmax outputs under autocast
     logits_bytes = batch * seq_len * vocab_size * (B + 4)
     estimated = float(n * per_param + act + logits_bytes)

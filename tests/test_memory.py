@@ -84,11 +84,28 @@ def test_activation_formula_matches_bytes_autograd_saves(dtype, dropout):
     assert formula <= measured <= 1.02 * formula
 
 
+def test_fused_attention_computes_the_same_and_stores_no_attention_matrix():
+    torch.manual_seed(0)
+    V, s, h, a, b = 64, 32, 64, 4, 3
+    explicit = TinyGPT(V, s, h, 2, a).train()
+    fused = TinyGPT(V, s, h, 2, a, fused_attention=True).train()
+    fused.load_state_dict(explicit.state_dict())
+    idx = torch.randint(V, (b, s))
+    torch.testing.assert_close(fused(idx), explicit(idx), rtol=1e-5, atol=1e-5)
+    saved_explicit = measure_activation_bytes(explicit, idx)
+    saved_fused = measure_activation_bytes(fused, idx)
+    s_by_s = 2 * a * s * s * b * 4  # per layer: scores/probabilities (b, a, s, s) in fp32, 2 layers
+    assert saved_fused < saved_explicit - 0.9 * s_by_s
+    with pytest.raises(TypeError, match="fused_attention must be True or False"):
+        TinyGPT(V, s, h, 2, a, fused_attention="yes")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU on this machine: the peak-memory check "
                     "against torch.cuda.max_memory_allocated needs one (this is not a failure of qedu's code)")
+@pytest.mark.parametrize("fused", [False, True], ids=["explicit_attention", "fused_attention"])
 @pytest.mark.parametrize("recipe", ["fp32", "mixed", "bf16_pure"])
-def test_cuda_peak_memory_is_close_to_the_estimate(recipe):
-    result = measure_cuda_peak(recipe)
+def test_cuda_peak_memory_is_close_to_the_estimate(recipe, fused):
+    result = measure_cuda_peak(recipe, fused_attention=fused)
     # the estimate leaves out backward temporaries, workspaces and allocator rounding
     assert 0.9 < result["ratio"] < 1.5, result
 
