@@ -109,3 +109,86 @@ def test_environment_report_is_offline_and_complete():
     report = qedu.environment_report()
     assert report["qedu"] == qedu.__version__
     assert report["torch_threads"] >= 1 and report["cpu_count"] >= 1
+
+
+def test_encode_png_round_trips_through_pillow():
+    import io
+
+    from PIL import Image
+
+    from qedu.widgets import encode_png
+
+    rng = np.random.default_rng(0)
+    rgba = rng.integers(0, 256, size=(37, 53, 4), dtype=np.uint8)
+    png = encode_png(rgba)
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(png)).convert("RGBA")), rgba)
+    assert encode_png(rgba) == png  # deterministic
+    with pytest.raises(TypeError, match="rgba must be a uint8 numpy array of shape"):
+        encode_png(rgba[..., :3])
+    with pytest.raises(TypeError, match="rgba must be a uint8"):
+        encode_png(rgba.astype(np.float32))
+
+
+def _stacked_panel():
+    from qedu.widgets import StackedFigure
+
+    fig = StackedFigure([1.0, 1.2], width=4.0, dpi=50)
+    top, bottom = (f.add_axes((0.1, 0.2, 0.85, 0.7)) for f in fig.figures)
+    x = np.linspace(0, 1, 40)
+    (curve,) = top.plot(x, x)
+    (base,) = bottom.plot(x, x)
+    marker = fig.animate(1, bottom.axvline(0.5, color="r"))
+    draws = [0, 0]
+    for i, f in enumerate(fig.figures):
+        original = f.canvas.draw
+        f.canvas.draw = lambda original=original, i=i: (draws.__setitem__(i, draws[i] + 1), original())[1]
+    shown = {}
+
+    def update(k, where, scale):
+        if shown.get("k") != k:
+            curve.set_ydata(x**k)
+            fig.stale(0)
+        if shown.get("scale") != scale:
+            base.set_ydata(scale * x)
+            bottom.set_ylim(0, scale)
+            fig.stale(1)
+        if shown.get("where") != where:
+            marker.set_xdata([where, where])
+            fig.stale(1, background=False)
+        shown.update(k=k, where=where, scale=scale)
+
+    controls = {"k": W.IntSlider(value=1, min=1, max=3), "where": W.FloatSlider(value=0.5, min=0, max=1),
+                "scale": W.IntSlider(value=1, min=1, max=3)}
+    return Panel(controls, update, fig), draws
+
+
+def test_stacked_figure_redraws_only_the_stale_strips():
+    panel, draws = _stacked_panel()
+    assert draws == [1, 1] and panel.figure.png.startswith(b"\x89PNG")
+    panel.controls["k"].value = 2  # top strip only
+    assert draws == [2, 1]
+    panel.controls["where"].value = 0.8  # bottom strip's animated marker only: no full redraw
+    assert draws == [2, 1]
+    panel.controls["scale"].value = 2  # the bottom strip's background changed
+    assert draws == [2, 2]
+
+
+def test_stacked_figure_picture_does_not_depend_on_the_path():
+    a, _ = _stacked_panel()
+    for name, value in (("where", 0.2), ("scale", 3), ("k", 3), ("where", 0.9)):
+        a.controls[name].value = value
+    b, _ = _stacked_panel()
+    for name, value in (("k", 3), ("where", 0.9), ("scale", 3)):
+        b.controls[name].value = value
+    assert a.figure.png == b.figure.png
+    c, _ = _stacked_panel()
+    assert c.figure.png != a.figure.png
+
+
+def test_stacked_figure_refuses_bad_heights():
+    from qedu.widgets import StackedFigure
+
+    with pytest.raises(ValueError, match="heights must be a non-empty list"):
+        StackedFigure([])
+    with pytest.raises(ValueError, match="heights"):
+        StackedFigure([1.0, 0.0])

@@ -6,11 +6,14 @@ from qedu.formats import BF16, FP8_E4M3, FP16, cast
 from qedu.widgets.formats import format_explorer, model_tensors, tensor_regions
 
 
+def panel_x():
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(4000, generator=g) * 0.05  # weight-like values
+
+
 @pytest.fixture(scope="module")
 def panel():
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(4000, generator=g) * 0.05  # weight-like values
-    return format_explorer(x, name="weights")
+    return format_explorer(panel_x(), name="weights")
 
 
 def state(panel):
@@ -99,3 +102,31 @@ def test_bad_x_is_refused():
     with pytest.raises(ValueError, match="w has no non-zero values"):
         format_explorer(torch.zeros(3), name="w")
     assert format_explorer(torch.ones(3)).message.value == ""  # a single value is fine
+
+
+def test_the_picture_depends_only_on_the_controls_not_on_the_path(panel):
+    """The explorer redraws only the strips a move changes: any path to the same values gives the same PNG."""
+    target = {"preset": "FP8_E5M2", "scale_log2": -6, "axis": "linear"}
+    for name, value in (("scale_log2", 9), ("preset", "BF16"), ("axis", "linear"), ("preset", "FP8_E5M2"),
+                        ("scale_log2", -6)):
+        panel.controls[name].value = value
+    via_path = state(panel)
+    fresh = format_explorer(panel_x(), name="weights")
+    for name, value in target.items():
+        fresh.controls[name].value = value
+    assert state(fresh) == via_path
+    for name, value in (("preset", "FP16"), ("scale_log2", 0), ("axis", "log")):
+        panel.controls[name].value = value
+
+
+def test_a_scale_move_redraws_only_the_histogram(panel):
+    top, bottom = (f.canvas for f in panel.figure.figures)
+    calls = []
+    top.draw = lambda draw=top.draw: (calls.append("top"), draw())
+    bottom.draw = lambda draw=bottom.draw: (calls.append("bottom"), draw())
+    try:
+        panel.controls["scale_log2"].value = 3
+        panel.controls["scale_log2"].value = 0
+    finally:
+        del top.draw, bottom.draw  # back to the class's draw
+    assert calls == ["bottom", "bottom"]

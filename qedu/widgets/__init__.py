@@ -16,17 +16,45 @@ without a browser::
 from __future__ import annotations
 
 import html
-import io
+import struct
 import time
+import zlib
 from typing import Callable, Mapping
 
 import ipywidgets as W
 import numpy as np
-from matplotlib import image as mpl_image
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["LiveFigure", "Panel"]
+__all__ = ["LiveFigure", "StackedFigure", "Panel", "encode_png"]
+
+
+def encode_png(rgba: np.ndarray, level: int = 1) -> bytes:
+    """Encode an (height, width, 4) uint8 RGBA picture as PNG bytes, quickly.
+
+    A PNG is a signature and three chunks: IHDR (size, 8-bit RGBA), IDAT (the rows, each
+    prefixed by a filter byte, here 0 = "none", deflated with zlib) and IEND. Skipping PNG's
+    per-row filter search and using zlib's fastest level makes this ~3x faster than Pillow's
+    encoder for a widget's figure (about 3 ms vs 10 ms at 720x400) at a similar size, since
+    plots are mostly flat colour. Deterministic: the same pixels give the same bytes.
+
+    >>> png = encode_png(np.zeros((2, 3, 4), np.uint8))
+    >>> png[:8], png[12:16]
+    (b'\x89PNG\r\n\x1a\n', b'IHDR')
+    """
+    if not (isinstance(rgba, np.ndarray) and rgba.dtype == np.uint8 and rgba.ndim == 3 and rgba.shape[2] == 4):
+        raise TypeError("rgba must be a uint8 numpy array of shape (height, width, 4), "
+                        f"got {type(rgba).__name__} {getattr(rgba, 'dtype', '')} {getattr(rgba, 'shape', '')}.")
+    h, w, _ = rgba.shape
+    rows = np.zeros((h, 1 + 4 * w), np.uint8)  # column 0: filter type 0 for every row
+    rows[:, 1:] = rgba.reshape(h, 4 * w)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)  # 8 bits per channel, colour type 6 = RGBA
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), level))
+            + chunk(b"IEND", b""))
 
 
 class LiveFigure:
@@ -73,11 +101,70 @@ class LiveFigure:
             canvas.restore_region(self._background)
             for artist in self.animated:
                 self.figure.draw_artist(artist)
-        buf = io.BytesIO()
-        # fast zlib level: a live picture is sent once and replaced, so speed beats size here
-        mpl_image.imsave(buf, np.asarray(canvas.buffer_rgba()), format="png", dpi=self.figure.dpi,
-                         metadata={"Software": None}, pil_kwargs={"compress_level": 1})
-        self.png = buf.getvalue()
+        self.png = encode_png(np.asarray(canvas.buffer_rgba()))
+        self.image.value = self.png
+        return self.png
+
+
+class StackedFigure:
+    """Several matplotlib figures stacked top to bottom and shown as one PNG.
+
+    For widgets where each control changes only part of the picture: ``update`` says which
+    strips it changed with :meth:`stale`, and :meth:`render` redraws only those, reusing the
+    pixels of the others. A strip can also mark moving artists with :meth:`animate`;
+    ``stale(i, background=False)`` then redraws just those over the strip's cached background
+    (axes, ticks, labels: the slow part). Animated artists are always drawn over a background
+    drawn without them, so the picture depends only on the current state of the artists, not
+    on the order of the moves that led there: the same inputs give the same PNG bytes.
+
+    ``figures[i]`` is strip ``i``'s :class:`~matplotlib.figure.Figure`; add axes to it (with
+    fixed margins: strips have no layout engine, so the cached parts cannot move).
+    """
+
+    def __init__(self, heights, width: float = 9.0, dpi: int = 80):
+        if not heights or any(h <= 0 for h in heights):
+            raise ValueError(f"heights must be a non-empty list of positive sizes in inches, got {heights!r}.")
+        self.figures = [Figure(figsize=(width, h), dpi=dpi) for h in heights]
+        for fig in self.figures:
+            FigureCanvasAgg(fig)
+        self.image = W.Image(format="png", layout=W.Layout(width=f"{int(width * dpi)}px", max_width="100%"))
+        self.png = b""
+        self.animated: list[list] = [[] for _ in heights]
+        self._pixels: list[np.ndarray | None] = [None] * len(heights)
+        self._background: list = [None] * len(heights)
+        self._stale = ["full"] * len(heights)
+
+    def animate(self, strip: int, *artists):
+        """Mark artists of strip ``strip`` as moving (drawn on every render of it, over its background)."""
+        for artist in artists:
+            artist.set_animated(True)
+            self.animated[strip].append(artist)
+        return artists[0] if len(artists) == 1 else artists
+
+    def stale(self, *strips: int, background: bool = True) -> None:
+        """Mark strips for redrawing at the next render: all of it, or (``background=False``) its animated artists."""
+        for i in strips:
+            if background or self._background[i] is None:
+                self._stale[i] = "full"
+            elif self._stale[i] is None:
+                self._stale[i] = "animated"
+
+    def render(self) -> bytes:
+        """Redraw the stale strips, stack all strips and show them; returns the PNG bytes."""
+        for i, fig in enumerate(self.figures):
+            if self._stale[i] is None:
+                continue
+            canvas = fig.canvas
+            if self._stale[i] == "full":
+                canvas.draw()  # draws everything but the animated artists
+                self._background[i] = canvas.copy_from_bbox(fig.bbox)
+            else:
+                canvas.restore_region(self._background[i])
+            for artist in self.animated[i]:
+                fig.draw_artist(artist)
+            self._pixels[i] = np.array(canvas.buffer_rgba())  # a copy: the canvas is drawn over later
+            self._stale[i] = None
+        self.png = encode_png(np.concatenate(self._pixels, axis=0))
         self.image.value = self.png
         return self.png
 
@@ -89,14 +176,14 @@ class Panel(W.VBox):
         controls: name -> widget with a ``value``; the names are the keyword arguments of update.
         update: ``update(**values)`` redraws ``figure`` and returns the readout text (HTML
             string) or ``None``. It must depend only on its inputs.
-        figure: the :class:`LiveFigure` that ``update`` draws into (optional).
+        figure: the :class:`LiveFigure` or :class:`StackedFigure` that ``update`` draws into (optional).
         title: a line of HTML shown above the controls.
 
     After each update, ``last_update_ms`` holds how long it took (for benchmarks).
     """
 
     def __init__(self, controls: Mapping[str, W.Widget], update: Callable[..., str | None],
-                 figure: LiveFigure | None = None, title: str = ""):
+                 figure: LiveFigure | StackedFigure | None = None, title: str = ""):
         self.controls = dict(controls)
         self._update_fn = update
         self.figure = figure

@@ -11,7 +11,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from qedu._validation import as_float_tensor
 from qedu.formats import BF16, FP4_E2M1, FP6_E2M3, FP6_E3M2, FP8_E4M3, FP8_E5M2, FP16, FP32, FloatFormat, cast, grid
-from qedu.widgets import LiveFigure, Panel
+from qedu.widgets import Panel, StackedFigure
 
 __all__ = ["PRESETS", "model_tensors", "tensor_regions", "format_explorer"]
 
@@ -65,7 +65,7 @@ def _few_log_ticks(axis) -> None:
 
 
 def format_explorer(x=None, name: str = "x") -> Panel:
-    """Pick a format (or build one): its positive grid, its relative rounding error, a tensor's histogram.
+    """Pick a format (or build one): its relative rounding error and grid, and a tensor's histogram.
 
     Args:
         x: a tensor to show against the format (default: a dropdown with the trained MLP's
@@ -75,7 +75,12 @@ def format_explorer(x=None, name: str = "x") -> Panel:
     Controls: ``preset`` (a format, or "custom" to use ``exp_bits``/``man_bits``/``special``;
     moving one of those three switches to "custom"),
     ``scale_log2`` (multiply the tensor by 2**k first, as loss scaling does) and ``axis`` (the
-    number line on a log or linear scale).
+    |x| axis of the top plot on a log or linear scale).
+
+    The picture is two strips (:class:`~qedu.widgets.StackedFigure`): the format's plot (top)
+    is redrawn only when the format or the axis changes, the tensor's histogram (bottom) only
+    when the tensor or its scale changes; a new format only moves the histogram's shaded
+    regions, drawn over its cached axes. That keeps every move well under 100 ms.
     """
     tensors = model_tensors() if x is None else {name: as_float_tensor(x, "x").detach().flatten().float()}
     hists = {}  # precomputed once: histogram of log2|x|, in bins of 1/4, shifted by k when scaling
@@ -86,73 +91,79 @@ def format_explorer(x=None, name: str = "x") -> Panel:
         edges = np.arange(math.floor(lg.min()), math.floor(lg.max()) + 1.25, 0.25)
         hists[key] = (np.histogram(lg, bins=edges)[0] / max(len(lg), 1), edges)
 
-    fig = LiveFigure(2, 2, figsize=(9.0, 5.0), dpi=80, gridspec_kw={"height_ratios": [1, 2]})
-    fig.figure.set_layout_engine(None)  # fixed margins: a layout engine would double each redraw
-    fig.axes[1, 0].get_gridspec().update(left=0.07, right=0.98, bottom=0.1, top=0.9, hspace=0.6, wspace=0.25)
-    for ax in fig.axes[0]:
-        ax.remove()
-    ax_line = fig.figure.add_subplot(fig.axes[1, 0].get_gridspec()[0, :])
-    ax_err, ax_hist = fig.axes[1]
-    ticks = LineCollection([], colors="C0", linewidths=0.8)
-    ax_line.add_collection(ticks)
-    ax_line.set_yticks([])
-    ax_line.set_ylim(0, 1)
-    marks = {k: (ax_line.axvline(1, color=c, lw=1.5, ls="--"),
-                 ax_line.text(1, y, k, color=c, ha=ha, fontsize=8, transform=ax_line.get_xaxis_transform()))
-             for k, c, ha, y in ((" min subnormal", "C2", "left", 0.86), (" min normal", "C1", "left", 0.68),
-                                 ("max ", "C3", "right", 0.86))}
+    fig = StackedFigure([2.9, 2.1], width=9.0, dpi=80)
+    top, bottom = fig.figures
+    ax_err = top.add_axes((0.07, 0.17, 0.91, 0.72))
+    ax_hist = bottom.add_axes((0.07, 0.23, 0.91, 0.64))
+    # top: the relative error of the cast over the format's range, with the grid as a rug below
     (err_pts,) = ax_err.plot([], [], ".", ms=2, color="C0")
     half_eps = ax_err.axhline(1, color="k", lw=1, ls=":")
-    ax_err.set(xscale="log", yscale="log", xlabel="|x|")
-    ax_err.set_title("relative error of the cast (dotted: eps/2)", fontsize=10)
+    rug = LineCollection([], colors="0.2", linewidths=0.8, transform=ax_err.get_xaxis_transform())
+    ax_err.add_collection(rug)
+    marks = {k: (ax_err.axvline(1, color=c, lw=1.5, ls="--"),
+                 ax_err.text(1, y, k, color=c, ha=ha, fontsize=8, transform=ax_err.get_xaxis_transform()))
+             for k, c, ha, y in ((" min subnormal", "C2", "left", 0.9), (" min normal", "C1", "left", 0.78),
+                                 ("max ", "C3", "right", 0.9))}
+    ax_err.set(yscale="log", xlabel="|x|")
+    # bottom: the tensor; the format's overflow / flush-to-zero / subnormal regions move over it
     stairs = ax_hist.stairs([0.0], [1.0, 2.0], fill=True, color="C0", alpha=0.8)
     ax_hist.set(xscale="log", xlabel="|x|", yticks=[])
-    for axis in (ax_err.xaxis, ax_err.yaxis, ax_hist.xaxis):
+    for axis in (ax_err.yaxis, ax_hist.xaxis):
         _few_log_ticks(axis)
-    spans = {ax: {k: ax.axvspan(1, 2, color=c, alpha=0.15, lw=0) for k, c in _COLORS.items()} for ax in (ax_err, ax_hist)}
+    spans = {k: fig.animate(1, ax_hist.axvspan(1, 2, color=c, alpha=0.15, lw=0)) for k, c in _COLORS.items()}
+    drawn = {"top": None, "hist": None, "fmt": None, "what": ""}  # what each strip shows now
 
-    def update(preset, exp_bits, man_bits, special, scale_log2, axis, tensor):
-        fmt = PRESETS[preset] or FloatFormat(exp_bits, man_bits, special)  # may raise: shown in the panel
+    def draw_format(fmt: FloatFormat, axis: str) -> str:
         lo, hi = fmt.min_subnormal, fmt.max
-        # (a) the number line: every positive value, or the start of each binade for big formats
-        if fmt.bits <= 12:
-            values = grid(fmt).numpy()
-            values, what = values[values > 0], "every positive value"
-        else:
-            values = np.exp2(np.arange(fmt.min_exp, fmt.max_exp + 1, dtype=np.float64))
-            what = f"start of each binade (each holds {2**fmt.man_bits:,} values)"
-        ticks.set_segments([[(v, 0.0), (v, 0.6)] for v in values])
-        ax_line.set_xscale(axis)  # resets the ticks
-        if axis == "log":
-            _few_log_ticks(ax_line.xaxis)
-        ax_line.set_xlim((lo / 2, hi * 2) if axis == "log" else (0, hi * 1.05))
-        for (line, text), v in zip(marks.values(), (lo, fmt.min_normal, hi)):
-            line.set_xdata([v, v])
-            text.set_x(v)
-        ax_line.set_title(f"{fmt.name}: {what}", fontsize=10)
-        # (b) relative error over the whole range (x is float32, so stay inside float32)
         xs = torch.logspace(math.log10(max(lo / 4, 2.0**-149)), math.log10(min(hi * 4, 3.4e38)), 1200,
-                            dtype=torch.float64).float()
+                            dtype=torch.float64).float()  # x is float32, so stay inside float32
         rel = ((cast(xs, fmt, saturate=False) - xs).abs() / xs).numpy()
         floor = fmt.eps / 2 / 1e3
         err_pts.set_data(xs.numpy(), np.clip(rel, floor, None))
         half_eps.set_ydata([fmt.eps / 2] * 2)
-        ax_err.set_xlim(float(xs[0]), float(xs[-1]))
+        if fmt.bits <= 12:  # the rug: every positive value, or the start of each binade for big formats
+            values = grid(fmt).numpy()
+            values, what = values[values > 0], "every positive value"
+        else:
+            values = np.exp2(np.arange(fmt.min_exp, fmt.max_exp + 1, dtype=np.float64))
+            what = f"the start of each binade (each holds {2**fmt.man_bits:,} values)"
+        rug.set_segments([[(v, 0.0), (v, 0.1)] for v in values])
+        for (line, text), v in zip(marks.values(), (lo, fmt.min_normal, hi)):
+            line.set_xdata([v, v])
+            text.set_x(v)
+        ax_err.set_xscale(axis)  # resets the ticks
+        if axis == "log":
+            _few_log_ticks(ax_err.xaxis)
+            ax_err.set_xlim(float(xs[0]), float(xs[-1]))
+        else:
+            ax_err.set_xlim(0, hi * 1.05)
         ax_err.set_ylim(floor / 2, 2)
-        # (c) the tensor, scaled by 2**k, against the format's regions
-        freq, edges = hists[tensor]
-        stairs.set_data(freq, np.exp2(edges + scale_log2))
-        ax_hist.set_xlim(2.0 ** (edges[0] + scale_log2 - 3), 2.0 ** (edges[-1] + scale_log2 + 3))
-        ax_hist.set_ylim(0, freq.max() * 1.15)
-        ax_hist.set_title(f"|{tensor}| x 2^{scale_log2}", fontsize=10)
-        for region in spans.values():
+        ax_err.set_title(f"{fmt.name}: relative error of the cast", fontsize=10)  # short: text is slow to draw
+        return what
+
+    def update(preset, exp_bits, man_bits, special, scale_log2, axis, tensor):
+        fmt = PRESETS[preset] or FloatFormat(exp_bits, man_bits, special)  # may raise: shown in the panel
+        lo, hi = fmt.min_subnormal, fmt.max
+        if drawn["top"] != (fmt, axis):
+            drawn["what"] = draw_format(fmt, axis)
+            fig.stale(0)
+        if drawn["hist"] != (tensor, scale_log2):  # the histogram's own axes: a full redraw of the strip
+            freq, edges = hists[tensor]
+            stairs.set_data(freq, np.exp2(edges + scale_log2))
+            ax_hist.set_xlim(2.0 ** (edges[0] + scale_log2 - 3), 2.0 ** (edges[-1] + scale_log2 + 3))
+            ax_hist.set_ylim(0, freq.max() * 1.15)
+            ax_hist.set_title(f"|{tensor}| x 2^{scale_log2}", fontsize=10)
+            fig.stale(1)
+        if drawn["fmt"] != fmt:  # only the shaded regions move: drawn over the cached histogram
             for key, (a, b) in {"overflow": (hi, 1e300), "zero": (1e-300, lo / 2), "subnormal": (lo / 2, fmt.min_normal)}.items():
-                region[key].set_x(a)
-                region[key].set_width(b - a)
+                spans[key].set_x(a)
+                spans[key].set_width(b - a)
+            fig.stale(1, background=False)
+        drawn.update(top=(fmt, axis), hist=(tensor, scale_log2), fmt=fmt)
         r = tensor_regions(tensors[tensor] * 2.0**scale_log2, fmt)
         return (f"<b>{fmt.name}</b>: {fmt.bits} bits = 1 sign + {fmt.exp_bits} exponent + {fmt.man_bits} mantissa; "
                 f"max {fmt.max:.5g}, min normal {fmt.min_normal:.4g}, min subnormal {lo:.4g}, eps {fmt.eps:.3g} "
-                f"(~{(fmt.man_bits + 1) * math.log10(2):.1f} decimal digits)<br>"
+                f"(~{(fmt.man_bits + 1) * math.log10(2):.1f} decimal digits); ticks at the bottom: {drawn['what']}<br>"
                 f"{tensor} x 2^{scale_log2}, {len(tensors[tensor]):,} values; of the non-zero ones "
                 f"<span style='color:{_COLORS['overflow']}'>overflow {100 * r['overflow']:.2f} %</span>, "
                 f"flushed to zero {100 * r['zero']:.2f} %, "
@@ -175,6 +186,8 @@ def format_explorer(x=None, name: str = "x") -> Panel:
     for key in ("exp_bits", "man_bits", "special"):
         controls[key].observe(switch_to_custom, names="value")
     return Panel(controls, update, fig,
-                 title="<b>Float format explorer</b>: pick a format (or 'custom' + the three controls after it); "
+                 title="<b>Float format explorer</b>: pick a format (or 'custom' + the three controls after it). "
+                       "Top: the relative error of casting each |x| to the format (dotted line: eps/2), with a "
+                       "tick at the bottom for each representable value. Bottom: the tensor's histogram; "
                        "<span style='color:#d62728'>red</span>: overflow, grey: flushed to zero, "
                        "<span style='color:#ff7f0e'>orange</span>: subnormal.")
