@@ -79,6 +79,18 @@ def test_planner_controls_change_the_picture_and_moving_back_restores_it(planner
     assert state(planner) == before
 
 
+def test_planner_picture_depends_only_on_the_controls(planner):
+    """The planner blits its moving parts over a cached background: any path to the same values gives the same PNG."""
+    for name, value in (("gpu", "24 GiB (RTX 4090)"), ("model", "6.7B (GPT-3 shape)"), ("recipe", "fp8"), ("batch", 2)):
+        planner.controls[name].value = value
+    fresh = memory_planner()
+    for name in ("batch", "recipe", "model", "gpu"):
+        fresh.controls[name].value = planner.controls[name].value
+    assert state(fresh) == state(planner)
+    for name, value in (("gpu", "80 GiB (A100/H100)"), ("model", "GPT-2 XL (1.6B)"), ("recipe", "mixed"), ("batch", 8)):
+        planner.controls[name].value = value
+
+
 def test_memory_table_is_the_library_formula():
     L, h, a, V = MODEL_PRESETS["GPT-2 small (124M)"]
     n = gpt_param_count(L, h, V, 1024)

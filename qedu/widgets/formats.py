@@ -7,11 +7,10 @@ import ipywidgets as W
 import numpy as np
 import torch
 from matplotlib.collections import LineCollection
-from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 from qedu._validation import as_float_tensor
 from qedu.formats import BF16, FP4_E2M1, FP6_E2M3, FP6_E3M2, FP8_E4M3, FP8_E5M2, FP16, FP32, FloatFormat, cast, grid
-from qedu.widgets import Panel, StackedFigure
+from qedu.widgets import Panel, StackedFigure, plain_log_ticks
 
 __all__ = ["PRESETS", "model_tensors", "tensor_regions", "format_explorer"]
 
@@ -55,13 +54,6 @@ def tensor_regions(x, fmt: FloatFormat) -> dict[str, float]:
     return {"overflow": float((~finite).float().mean()), "zero": float((y == 0).float().mean()),
             "subnormal": float(((y != 0) & (y.abs() < fmt.min_normal)).float().mean()),
             "median_rel_error": float(rel.median()) if rel.numel() else math.nan}
-
-
-def _few_log_ticks(axis) -> None:
-    """A handful of plain-text labels and no minor ticks: log axes draw several times faster."""
-    axis.set_major_locator(LogLocator(numticks=6))
-    axis.set_minor_locator(NullLocator())
-    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))  # mathtext labels are slow to draw
 
 
 def format_explorer(x=None, name: str = "x") -> Panel:
@@ -109,7 +101,7 @@ def format_explorer(x=None, name: str = "x") -> Panel:
     stairs = ax_hist.stairs([0.0], [1.0, 2.0], fill=True, color="C0", alpha=0.8)
     ax_hist.set(xscale="log", xlabel="|x|", yticks=[])
     for axis in (ax_err.yaxis, ax_hist.xaxis):
-        _few_log_ticks(axis)
+        plain_log_ticks(axis)
     spans = {k: fig.animate(1, ax_hist.axvspan(1, 2, color=c, alpha=0.15, lw=0)) for k, c in _COLORS.items()}
     drawn = {"top": None, "hist": None, "fmt": None, "what": ""}  # what each strip shows now
 
@@ -133,7 +125,7 @@ def format_explorer(x=None, name: str = "x") -> Panel:
             text.set_x(v)
         ax_err.set_xscale(axis)  # resets the ticks
         if axis == "log":
-            _few_log_ticks(ax_err.xaxis)
+            plain_log_ticks(ax_err.xaxis)
             ax_err.set_xlim(float(xs[0]), float(xs[-1]))
         else:
             ax_err.set_xlim(0, hi * 1.05)

@@ -25,7 +25,7 @@ from qedu.formats import IntFormat
 from qedu.granularity import PerChannel, PerTensor
 from qedu.models import evaluate, per_class_accuracy, pretrained
 from qedu.ptq import PTQConfig, SizeReport, calibrate, model_size, prepare, quantizable_layers, quantize_model
-from qedu.widgets import LiveFigure, Panel
+from qedu.widgets import LiveFigure, Panel, plain_log_ticks
 
 __all__ = ["calibration_images", "with_corrupted_image", "CalibrationResult", "calibrate_activations",
            "calibration_explorer", "PTQResult", "ptq_result", "ptq_explorer", "GRANULARITIES"]
@@ -105,14 +105,16 @@ def calibration_explorer(model=None, data=None) -> Panel:
     levels = LineCollection([], colors="C0", linewidths=0.6, alpha=0.5, transform=ax_h.get_xaxis_transform())
     ax_h.add_collection(levels)
     ax_h.set_yscale("log")
-    ax_h.set_xlabel("value (grey: what the observer saw, red: the grid's ends, blue: levels)")
+    ax_h.set_xlabel("value")  # what the colours mean is in the panel's title: text is slow to draw
     error_bars = ax_e.bar(["clipping", "rounding"], [1.0, 1.0], color=["C3", "C0"])
     ax_e.set_yscale("log")
     ax_e.set_ylim(1e-7, 10)
+    plain_log_ticks(ax_h.yaxis)
+    plain_log_ticks(ax_e.yaxis)
     ax_h.set_title(" ", fontsize=10)  # reserve room for the titles update() writes
     ax_e.set_title(" ", fontsize=10)
-    fig.figure.canvas.draw()
-    fig.figure.set_layout_engine("none")  # lay out once: re-running constrained layout costs most of a redraw
+    # Drawn on every update, over a cached background of what never changes (the error plot's axes, labels):
+    fig.animate(ax_h.xaxis, ax_h.yaxis, hist, *ends, levels, ax_h.title, *error_bars, ax_e.title)
 
     def update(method, percentile, n_calib, bits, outlier, layer) -> str:
         res, calib_acts = result(method, percentile, n_calib, bits, outlier)
@@ -147,8 +149,10 @@ def calibration_explorer(model=None, data=None) -> Panel:
         "outlier": W.Checkbox(value=False, description="one corrupted image"),
         "layer": W.Dropdown(options=layers, value=layers[min(1, len(layers) - 1)], description="layer"),
     }
-    return Panel(controls, update, fig, title="<b>Calibrate the activations</b>: how each method sets the range "
-                 "(red), and what it costs the model.")
+    return Panel(controls, update, fig, title="<b>Calibrate the activations</b>: how each method sets the range, "
+                 "and what it costs the model. Grey: the values the observer saw; "
+                 "<span style='color:#d62728'>red</span>: the grid's ends; <span style='color:#1f77b4'>blue</span>: "
+                 "its levels (up to 5 bits).")
 
 
 # ----------------------------------------------------------------------------- lesson 04: PTQ

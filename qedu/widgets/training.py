@@ -8,6 +8,7 @@ import ipywidgets as W
 import numpy as np
 import torch
 import torch.nn.functional as F
+from matplotlib.patches import Rectangle
 from torch import nn
 
 from qedu.floats import BF16, FP8_E4M3, FP8_E5M2, FP16, FloatFormat
@@ -176,28 +177,39 @@ def memory_planner() -> Panel:
     fig = LiveFigure(1, 1, figsize=(9.0, 3.2))
     ax = fig.axes
     colors = dict(zip(_KINDS, ("C0", "C1", "C2", "C3", "C7")))
+    names = list(RECIPES)
+    # every bar segment is made once; update() only moves and resizes them (rebuilding costs more than drawing)
+    segments = {(name, kind): ax.barh(i, 0.0, color=colors[kind], label=kind if i == 0 else None)[0]
+                for i, name in enumerate(names) for kind in _KINDS}
+    outline = ax.add_patch(Rectangle((0, 0), 0, 0.8, fill=False, edgecolor="black", linewidth=1.5))
+    capacity_line = ax.axvline(1.0, color="black", ls="--", lw=1)
+    capacity_text = ax.text(1.0, -0.55, "", fontsize=8, ha="center", va="bottom")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_ylim(len(names) - 0.5, -0.5)  # first recipe on top
+    ax.set_xlabel("GiB")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the bars: never covered
+    ax.set_title(" ", fontsize=9, pad=14)  # reserve room for the title update() writes
+    # Drawn on every update, over a cached background of what never changes (y labels, legend):
+    fig.animate(ax.xaxis, *segments.values(), outline, capacity_line, capacity_text, ax.title)
 
     def update(model: str, batch: int, seq_len: int, recipe: str, gpu: str) -> str:
         table = memory_table(model, batch, seq_len)
-        ax.clear()
-        names = list(table)
-        for i, name in enumerate(names):
+        for name in names:
             left = 0.0
             for kind in _KINDS:
-                width = table[name][kind]
-                ax.barh(i, width, left=left, color=colors[kind], edgecolor="black" if name == recipe else "none",
-                        linewidth=1.5, label=kind if i == 0 else None)
-                left += width
-        capacity = GPUS[gpu]
-        ax.axvline(capacity, color="black", ls="--", lw=1)
-        ax.set_yticks(range(len(names)), names)
-        ax.invert_yaxis()
-        ax.text(capacity, -0.55, gpu, fontsize=8, ha="center", va="bottom")
-        ax.set_xlabel("GiB")
-        ax.legend(loc="lower right", fontsize=7, ncol=1, framealpha=0.9)
-        ax.set_title(f"{model}, batch {batch}, sequence {seq_len}", fontsize=9, pad=14)
+                segments[name, kind].set_x(left)
+                segments[name, kind].set_width(table[name][kind])
+                left += table[name][kind]
         row = table[recipe]
         total = sum(row.values())
+        outline.set_xy((0.0, names.index(recipe) - 0.4))
+        outline.set_width(total)
+        capacity = GPUS[gpu]
+        capacity_line.set_xdata([capacity, capacity])
+        capacity_text.set_x(capacity)
+        capacity_text.set_text(gpu)
+        ax.set_xlim(0, 1.05 * max(capacity, *(sum(r.values()) for r in table.values())))
+        ax.set_title(f"{model}, batch {batch}, sequence {seq_len}", fontsize=9, pad=14)
         parts = ", ".join(f"{k} {row[k]:.1f}" for k in _KINDS)
         verdict = "fits" if total <= capacity else f"does not fit: {total / capacity:.1f}x the memory"
         return f"<b>{recipe}</b> ({RECIPES[recipe].description}): {parts} GiB; total {total:.1f} GiB, {verdict} of {gpu}."
