@@ -17,6 +17,7 @@ __all__ = ["PRESETS", "model_tensors", "tensor_regions", "format_explorer"]
 PRESETS = {"FP32": FP32, "BF16": BF16, "FP16": FP16, "FP8_E5M2": FP8_E5M2, "FP8_E4M3": FP8_E4M3,
            "FP6_E3M2": FP6_E3M2, "FP6_E2M3": FP6_E2M3, "FP4_E2M1": FP4_E2M1, "custom": None}
 _COLORS = {"overflow": "#d62728", "zero": "0.25", "subnormal": "#ff7f0e"}
+_ERR_FLOOR = 1e-10  # relative errors below this (exact casts: 0) are drawn at this height
 
 
 def model_tensors(seed: int = 0) -> dict[str, torch.Tensor]:
@@ -70,9 +71,10 @@ def format_explorer(x=None, name: str = "x") -> Panel:
     |x| axis of the top plot on a log or linear scale).
 
     The picture is two strips (:class:`~qedu.widgets.StackedFigure`): the format's plot (top)
-    is redrawn only when the format or the axis changes, the tensor's histogram (bottom) only
-    when the tensor or its scale changes; a new format only moves the histogram's shaded
-    regions, drawn over its cached axes. That keeps every move well under 100 ms.
+    is redrawn only when the format or the axis changes (over its cached y axis, the same for
+    every format), the tensor's histogram (bottom) only when the tensor or its scale changes;
+    a new format only moves the histogram's shaded regions, drawn over its cached axes. That
+    keeps every move well under 100 ms.
     """
     tensors = model_tensors() if x is None else {name: as_float_tensor(x, "x").detach().flatten().float()}
     hists = {}  # precomputed once: histogram of log2|x|, in bins of 1/4, shifted by k when scaling
@@ -94,14 +96,16 @@ def format_explorer(x=None, name: str = "x") -> Panel:
     ax_err.add_collection(rug)
     marks = {k: (ax_err.axvline(1, color=c, lw=1.5, ls="--"),
                  ax_err.text(1, y, k, color=c, ha=ha, fontsize=8, transform=ax_err.get_xaxis_transform()))
-             for k, c, ha, y in ((" min subnormal", "C2", "left", 0.9), (" min normal", "C1", "left", 0.78),
-                                 ("max ", "C3", "right", 0.9))}
+             for k, c, ha, y in ((" min subnormal", "C2", "left", 0.5), (" min normal", "C1", "left", 0.4),
+                                 ("max ", "C3", "right", 0.5))}  # mid-height: below the error of every format but fp32
     ax_err.set(yscale="log", xlabel="|x|")
     # bottom: the tensor; the format's overflow / flush-to-zero / subnormal regions move over it
     stairs = ax_hist.stairs([0.0], [1.0, 2.0], fill=True, color="C0", alpha=0.8)
     ax_hist.set(xscale="log", xlabel="|x|", yticks=[])
+    ax_err.set_ylim(_ERR_FLOOR / 2, 2)  # the same for every format, so the y axis is drawn once
     for axis in (ax_err.yaxis, ax_hist.xaxis):
         plain_log_ticks(axis)
+    fig.animate(0, ax_err.xaxis, err_pts, half_eps, rug, *(a for pair in marks.values() for a in pair), ax_err.title)
     spans = {k: fig.animate(1, ax_hist.axvspan(1, 2, color=c, alpha=0.15, lw=0)) for k, c in _COLORS.items()}
     drawn = {"top": None, "hist": None, "fmt": None, "what": ""}  # what each strip shows now
 
@@ -110,8 +114,7 @@ def format_explorer(x=None, name: str = "x") -> Panel:
         xs = torch.logspace(math.log10(max(lo / 4, 2.0**-149)), math.log10(min(hi * 4, 3.4e38)), 1200,
                             dtype=torch.float64).float()  # x is float32, so stay inside float32
         rel = ((cast(xs, fmt, saturate=False) - xs).abs() / xs).numpy()
-        floor = fmt.eps / 2 / 1e3
-        err_pts.set_data(xs.numpy(), np.clip(rel, floor, None))
+        err_pts.set_data(xs.numpy(), np.clip(rel, _ERR_FLOOR, None))  # exact casts sit on the floor
         half_eps.set_ydata([fmt.eps / 2] * 2)
         if fmt.bits <= 12:  # the rug: every positive value, or the start of each binade for big formats
             values = grid(fmt).numpy()
@@ -129,16 +132,15 @@ def format_explorer(x=None, name: str = "x") -> Panel:
             ax_err.set_xlim(float(xs[0]), float(xs[-1]))
         else:
             ax_err.set_xlim(0, hi * 1.05)
-        ax_err.set_ylim(floor / 2, 2)
         ax_err.set_title(f"{fmt.name}: relative error of the cast", fontsize=10)  # short: text is slow to draw
         return what
 
     def update(preset, exp_bits, man_bits, special, scale_log2, axis, tensor):
         fmt = PRESETS[preset] or FloatFormat(exp_bits, man_bits, special)  # may raise: shown in the panel
         lo, hi = fmt.min_subnormal, fmt.max
-        if drawn["top"] != (fmt, axis):
+        if drawn["top"] != (fmt, axis):  # all that changes is animated: drawn over the cached y axis
             drawn["what"] = draw_format(fmt, axis)
-            fig.stale(0)
+            fig.stale(0, background=False)
         if drawn["hist"] != (tensor, scale_log2):  # the histogram's own axes: a full redraw of the strip
             freq, edges = hists[tensor]
             stairs.set_data(freq, np.exp2(edges + scale_log2))
