@@ -45,6 +45,9 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/quantizer_throughput.py
 	$(BIN)/python benchmarks/lessons.py
 	$(BIN)/python benchmarks/mixed_precision.py --quick
+	$(BIN)/python benchmarks/browser_latency.py
+	$(BIN)/python benchmarks/suite.py
+	$(BIN)/python scripts/update_readme_map.py
 
 exercises: $(STAMP)
 	$(BIN)/python scripts/build_exercises.py

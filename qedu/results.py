@@ -17,7 +17,7 @@ import json
 import os
 from pathlib import Path
 
-__all__ = ["results_dir", "load_results", "results_markdown"]
+__all__ = ["results_dir", "load_results", "results_markdown", "lesson_performance_table"]
 
 
 def _candidates() -> list[Path]:
@@ -68,3 +68,32 @@ def load_results(name: str) -> dict:
 def results_markdown(name: str) -> str:
     """The markdown table a benchmark wrote as ``benchmarks/results/<name>.md``."""
     return _path(name, ".md").read_text()
+
+
+def lesson_performance_table() -> str:
+    """One row per lesson from the widget, browser-latency and lesson-run results (README's table).
+
+    Targets (issue "benchmarks"): widget update <= 50 ms for histogram views and <= 300 ms where
+    a model is re-evaluated; each lesson <= 60 s.
+    """
+    widgets = load_results("widgets")["widgets"]
+    browser = load_results("browser_latency")["lessons"]
+    lessons = load_results("lessons")["lessons"]
+    rows = ["| lesson | widget update, kernel (median ms) | control -> new figure, browser (median ms) "
+            "| run all (s) | kernel peak RSS (MiB) |", "|---|---|---|---|---|"]
+    for lesson in sorted(set(widgets) | set(browser) | set(lessons)):
+        kernel = widgets.get(lesson, {}).get("all_moves", {}).get("median_ms")
+        page = browser.get(lesson, {}).get("new_figure", {}).get("median_ms")
+        run = lessons.get(lesson, {})
+        seconds = run.get("run", {}).get("median_ms")
+        rows.append(" | ".join([
+            f"| {lesson}", "-" if kernel is None else f"{kernel:.0f}", "-" if page is None else f"{page:.0f}",
+            "-" if seconds is None else f"{seconds / 1e3:.1f}",
+            "-" if run.get("peak_rss_mib") is None else f"{run['peak_rss_mib']:.0f}",
+        ]) + " |")
+    try:
+        suite = load_results("suite")
+    except FileNotFoundError:
+        return "\n".join(rows)
+    counts = ", ".join(f"{n} {kind}" for kind, n in suite["counts"].items())
+    return "\n".join(rows) + f"\n\nWhole test suite (`make test`, 2 workers): {suite['wall_s'] / 60:.1f} min ({counts})."

@@ -1,11 +1,13 @@
 #!/usr/bin/env python
-"""Rewrite the lesson map in README.md from qedu/curriculum.py (tests check they agree)."""
+"""Rewrite README.md's lesson map (from qedu/curriculum.py) and its lesson performance table
+(from benchmarks/results/); tests check both are current. `make bench` runs it at the end."""
 from __future__ import annotations
 
 import re
 from pathlib import Path
 
 from qedu.curriculum import lesson_map
+from qedu.results import lesson_performance_table
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -16,6 +18,12 @@ def main() -> None:
         r"(<!-- lesson-map[^>]*-->\n).*?(\n<!-- /lesson-map -->)",
         lambda m: m.group(1) + lesson_map("lessons/") + m.group(2),
         text,
+        flags=re.S,
+    )
+    new = re.sub(
+        r"(<!-- lesson-performance[^>]*-->\n).*?(\n<!-- /lesson-performance -->)",
+        lambda m: m.group(1) + lesson_performance_table() + m.group(2),
+        new,
         flags=re.S,
     )
     README.write_text(new)

@@ -100,3 +100,12 @@ def test_readme_lesson_map_is_current():
     block = readme.split("<!-- lesson-map")[1].split("<!-- /lesson-map -->")[0]
     table = block.split("-->", 1)[1].strip()
     assert table == lesson_map("lessons/"), "README's lesson map is stale: paste qedu.curriculum.lesson_map('lessons/')"
+
+
+def test_readme_lesson_performance_table_is_current():
+    from qedu.results import lesson_performance_table
+
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split("<!-- lesson-performance")[1].split("<!-- /lesson-performance -->")[0]
+    table = block.split("-->\n", 1)[1].strip()
+    assert table == lesson_performance_table(), "README's performance table is stale: run scripts/update_readme_map.py"
