@@ -42,7 +42,7 @@ def plain_log_ticks(axis, numticks: int = 6) -> None:
 
 
 def encode_png(rgba: np.ndarray, level: int = 1) -> bytes:
-    """Encode an (height, width, 4) uint8 RGBA picture as PNG bytes, quickly.
+    r"""Encode an (height, width, 4) uint8 RGBA picture as PNG bytes, quickly.
 
     A PNG is a signature and three chunks: IHDR (size, 8-bit RGBA), IDAT (the rows, each
     prefixed by a filter byte, here 0 = "none", deflated with zlib) and IEND. Skipping PNG's
