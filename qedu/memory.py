@@ -209,7 +209,8 @@ class TinyGPT(nn.Module):
             raise ValueError(f"hidden ({hidden}) must be a multiple of n_heads ({n_heads}).")
         self.tok = nn.Embedding(check_int(vocab_size, "vocab_size", 2), hidden)
         self.pos = nn.Embedding(check_int(seq_len, "seq_len", 1), hidden)
-        self.blocks = nn.ModuleList(_Block(hidden, n_heads, dropout, fused_attention) for _ in range(check_int(n_layers, "n_layers", 1)))
+        n_layers = check_int(n_layers, "n_layers", 1)
+        self.blocks = nn.ModuleList(_Block(hidden, n_heads, dropout, fused_attention) for _ in range(n_layers))
         self.ln = nn.LayerNorm(hidden)
         for m in self.modules():  # GPT-2's initialisation: small weights, so the first loss is ~ln(vocab)
             if isinstance(m, (nn.Linear, nn.Embedding)):
