@@ -11,11 +11,29 @@ and rejects every registered classic mistake with a CheckFailed that names it an
 """
 from __future__ import annotations
 
+import ast
 import re
+from pathlib import Path
 
 import pytest
 
 from qedu.checks.framework import CheckFailed
+
+
+EXERCISE_SOURCES = Path(__file__).resolve().parent.parent / "exercise_sources"
+
+
+def exercise_solutions(slug: str) -> dict:
+    """The functions of ``exercise_sources/<slug>.py`` with their solutions, as a learner would write them.
+
+    Only the file's imports and top-level ``def``s run (not its check cells), so the tests use
+    the very code that the solutions notebook contains instead of a copy of it.
+    """
+    tree = ast.parse((EXERCISE_SOURCES / f"{slug}.py").read_text())
+    kept = [node for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom, ast.FunctionDef))]
+    namespace: dict = {}
+    exec(compile(ast.Module(body=kept, type_ignores=[]), f"exercise_sources/{slug}.py", "exec"), namespace)
+    return {node.name: namespace[node.name] for node in kept if isinstance(node, ast.FunctionDef)}
 
 
 def _stub(*args, **kwargs):

@@ -1,44 +1,17 @@
 """Tests for qedu/checks/formats.py: each check passes correct code, reports stubs, names every mistake."""
 
 import pytest
-import torch
 
 from qedu import checks
 from qedu.checks.formats import EXMY_VALUE, FLOAT_MAX, INT_RANGE, ROUND_TO_EXMY
 from qedu.checks.framework import CheckFailed
-from tests.check_contract import check_contract
+from tests.check_contract import check_contract, exercise_solutions
 
 
-# Solutions written the way a learner would (the same code as exercise_sources/01_number_formats.py).
-def int_range(bits, signed):
-    if signed:
-        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return 0, 2**bits - 1
-
-
-def exmy_value(sign, exponent, mantissa, exp_bits, man_bits):
-    bias = 2 ** (exp_bits - 1) - 1
-    if exponent == 0:
-        magnitude = 2.0 ** (1 - bias) * (mantissa / 2**man_bits)
-    else:
-        magnitude = 2.0 ** (exponent - bias) * (1 + mantissa / 2**man_bits)
-    return -magnitude if sign else magnitude
-
-
-def float_max(exp_bits, man_bits, special):
-    bias = 2 ** (exp_bits - 1) - 1
-    top_exponent, top_mantissa = 2**exp_bits - 1, 2**man_bits - 1
-    if special == "ieee":
-        top_exponent -= 1
-    elif special == "fn":
-        top_mantissa -= 1
-    return 2.0 ** (top_exponent - bias) * (1 + top_mantissa / 2**man_bits)
-
-
-def round_to_exmy(x, exp_bits, man_bits):
-    e = torch.floor(torch.log2(x.abs()))
-    step = torch.exp2(e - man_bits)
-    return torch.round(x / step) * step
+# The exercise notebook's own solutions, run as a learner would write them.
+SOLUTIONS = exercise_solutions("01_number_formats")
+int_range, exmy_value, float_max, round_to_exmy = (
+    SOLUTIONS[n] for n in ("int_range", "exmy_value", "float_max", "round_to_exmy"))
 
 
 CHECKS = {

@@ -5,53 +5,26 @@ import torch
 
 from qedu import checks
 from qedu.checks.framework import CheckFailed
-from tests.check_contract import check_contract
+from tests.check_contract import check_contract, exercise_solutions
 from qedu.checks.quantizers import DEQUANTIZE, PACK4, PER_CHANNEL, QPARAMS, QUANTIZE, STOCHASTIC_ROUND
 
 
-# Solutions written the way a learner would (the same code as exercise_sources/02_uniform_quantization.py).
-def qparams(x, bits, symmetric):
-    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    lo = torch.clamp(x.min(), max=0.0)
-    hi = torch.clamp(x.max(), min=0.0)
-    if symmetric:
-        scale = torch.clamp(torch.maximum(-lo, hi) / ((qmax - qmin) / 2), min=1.1920929e-07)
-        return scale.item(), 0
-    scale = torch.clamp((hi - lo) / (qmax - qmin), min=1.1920929e-07)
-    zero_point = int(qmin - torch.round(lo / scale))
-    return scale.item(), min(max(zero_point, qmin), qmax)
+# The exercise notebook's own solutions, run as a learner would write them.
+SOLUTIONS = exercise_solutions("02_uniform_quantization")
+qparams, dequantize, per_channel, stochastic_round, pack4 = (
+    SOLUTIONS[n] for n in ("qparams", "dequantize", "per_channel", "stochastic_round", "pack4"))
 
 
-def quantize(x, scale, zero_point, bits):
+# Another correct answer a learner may write (int64 codes instead of the solution's int32).
+def quantize_int64(x, scale, zero_point, bits):
     qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
     inv_scale = 1.0 / torch.tensor(scale, dtype=torch.float32)
     return torch.clamp(torch.round(x * inv_scale) + zero_point, qmin, qmax).to(torch.int64)
 
 
-def dequantize(q, scale, zero_point):
-    return (q - zero_point).float() * scale
-
-
-def per_channel(w, bits):
-    qmin, qmax = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    scale = torch.clamp(w.abs().amax(dim=1, keepdim=True) / ((qmax - qmin) / 2), min=1.1920929e-07)
-    return torch.clamp(torch.round(w * (1.0 / scale)), qmin, qmax) * scale
-
-
-def stochastic_round(v, generator):
-    u = torch.rand(v.shape, generator=generator)
-    return torch.floor(v + u)
-
-
-def pack4(q):
-    if q.numel() % 2:
-        q = torch.cat([q, q.new_zeros(1)])
-    return (q[0::2] | (q[1::2] << 4)).to(torch.uint8)
-
-
 CHECKS = {
     "qparams": (checks.check_qparams, QPARAMS, qparams),
-    "quantize": (checks.check_quantize, QUANTIZE, quantize),
+    "quantize": (checks.check_quantize, QUANTIZE, SOLUTIONS["quantize"], quantize_int64),
     "dequantize": (checks.check_dequantize, DEQUANTIZE, dequantize),
     "per_channel": (checks.check_per_channel, PER_CHANNEL, per_channel),
     "stochastic_round": (checks.check_stochastic_round, STOCHASTIC_ROUND, stochastic_round),
@@ -76,7 +49,7 @@ def test_wrong_types_are_explained():
     with pytest.raises(CheckFailed, match=r"dtype torch.int64, expected torch.uint8"):
         checks.check_pack4(lambda q: pack4(q).long())
     with pytest.raises(TypeError, match=r"pass it without \(\)"):
-        checks.check_quantize(quantize(torch.zeros(1), 0.1, 0, 8))
+        checks.check_quantize(SOLUTIONS["quantize"](torch.zeros(1), 0.1, 0, 8))
 
 
 def test_stochastic_check_is_reproducible(capsys):

@@ -4,15 +4,19 @@ import math
 import torch
 
 from qedu import checks
-from tests.check_contract import check_contract
+from tests.check_contract import check_contract, exercise_solutions
 from qedu.checks.training import BLOCKWISE_ABSMAX, STOCHASTIC_ROUND_BF16, TRAINING_BYTES, UPDATE_LOSS_SCALE
 from qedu.loss_scaling import DynamicLossScaler
 from qedu.rounding import stochastic_round
 from qedu.floats import BF16
 
 
-# Solutions written the way a learner would (the same code as exercise_sources/06_*.py and 07_*.py).
-def update_loss_scale(scale, clean_steps, found_inf, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000):
+# The exercise notebooks' own solutions, and below them other correct answers a learner may write.
+SOLUTIONS = {**exercise_solutions("06_mixed_precision_training"),
+             **exercise_solutions("07_low_bit_optimizers_and_memory")}
+
+
+def update_loss_scale_variant(scale, clean_steps, found_inf, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000):
     if found_inf:
         return scale * backoff_factor, 0
     if clean_steps + 1 >= growth_interval:
@@ -20,12 +24,12 @@ def update_loss_scale(scale, clean_steps, found_inf, growth_factor=2.0, backoff_
     return scale, clean_steps + 1
 
 
-def stochastic_round_bf16(x, r):
+def stochastic_round_bf16_variant(x, r):
     bits = x.view(torch.int32)
     return ((bits + r) & -65536).view(torch.float32)
 
 
-def blockwise_absmax(x, levels, block_size):
+def blockwise_absmax_variant(x, levels, block_size):
     flat = x.reshape(-1)
     n_blocks = math.ceil(flat.numel() / block_size)
     padded = torch.cat([flat, flat.new_zeros(n_blocks * block_size - flat.numel())]).reshape(n_blocks, block_size)
@@ -35,17 +39,14 @@ def blockwise_absmax(x, levels, block_size):
     return q.reshape(-1)[: flat.numel()].reshape(x.shape).to(torch.uint8), absmax
 
 
-def training_bytes(n_params, recipe, block_size=256):
-    per_param = {"fp32": 4 + 4 + 8, "mixed": 2 + 2 + 4 + 8, "mixed_adam8bit": 2 + 2 + 4 + 2 + 8 / block_size,
-                 "bf16_pure": 2 + 2 + 4}[recipe]
-    return float(n_params * per_param)
-
-
 CHECKS = {
-    "update_loss_scale": (checks.check_update_loss_scale, UPDATE_LOSS_SCALE, update_loss_scale),
-    "stochastic_round_bf16": (checks.check_stochastic_round_bf16, STOCHASTIC_ROUND_BF16, stochastic_round_bf16),
-    "blockwise_absmax": (checks.check_blockwise_absmax, BLOCKWISE_ABSMAX, blockwise_absmax),
-    "training_bytes": (checks.check_training_bytes, TRAINING_BYTES, training_bytes),
+    "update_loss_scale": (checks.check_update_loss_scale, UPDATE_LOSS_SCALE, SOLUTIONS["update_loss_scale"],
+                          update_loss_scale_variant),
+    "stochastic_round_bf16": (checks.check_stochastic_round_bf16, STOCHASTIC_ROUND_BF16,
+                              SOLUTIONS["stochastic_round_bf16"], stochastic_round_bf16_variant),
+    "blockwise_absmax": (checks.check_blockwise_absmax, BLOCKWISE_ABSMAX, SOLUTIONS["blockwise_absmax"],
+                         blockwise_absmax_variant),
+    "training_bytes": (checks.check_training_bytes, TRAINING_BYTES, SOLUTIONS["training_bytes"]),
 }
 test_check_passes_the_reference, test_check_says_not_implemented_for_a_stub, test_check_names_each_classic_mistake = check_contract(
     CHECKS
