@@ -316,12 +316,23 @@ def round_codes(v: torch.Tensor, rounding: str = "half_even", generator: torch.G
     then drops a whole step. The nearest modes have half a step of slack and map grid values to
     themselves.
 
+    ``v`` may be a tensor, array, list or number (float64 keeps its dtype). inf and NaN pass
+    through unchanged (:func:`quantize` clamps an inf code to ``qmin``/``qmax``).
+
+    Raises:
+        TypeError / ValueError: a non-numeric ``v``, an unknown ``rounding``, a ``generator``
+            that is not a ``torch.Generator``.
+
     >>> round_codes(torch.tensor([-2.5, -0.5, 0.5, 1.5, 2.5]))
     tensor([-2., -0.,  0.,  2.,  2.])
     >>> round_codes(torch.tensor([-2.5, -0.5, 0.5, 1.5, 2.5]), "half_away")
     tensor([-3., -1.,  1.,  2.,  3.])
     """
     check_choice(rounding, "rounding", ROUNDING_MODES)
+    if not isinstance(v, torch.Tensor):
+        v = as_float_tensor(v, "v", allow_empty=True, allow_nonfinite=True)
+    elif not v.is_floating_point():
+        v = as_float_tensor(v, "v", allow_empty=True, allow_nonfinite=True)  # integer codes: float32 (bool refused)
     if rounding == "half_even":
         return torch.round(v)
     if rounding == "half_away":

@@ -168,7 +168,7 @@ def test_clip_rate_exact_cases_and_both_bounds():
     assert clip_rate(torch.tensor([1.549]), 0.1, 0, UINT4) == 0.0  # rounds onto qmax: represented, not clipped
     assert clip_rate(torch.tensor([1.551]), 0.1, 0, UINT4) == 1.0
     assert clip_rate(torch.tensor([-0.8, 0.2, 0.74]), 0.1, 3, IntFormat(4)) == pytest.approx(1 / 3)  # codes -5, 5, 10
-    with pytest.raises(ValueError, match="scale must be > 0"):
+    with pytest.raises(ValueError, match="scale must be positive"):
         clip_rate(x, 0.0, 0, UINT4)
     with pytest.raises(TypeError, match="IntFormat"):
         clip_rate(x, 0.1, 0, "uint4")
