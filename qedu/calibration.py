@@ -126,15 +126,20 @@ def _quantile(rows: torch.Tensor, q: float) -> torch.Tensor:
 
     The same numbers as ``torch.quantile(rows.double(), q, dim=1)`` (linear interpolation), but
     without its limit of 2**24 values per row, which percentile calibration of a large layer hits:
-    the two neighbours come from ``kthvalue`` (a selection, no full sort), then
+    the lower neighbour comes from ``kthvalue`` (a selection, no full sort), the upper one is the
+    same value if it occurs often enough, else the smallest value above it; then
     ``lerp(below, above, position - floor(position))`` with ``position = q * (n - 1)``.
     """
     n = rows.shape[1]
     position = torch.tensor(q, dtype=torch.float64) * (n - 1)  # float64, as torch.quantile computes it
-    below_i = int(torch.floor(position))
-    above_i = min(below_i + 1, n - 1)
-    below = rows.kthvalue(below_i + 1, dim=1).values.double()  # (n_slices,) the (below_i + 1)-th smallest
-    above = rows.kthvalue(above_i + 1, dim=1).values.double() if above_i != below_i else below
+    below_i = int(torch.floor(position))  # 0-based rank of the lower neighbour
+    below = rows.kthvalue(below_i + 1, dim=1, keepdim=True).values  # (n_slices, 1): the (below_i + 1)-th smallest
+    above = below
+    if below_i + 1 < n:  # the next rank: a tie with `below`, or the smallest value above it
+        n_at_most = (rows <= below).sum(dim=1, keepdim=True)  # how many ranks `below` covers
+        next_up = torch.where(rows > below, rows, torch.inf).amin(dim=1, keepdim=True)
+        above = torch.where(n_at_most > below_i + 1, below, next_up)
+    below, above = below.squeeze(1).double(), above.squeeze(1).double()
     weight = position - below_i
     return torch.lerp(below, above, weight).to(torch.float32)
 
