@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qedu._validation import check_int, check_module, check_seed
+from qedu._validation import check_int, check_module, check_seed, to_model_dtype
 from qedu.data import Digits, batches, load_digits
 
 __all__ = [
@@ -264,7 +264,8 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
     batch_size = check_int(batch_size, "batch_size", 1)
     param = next((p for p in model.parameters() if p.is_floating_point()), None)
     if param is not None:
-        x = x.to(device=param.device, dtype=param.dtype)
+        x = x.to(device=param.device)
+        x = to_model_dtype(x, model, "x") if x.is_floating_point() else x.to(param.dtype)  # float64 must fit
     was_training = model.training
     model.eval()
     try:
