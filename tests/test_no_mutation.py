@@ -297,7 +297,7 @@ ENTRIES = {
     "qedu.analysis.allocate_bits": lambda: Call(analysis.allocate_bits, (mlp(), ptq.PTQConfig(act_bits=None), None, 12_000),
                                                 {"candidate_bits": (8, 4), "x_eval": images()}),
     "qedu.analysis.AblationTable": skip(NO_TENSOR + " (a result)"),
-    "qedu.analysis.ablate": lambda: Call(analysis.ablate, (lambda m, seed: float(m(images(2, seed)).sum()), {"m": [mlp()]}, [0, 1])),
+    "qedu.analysis.ablate": lambda: Call(analysis.ablate, (lambda m, seed: float(m(images(2, seed)).sum().detach()), {"m": [mlp()]}, [0, 1])),
     # robustness and security
     "qedu.robustness.CORRUPTIONS": skip(CONSTANT),
     "qedu.robustness.SEVERITIES": skip(CONSTANT),
