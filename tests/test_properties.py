@@ -399,3 +399,29 @@ def test_packing_storage_bytes(shape, bits, scale_bits):
 @given(number)
 def test_data_test_size(test_size):
     holds(D.load_digits, 0, test_size, 16)
+
+
+# ----------------------------------------------------------------------------- models and mixed precision
+from qedu import mixed_precision as MP  # noqa: E402
+from qedu import models as M  # noqa: E402
+
+
+@SETTINGS
+@given(number)
+def test_models_predict_and_evaluate_with_one_extreme_input(value):
+    x = torch.full((2, 1, 8, 8), 0.5, dtype=torch.float64)
+    x[0, 0, 0, 0] = value
+    pred = holds(M.predict, make_mlp(seed=0), x)
+    if pred is not None:
+        assert fits_float32([value])  # NaN, inf and float64 beyond float32 are refused
+        assert bool(((pred >= 0) & (pred < 10)).all())
+    holds(M.evaluate, make_mlp(seed=0), x, torch.tensor([0, 1]))
+
+
+@SETTINGS
+@given(values, st.sampled_from([FL.FP16, FL.BF16, FL.FP8_E4M3]))
+def test_mixed_precision_grad_stats_count_every_value(vals, fmt):
+    before = tensor64(vals).float()
+    stats = MP.GradStats.count(before, FL.cast(before, fmt), fmt)
+    assert stats.n == len(vals) and 0 <= stats.zero + stats.underflow <= stats.n
+    assert all(math.isfinite(f) for f in (stats.underflow_fraction, stats.lost_fraction, stats.overflow_fraction))
