@@ -32,7 +32,7 @@ from collections import deque
 
 import torch
 
-from qedu._validation import FLOAT32_MAX, as_float_tensor, check_int, check_real
+from qedu._validation import FLOAT32_MAX, as_float32, as_float_tensor, check_int, check_real
 from qedu.floats import FP8_E4M3, FloatFormat, cast
 
 __all__ = ["StaticLossScaler", "DynamicLossScaler", "DelayedScaling", "scale_from_amax"]
@@ -272,7 +272,7 @@ class DelayedScaling:
 
     def quantize(self, x) -> torch.Tensor:
         """Round ``x`` through ``fmt`` with the current scale, then update the history and scale."""
-        x = as_float_tensor(x, "x").float()
+        x = as_float32(as_float_tensor(x, "x"), "x")  # float64 beyond float32: a clear error, not a silent inf
         scale = self.scale  # decided by earlier steps
         scaled = x * scale
         x_fp8 = cast(scaled, self.fmt, saturate=True)  # fp8 training saturates instead of making inf

@@ -52,7 +52,7 @@ from qedu.data import Digits
 from qedu.formats import IntFormat
 from qedu.granularity import PerChannel, PerTensor
 from qedu.models import History, train
-from qedu.ptq import fold_batchnorm, quantizable_layers
+from qedu.ptq import _check_supported, fold_batchnorm, quantizable_layers
 from qedu.quantizers import (
     _broadcasts_to, _check_fmt, _check_zero_point, choose_qparams, dequantize, fake_quantize, quantize,
 )
@@ -367,6 +367,7 @@ def prepare_qat(model: nn.Module, config: QATConfig = QATConfig(), x_calib=None)
         raise TypeError(f"config must be a QATConfig, e.g. QATConfig(weight_bits=2), got {type(config).__name__}.")
     if any(isinstance(m, (QATLayer, QuantizedLayer)) for m in model.modules()):
         raise ValueError("model is already prepared or converted; pass the original float model.")
+    _check_supported(model)  # a bare Linear, torch's attention modules: refused up front, as in qedu.ptq
     model = fold_batchnorm(model) if config.fold_bn else copy.deepcopy(model)
     names = [n for n in quantizable_layers(model) if n not in config.keep_float]
     unknown = [n for n in config.keep_float if n not in quantizable_layers(model)]

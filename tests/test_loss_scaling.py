@@ -217,3 +217,8 @@ def test_issue20_numpy_numbers_and_extreme_usable_scales_are_accepted():
     assert scale_from_amax(np.float32(2.0), FP8_E4M3) == 224.0
     assert scale_from_amax(torch.tensor(2.0), FP8_E4M3) == 224.0
     assert scale_from_amax(math.nan, FP8_E4M3, previous=3.0) == 3.0  # nothing to learn from: keep previous
+
+
+def test_issue20_delayed_scaling_refuses_float64_beyond_float32():
+    with pytest.raises(ValueError, match=r"x holds 1 finite value"):
+        DelayedScaling().quantize(torch.tensor([1.0, 1e39], dtype=torch.float64))

@@ -386,3 +386,10 @@ ISSUE20_BAD = {
 def test_issue20_bad_input_raises_clear_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_issue20_prepare_qat_refuses_unsupported_models_up_front():
+    with pytest.raises(ValueError, match=r"model is itself a bare Linear"):
+        prepare_qat(nn.Linear(4, 2))
+    with pytest.raises(ValueError, match=r"TransformerEncoderLayer"):
+        prepare_qat(nn.TransformerEncoderLayer(8, 2, dim_feedforward=16))
