@@ -233,7 +233,10 @@ class QATConfig:
         for flag in ("fold_bn", "weight_narrow_range"):
             if not isinstance(getattr(self, flag), bool):
                 raise TypeError(f"{flag} must be True or False, got {getattr(self, flag)!r}.")
-        names = (self.keep_float,) if isinstance(self.keep_float, str) else tuple(self.keep_float)
+        try:
+            names = (self.keep_float,) if isinstance(self.keep_float, str) else tuple(self.keep_float)
+        except TypeError:
+            names = (None,)  # not iterable: the message below says what to pass
         if not all(isinstance(n, str) for n in names):
             raise TypeError(f"keep_float must be a list of layer names such as ['fc1'], got {self.keep_float!r}.")
         object.__setattr__(self, "keep_float", tuple(sorted(set(names))))

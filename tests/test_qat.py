@@ -393,3 +393,8 @@ def test_issue20_prepare_qat_refuses_unsupported_models_up_front():
         prepare_qat(nn.Linear(4, 2))
     with pytest.raises(ValueError, match=r"TransformerEncoderLayer"):
         prepare_qat(nn.TransformerEncoderLayer(8, 2, dim_feedforward=16))
+
+
+def test_issue20_qat_config_refuses_a_non_iterable_keep_float():
+    with pytest.raises(TypeError, match=r"keep_float must be a list of layer names such as \['fc1'\], got 5"):
+        QATConfig(keep_float=5)
