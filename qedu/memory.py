@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qedu._validation import check_bool, check_int
+from qedu._validation import check_bool, check_count, check_int, check_module, check_real, check_seed
 
 __all__ = ["Recipe", "RECIPES", "Memory", "training_memory", "transformer_activation_bytes", "gpt_param_count",
            "TinyGPT", "allocate_training_state", "measure_state_bytes", "measure_activation_bytes",
@@ -116,14 +116,17 @@ def training_memory(n_params: float, recipe="mixed", activation_values: float = 
     ``activation_values`` is a count of stored values (or use :func:`transformer_activation_bytes`
     and add bytes yourself); it is multiplied by the recipe's bytes per activation value.
 
+    Raises:
+        TypeError / ValueError: ``n_params`` or ``activation_values`` not a finite number >= 0
+            (numpy numbers are fine), an unknown ``recipe``, ``block_size < 1``.
+
     >>> training_memory(1000, "fp32").as_dict()
     {'weights': 4000.0, 'grads': 4000.0, 'master': 0.0, 'optimizer': 8000.0, 'activations': 0.0}
     """
-    if isinstance(n_params, bool) or not isinstance(n_params, (int, float)) or not n_params >= 0:
-        raise ValueError(f"n_params must be a number >= 0 (e.g. 1e9), got {n_params!r}.")
+    n = check_count(n_params, "n_params", example="1e9")
+    activation_values = check_count(activation_values, "activation_values", example="1e6")
     r = _recipe(recipe, block_size)
-    n = float(n_params)
-    return Memory(n * r.weights, n * r.grads, n * r.master, n * r.optimizer, float(activation_values) * r.activation)
+    return Memory(n * r.weights, n * r.grads, n * r.master, n * r.optimizer, activation_values * r.activation)
 
 
 def transformer_activation_bytes(n_layers: int, hidden: int, seq_len: int, batch: int, n_heads: int,
@@ -133,12 +136,18 @@ def transformer_activation_bytes(n_layers: int, hidden: int, seq_len: int, batch
     ``mask_bytes``: bytes per dropout-mask value. GPU kernels keep a 1-byte bool mask; torch's
     CPU dropout keeps a mask in the activation dtype (pass ``mask_bytes=bytes_per_value``).
 
+    Raises:
+        TypeError / ValueError: sizes that are not ints >= 1 (numpy ints are fine), a
+            ``bytes_per_value`` that is not a finite number > 0, a negative or infinite ``mask_bytes``.
+
     >>> transformer_activation_bytes(1, hidden=4, seq_len=2, batch=1, n_heads=1)   # 34*8 + 5*4
     292.0
     """
     L, h, s, b, a = (check_int(v, n, 1) for v, n in ((n_layers, "n_layers"), (hidden, "hidden"),
                                                     (seq_len, "seq_len"), (batch, "batch"), (n_heads, "n_heads")))
-    B, M = float(bytes_per_value), float(mask_bytes)
+    B = check_real(bytes_per_value, "bytes_per_value", 0, lo_open=True, example="2")
+    M = check_real(mask_bytes, "mask_bytes", 0, example="1")
+    check_bool(dropout, "dropout")
     if dropout:
         per_layer = s * b * h * (16 * B + 2 * M) + a * s * s * b * (2 * B + M)
     else:
@@ -151,10 +160,14 @@ def gpt_param_count(n_layers: int, hidden: int, vocab_size: int, seq_len: int) -
 
     Per layer: QKV ``3h^2 + 3h``, projection ``h^2 + h``, MLP ``8h^2 + 5h``, two layer norms ``4h``.
 
+    Raises:
+        TypeError / ValueError: an argument that is not an int >= 1 (numpy ints are fine).
+
     >>> gpt_param_count(12, 768, 50257, 1024)   # GPT-2 small
     124439808
     """
-    L, h, V, s = n_layers, hidden, vocab_size, seq_len
+    L, h, V, s = (check_int(v, n, 1) for v, n in ((n_layers, "n_layers"), (hidden, "hidden"),
+                                                 (vocab_size, "vocab_size"), (seq_len, "seq_len")))
     return L * (12 * h * h + 13 * h) + (V + s) * h + 2 * h
 
 
@@ -239,24 +252,29 @@ _LAYOUT = {
 }
 
 
-def allocate_training_state(model: nn.Module, recipe="mixed", block_size: int = 256) -> dict[str, list[torch.Tensor]]:
+def allocate_training_state(model: nn.Module, recipe="mixed", block_size: int = 256, *,
+                            seed: int = 0) -> dict[str, list[torch.Tensor]]:
     """Allocate, on the CPU, the tensors ``recipe`` keeps for ``model``: a dict kind -> tensors.
 
     ``weights``: the parameters in the recipe's dtype; ``grads``: one tensor per parameter in
     the recipe's gradient dtype; ``master``: fp32 copies (if the recipe has them);
     ``optimizer``: the states of one real ``torch.optim.Adam`` step (``qedu.optim.Adam`` with
     8-bit dynamic states for "mixed_adam8bit") on the tensors the recipe updates. Adam's
-    one-element ``step`` counters are left out. The caller's model is untouched.
+    one-element ``step`` counters are left out. The caller's model is untouched, and so is
+    torch's global random generator: the stand-in gradients are drawn from a generator seeded
+    with ``seed``.
     """
     from qedu.optim import Adam as QAdam
 
+    model = check_module(model)
+    g = torch.Generator().manual_seed(check_seed(seed))
     r = _recipe(recipe, block_size)
     if r.name not in _LAYOUT:
         raise ValueError(f"allocate_training_state knows the recipes {sorted(_LAYOUT)}, got {r.name!r}.")
     weight_dtype, grad_dtype = _LAYOUT[r.name]
     params = [p.detach() for p in model.parameters()]
     weights = [p.to(weight_dtype) for p in params]
-    grads = [torch.randn(p.shape).to(grad_dtype) for p in params]
+    grads = [torch.randn(p.shape, generator=g).to(grad_dtype) for p in params]
     masters = [p.float().clone() for p in params] if r.master else []
     updated = [t.clone() for t in (masters or weights)]  # what the optimizer steps on
     for p, g in zip(updated, grads):

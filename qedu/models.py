@@ -407,6 +407,9 @@ def pretrained_path(
     """
     name, seed, data_seed, config = _resolve(name, seed, epochs, data_seed)
     digest = hashlib.sha256(_config_json(name, seed, data_seed, config).encode()).hexdigest()[:16]
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"cache_dir must be a folder path (a str or pathlib.Path) or None, got "
+                        f"{type(cache_dir).__name__} {cache_dir!r}.")
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return root / "models" / f"{name}-seed{seed}-{digest}.pt"
 
