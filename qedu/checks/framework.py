@@ -115,6 +115,8 @@ class CheckSpec:
             say, in words a learner can act on, what differs.
         probes: extra cases used only while diagnosing (to confirm or rule out a mistake).
         detached: the result must not require grad.
+        cache: remember the reference's and the mistakes' answers on the golden cases and probes
+            (for slow checks; those cases are fixed objects, so their answers never change).
     """
 
     name: str
@@ -131,6 +133,27 @@ class CheckSpec:
     describe: Callable[["Failure"], list] | None = None
     probes: Sequence[Case] = ()
     detached: bool = False
+    cache: bool = False
+    _memo: dict = field(default_factory=dict, repr=False, compare=False)
+
+
+def _fixed(spec: CheckSpec, case: Case) -> bool:
+    return any(case is c for c in spec.golden) or any(case is c for c in spec.probes)
+
+
+def _reference(spec: CheckSpec, case: Case):
+    """The reference's answer on a copy of ``case`` (remembered for fixed cases of a cached spec)."""
+    return _memoized(spec, spec.reference, case)
+
+
+def _memoized(spec: CheckSpec, fn: Callable, case: Case, safe: bool = False):
+    call = (lambda: _safe(fn, case)) if safe else (lambda: fn(*_copy_args(case).args, **_copy_args(case).kwargs))
+    if not (spec.cache and _fixed(spec, case)):
+        return call()
+    key = (id(fn), id(case))
+    if key not in spec._memo:
+        spec._memo[key] = call()
+    return spec._memo[key]
 
 
 @dataclass
@@ -420,7 +443,7 @@ class Failure:
         return None if out is _CRASH else out
 
     def reference(self, case: Case):
-        return self.spec.reference(*_copy_args(case).args, **_copy_args(case).kwargs)
+        return _reference(self.spec, case)
 
     def same(self, expected, actual) -> bool:
         return actual is not None and _same(self.spec, expected, actual) is None
@@ -505,15 +528,15 @@ def _confirmed_mistake(spec: CheckSpec, fn: Callable, case: Case, actual, where:
     two more cases where the mistake differs from the reference."""
     learner_cache: dict[int, Any] = {}
     for mistake in spec.mistakes:
-        wrong = _safe(mistake.impl, case)
+        wrong = _memoized(spec, mistake.impl, case, safe=True)
         if wrong is _CRASH or _same(spec, wrong, actual) is not None:
             continue
         confirmed: list[str] = []
         for other, probe in _probe_cases(spec, where):
-            wrong_p = _safe(mistake.impl, probe)
+            wrong_p = _memoized(spec, mistake.impl, probe, safe=True)
             if wrong_p is _CRASH:
                 continue
-            ref_p = spec.reference(*_copy_args(probe).args, **_copy_args(probe).kwargs)
+            ref_p = _reference(spec, probe)
             if _same(spec, ref_p, wrong_p) is None:
                 continue  # the mistake is right here: no evidence either way
             if other not in learner_cache:
@@ -602,7 +625,7 @@ def run_check(spec: CheckSpec, fn: Callable, *, quiet: bool = False) -> CheckRes
     seeded = None
     with _GlobalRNG():
         for where, case in _iter_cases(spec):
-            expected = spec.reference(*_copy_args(case).args, **_copy_args(case).kwargs)
+            expected = _reference(spec, case)
             head = f"  input:    {spec.name}({case.describe()})"
             try:
                 actual, mutated = _call(fn, case)
@@ -652,7 +675,7 @@ def _runs_elsewhere(spec: CheckSpec, fn: Callable, failing: str) -> list[str]:
         if where == failing:
             continue
         mine = _safe(fn, case)
-        if mine is not _CRASH and _same(spec, spec.reference(*_copy_args(case).args, **_copy_args(case).kwargs), mine) is None:
+        if mine is not _CRASH and _same(spec, _reference(spec, case), mine) is None:
             right.append(case.label or where)
     if not right:
         return []
