@@ -29,8 +29,17 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-__all__ = ["LiveFigure", "StackedFigure", "Panel", "encode_png", "decode_png", "not_current_png", "plain_log_ticks",
+__all__ = ["LiveFigure", "StackedFigure", "Panel", "encode_png", "decode_png", "not_current_png", "plain_log_ticks", "plural",
            "BUSY_HTML"]
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``n`` and the word, singular or plural: ``plural(1, "bit")`` is "1 bit", ``plural(4, "bit")`` "4 bits".
+
+    >>> plural(1, "image"), plural(3, "epoch"), plural(2, "class", "classes")
+    ('1 image', '3 epochs', '2 classes')
+    """
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
 
 
 def plain_log_ticks(axis, numticks: int = 6) -> None:
@@ -75,7 +84,7 @@ def encode_png(rgba: np.ndarray, level: int = 1) -> bytes:
 class LiveFigure:
     """A matplotlib figure outside pyplot, shown as a PNG in an ``ipywidgets.Image``.
 
-    ``axes`` is what ``Figure.subplots`` returns. Change artists or redraw the axes, then call
+    ``axes`` is what ``Figure.subplots`` returns (or, with ``mosaic``, ``Figure.subplot_mosaic``). Change artists or redraw the axes, then call
     :meth:`render`.
 
     For fast widgets, mark the artists that move with :meth:`animate`: the first render draws
@@ -85,10 +94,13 @@ class LiveFigure:
     same inputs give the same PNG bytes.
     """
 
-    def __init__(self, nrows: int = 1, ncols: int = 1, figsize=(8.0, 3.2), dpi: int = 90, **subplot_kw):
+    def __init__(self, nrows: int = 1, ncols: int = 1, figsize=(8.0, 3.2), dpi: int = 90, mosaic=None, **subplot_kw):
         self.figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
         FigureCanvasAgg(self.figure)
-        self.axes = self.figure.subplots(nrows, ncols, **subplot_kw)
+        if mosaic is None:
+            self.axes = self.figure.subplots(nrows, ncols, **subplot_kw)
+        else:  # a dict of named axes, e.g. mosaic="AAB;CDE" (see Figure.subplot_mosaic)
+            self.axes = self.figure.subplot_mosaic(mosaic, **subplot_kw)
         self.image = W.Image(format="png", layout=W.Layout(width=f"{int(figsize[0] * dpi)}px", max_width="100%"))
         self.png = b""
         self.animated: list = []
