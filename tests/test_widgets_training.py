@@ -155,3 +155,23 @@ def test_planner_small_parts_keep_a_visible_size(planner):
     assert not bars[2].get_visible() and ax_parts.texts[2].get_text() == "0"
     for name, value in (("recipe", "mixed"), ("seq_len", 1024), ("model", "GPT-2 XL (1.6B)")):
         planner.controls[name].value = value
+
+
+def test_lesson_06_benchmark_tables_say_where_and_keep_the_lessons_headings_largest():
+    """Issue 15 item 7: embedded tables brought H1 headings, an always-empty column, a footnote three
+    times, and "on this machine" over a file measured elsewhere."""
+    from qedu.results import load_results
+    from qedu.widgets.training import mixed_precision_results
+
+    cpu = mixed_precision_results("mixed_precision_cpu")
+    gpu = mixed_precision_results("mixed_precision_cuda", "mixed_precision_cuda_fused", footnote=False)
+    both = cpu + "\n" + gpu
+    assert not any(line.lstrip().startswith("#") for line in both.splitlines())
+    assert both.count("above 1 means faster") == 1
+    for name in ("mixed_precision_cpu", "mixed_precision_cuda", "mixed_precision_cuda_fused"):
+        assert f"**Measured on {load_results(name)['environment']['device_name']}**" in both
+    for table in (cpu, gpu):  # every column of every table holds something in some row
+        rows = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("| ") and "recipe" not in line]
+        for column in zip(*rows):
+            assert any(cell.strip() not in ("", "-") for cell in column)
+    assert "note" not in gpu and "note" in cpu  # the CUDA runs have no notes: no note column

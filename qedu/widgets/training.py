@@ -16,7 +16,7 @@ from qedu.memory import RECIPES, gpt_param_count, training_memory, transformer_a
 from qedu.mixed_precision import Precision, train_simulated
 from qedu.widgets import LiveFigure, Panel, plain_log_ticks
 
-__all__ = ["FORMATS", "SCALES", "gradient_magnitudes", "format_regions", "mixed_precision_lab",
+__all__ = ["FORMATS", "SCALES", "gradient_magnitudes", "format_regions", "mixed_precision_lab", "mixed_precision_results",
            "MODEL_PRESETS", "GPUS", "memory_table", "memory_planner"]
 
 FORMATS = {"fp32": None, "fp16": FP16, "bf16": BF16, "fp8 e5m2": FP8_E5M2, "fp8 e4m3": FP8_E4M3}
@@ -146,6 +146,45 @@ def mixed_precision_lab(model_fn=None, data=None, epochs: int = 8, lr: float = 1
     }
     return Panel(controls, update, fig, title="<b>Mixed precision</b>: pick a format and a loss scale; "
                  "shaded: where that format flushes gradients to zero (red), keeps them as subnormals (orange), overflows (purple).")
+
+
+def mixed_precision_results(*names: str, footnote: bool = True) -> str:
+    """Markdown for lesson 06 of the results files ``benchmarks/mixed_precision.py`` wrote.
+
+    Each table comes under a line that says where and on what it was measured (not
+    necessarily the learner's machine), keeps only the columns that hold something, and the
+    footnote comes once (``footnote=False`` leaves it out). No heading: the lesson's own
+    headings stay the largest.
+
+    >>> print(mixed_precision_results("mixed_precision_cpu").splitlines()[0][:40])
+    **Measured on AMD EPYC** (CPU, 2 cores;
+    """
+    from qedu.results import load_results
+
+    out = []
+    for name in names:
+        d = load_results(name)
+        env, size = d["environment"], d["size"]
+        fused = size.get("attention") == "fused"
+        command = "python benchmarks/mixed_precision.py" + (" --device cuda" if d["device"] == "cuda" else "") + (
+            " --fused-attention" if fused else "")
+        where = f"GPU, host with {env['cpu_count']} CPU cores" if d["device"] == "cuda" else f"CPU, {env['cpu_count']} cores"
+        out.append(f"**Measured on {env['device_name']}** ({where}; torch {env['torch']}) by `{command}`: TinyGPT of {d['n_params']:,} parameters, batch "
+                   f"{size['batch']} x sequence {size['seq_len']}" + (", fused attention" if fused else "") + ".")
+        rows = d["results"]
+        notes = [r.get("note") or r.get("skipped") or "" for r in rows]
+        header = "| recipe | ms per step (median) | tokens/s | speed vs fp32 | peak memory MiB |" + (" note |" if any(notes) else "")
+        out += ["", header, "|---" * (header.count("|") - 1) + "|"]
+        fp32 = next(r["median_ms"] for r in rows if r["recipe"] == "fp32")
+        for r, note in zip(rows, notes):
+            cells = ([f"{r['median_ms']:.1f}", f"{r['tokens_per_s']:,.0f}", f"{fp32 / r['median_ms']:.2f}x",
+                      f"{r['peak_memory_bytes'] / 2**20:,.0f}"] if "median_ms" in r else ["-"] * 4)
+            out.append(f"| {r['recipe']} | " + " | ".join(cells) + (f" | {note} |" if any(notes) else " |"))
+        out.append("")
+    if footnote:
+        out.append("*Speed vs fp32* above 1 means faster than fp32. Speed depends on the hardware: CPUs without "
+                   "AMX/AVX512-BF16 emulate bf16 and fp16 matmuls and run them slower than fp32.")
+    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------------------------
