@@ -97,7 +97,7 @@ def format_explorer(x=None, name: str = "x") -> Panel:
             raise ValueError(f"{name} has no non-zero values, so there is nothing to place on the format; pass another tensor.")
         lg = torch.log2(t[t != 0].abs().double()).numpy()
         edges = np.arange(math.floor(lg.min()), math.floor(lg.max()) + 1.25, 0.25)
-        hists[key] = (np.histogram(lg, bins=edges)[0] / max(len(lg), 1), edges)
+        hists[key] = (np.histogram(lg, bins=edges)[0] / max(len(lg), 1), edges, float(t.abs().max()))
 
     fig = StackedFigure([2.9, 2.1], width=9.0, dpi=80)
     top, bottom = fig.figures
@@ -163,14 +163,14 @@ def format_explorer(x=None, name: str = "x") -> Panel:
             drawn["what"] = draw_format(fmt, axis)
             fig.stale(0, background=False)
         if drawn["hist"] != (tensor, scale_log2, axis):  # the histogram's own axes: a full redraw of the strip
-            freq, edges = hists[tensor]
+            freq, edges, top = hists[tensor]
             stairs.set_data(freq, np.exp2(edges + scale_log2))
             ax_hist.set_xscale(axis)  # the same number line as the plot above
             if axis == "log":
                 plain_log_ticks(ax_hist.xaxis)
                 ax_hist.set_xlim(2.0 ** (edges[0] + scale_log2 - 3), 2.0 ** (edges[-1] + scale_log2 + 3))
             else:
-                ax_hist.set_xlim(0, 2.0 ** (edges[-1] + scale_log2) * 1.05)
+                ax_hist.set_xlim(0, top * 2.0**scale_log2 * 1.05)
             ax_hist.set_ylim(0, freq.max() * 1.15)
             ax_hist.set_title(f"|{tensor}| x 2^{scale_log2}" + (" (linear: the small values crowd at 0)"
                                                                  if axis == "linear" else ""), fontsize=10)
