@@ -132,9 +132,10 @@ def integer_linear(q_x, scale_x, zero_point_x, q_w, scale_w, zero_point_w, bias=
     >>> integer_linear(torch.tensor([[2, 2]]), 0.5, 1, torch.tensor([[1, 3]]), 0.25, 0)
     tensor([[0.5000]])
     """
-    acc = accumulate(zero_point_terms(q_x, zero_point_x, q_w, zero_point_w))  # (N, O) int64
+    n_out = q_w.shape[0] if isinstance(q_w, torch.Tensor) and q_w.ndim == 2 else 1
+    s_w = _per_output(scale_w, n_out, "scale_w", integer=False)  # (O,): checked first, the usual mistake
     s_x = _per_output(scale_x, 1, "scale_x", integer=False)[0]
-    s_w = _per_output(scale_w, acc.shape[1], "scale_w", integer=False)  # (O,)
+    acc = accumulate(zero_point_terms(q_x, zero_point_x, q_w, zero_point_w))  # (N, O) int64
     y = acc.to(torch.float64) * (s_x.double() * s_w.double())  # the requantization multiplier, per output
     if bias is not None:
         y = y + torch.as_tensor(bias, dtype=torch.float64).reshape(-1)
