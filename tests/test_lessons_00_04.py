@@ -65,3 +65,44 @@ def test_lesson02_symmetric_weights_drop_two_terms_and_group_scales_stay_inside(
     s_w, z_w = choose_qparams(w, INT8, PerChannel(0))
     t = zero_point_terms(q_x, 51, quantize(w, s_w, z_w, INT8), z_w)
     assert not t.input_sums.any() and not t.constant.any()
+
+
+# ----------------------------------------------------------------------------- lesson 01
+@pytest.mark.parametrize("fmt_name", ["BF16", "FP16", "FP8_E4M3"])
+def test_lesson01_relative_gap_falls_from_eps_to_half_and_rounding_error_is_at_most_half_eps(fmt_name):
+    """Cell 10: within a binade the relative gap falls from eps to about eps/2; the relative
+    rounding error is at most eps/2 (the unit roundoff)."""
+    from qedu import formats
+
+    fmt = getattr(formats, fmt_name)
+    values = formats.grid(fmt) if fmt.exp_bits + fmt.man_bits <= 8 else None
+    below_two = formats.cast(2 - fmt.eps, fmt).item()
+    assert below_two == 2 - fmt.eps and formats.cast(1 + fmt.eps, fmt).item() == 1 + fmt.eps  # both on the grid
+    assert 0.5 * fmt.eps < fmt.eps / below_two <= 0.54 * fmt.eps  # "about eps/2"
+    if values is not None:  # every normal binade of fp8: the relative gap stays in [eps/2, eps]
+        normal = values[(values >= fmt.min_normal) & torch.isfinite(values)]
+        rel_gap = (normal[1:] - normal[:-1]) / normal[:-1]
+        assert rel_gap.max().item() == pytest.approx(fmt.eps) and rel_gap.min().item() > fmt.eps / 2
+    x = torch.exp(torch.empty(100_000).uniform_(-4, 4, generator=torch.Generator().manual_seed(0)))
+    rel_error = ((formats.cast(x, fmt) - x).abs() / x).max().item()
+    assert fmt.eps / 2 * 0.9 < rel_error <= fmt.eps / 2
+
+
+def test_lesson01_a_mean_reduced_loss_does_not_divide_gradients_by_the_batch(models):
+    """Cell 21: the batch gradient shrinks (2.5x untrained, 13x trained, from batch 16 to 1024),
+    far less than the 64x larger batch."""
+    import torch.nn.functional as F
+
+    from qedu.data import load_digits
+    from qedu.models import make_mlp
+
+    data = load_digits(seed=0)
+    ratios = {}
+    for label, net in (("untrained", make_mlp(seed=0)), ("trained", models["mlp"])):
+        sizes = []
+        for batch in (16, 1024):
+            loss = F.cross_entropy(net(data.x_train[:batch]), data.y_train[:batch])
+            sizes.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, list(net.parameters()))]).abs().mean())
+        ratios[label] = float(sizes[0] / sizes[1])
+    assert round(ratios["untrained"], 1) == 2.5 and round(ratios["trained"]) == 13
+    assert all(1 < r < 64 / 4 for r in ratios.values())
