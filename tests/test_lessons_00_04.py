@@ -106,3 +106,29 @@ def test_lesson01_a_mean_reduced_loss_does_not_divide_gradients_by_the_batch(mod
         ratios[label] = float(sizes[0] / sizes[1])
     assert round(ratios["untrained"], 1) == 2.5 and round(ratios["trained"]) == 13
     assert all(1 < r < 64 / 4 for r in ratios.values())
+
+
+# ----------------------------------------------------------------------------- lesson 00
+def test_lesson00_energy_ratios_from_horowitz():
+    """Cell "An fp32 multiply costs about 18 times an int8 multiply and over 100 times an int8
+    add; reading 32 bits from DRAM costs as much as about 170 fp32 multiplies"."""
+    from qedu.energy import ENERGY_45NM_PJ as e
+    from qedu.energy import energy_table
+
+    assert (e["int8 add"], e["fp32 multiply"], e["32-bit DRAM read"]) == (0.03, 3.7, 640.0)  # the issue's figures
+    assert round(e["fp32 multiply"] / e["int8 multiply"]) in (18, 19) and e["fp32 multiply"] / e["int8 add"] > 100
+    assert round(e["32-bit DRAM read"] / e["fp32 multiply"], -1) == 170
+    assert "| 32-bit DRAM read | 640 | 21,333 |" in energy_table()
+    with pytest.raises(ValueError, match="relative_to must be one of"):
+        energy_table("int4 add")
+
+
+def test_lesson00_the_names_task_comes_from_unicodedata():
+    import unicodedata
+
+    from qedu import tasks
+
+    names = tasks._names()
+    ucd = unicodedata.ucd_3_2_0
+    assert len(names) == 7952 and names[0] == ucd.name(" ") == "SPACE"
+    assert "sklearn" not in open(tasks.__file__).read()
