@@ -132,3 +132,55 @@ def test_lesson00_the_names_task_comes_from_unicodedata():
     ucd = unicodedata.ucd_3_2_0
     assert len(names) == 7952 and names[0] == ucd.name(" ") == "SPACE"
     assert "sklearn" not in open(tasks.__file__).read()
+
+
+# ----------------------------------------------------------------------------- lesson 04
+IMAGE = 100 / 360  # one test image, in points
+
+
+def test_lesson04_three_bit_weights_and_activations(models):
+    """Cell 13: 3-bit weights cost at most 1.4 points (0.3 per channel); W+A at 3 bits costs 2.2
+    points with per-channel min/max (95.0 vs 97.2 %), MSE does not win them back; over three
+    seeds the 3-bit W+A loss is 1.2 +- 1.3 points."""
+    from qedu.analysis import AblationTable
+    from qedu.data import load_digits
+    from qedu.granularity import PerTensor
+    from qedu.models import evaluate
+    from qedu.ptq import PTQConfig, quantize_model
+    from qedu.results import load_results
+
+    data, mlp = load_digits(seed=0), models["mlp"]
+
+    def acc(config):
+        return 100 * evaluate(quantize_model(mlp, config, data.x_calib), data.x_test, data.y_test)
+
+    float_acc = 100 * evaluate(mlp, data.x_test, data.y_test)
+    w_tensor = acc(PTQConfig(weight_bits=3, weight_granularity=PerTensor(), act_bits=None))
+    w_channel = acc(PTQConfig(weight_bits=3, act_bits=None))
+    wa = acc(PTQConfig(weight_bits=3, act_bits=3))
+    wa_mse = acc(PTQConfig(weight_bits=3, weight_method="mse", act_bits=3, act_method="mse"))
+    assert round(float_acc - w_tensor, 1) == 1.4 and round(float_acc - w_channel, 1) == 0.3
+    assert (round(float_acc, 1), round(wa, 1), round(float_acc - wa, 1)) == (97.2, 95.0, 2.2)
+    assert wa_mse <= wa
+    ablation = AblationTable.from_dict(load_results("ptq_ablation")["digits"])
+    row = ablation.where(model="mlp", scheme="W+A", bits=3, granularity="per-channel", method="minmax")[0]
+    assert (round(row["drop_mean"], 1), round(row["drop_std"], 1)) == (1.2, 1.3)
+
+
+def test_lesson04_accuracy_ranks_layers_at_2_bits_and_ties_at_4(models):
+    """Cell after 18: at 2 bits the accuracy drop on the calibration images and the output error
+    both rank fc3 first; at 4 bits every accuracy drop is 0 while the output error still ranks."""
+    from qedu.analysis import layer_sensitivity
+    from qedu.data import load_digits
+    from qedu.ptq import PTQConfig
+
+    data, mlp = load_digits(seed=0), models["mlp"]
+    for bits in (2, 4):
+        config = PTQConfig(weight_bits=bits, act_bits=None)
+        acc_rows = layer_sensitivity(mlp, config, data.x_calib, data.x_calib, data.y_calib, metric="accuracy")
+        err_rows = layer_sensitivity(mlp, config, data.x_calib, data.x_calib)
+        assert err_rows[0]["layer"] == "fc3" and err_rows[-1]["damage"] > 0
+        if bits == 2:
+            assert acc_rows[0]["layer"] == "fc3" and acc_rows[0]["damage"] > acc_rows[1]["damage"]
+        else:
+            assert all(r["damage"] == 0 for r in acc_rows)
