@@ -169,3 +169,29 @@ def test_stochastic_rounding_keeps_the_small_updates_round_to_nearest_loses():
         moved[name] = sum(float((p.detach() - q).abs().sum()) for p, q in zip(run.model.parameters(), init))
     assert moved["nearest"] < 0.5 * moved["master"]
     assert abs(moved["stochastic"] / moved["master"] - 1) < 0.15
+
+
+# --- pure-bf16 weights with Kahan compensation --------------------------------------------------
+
+def test_kahan_weights_stay_in_bf16_and_keep_the_small_updates():
+    data = _small_data()
+    kwargs = dict(epochs=2, lr=1e-4, backend="torch")
+    master = train_simulated(make_mlp(seed=0), data, Precision(BF16, BF16, master_weights=True), **kwargs)
+    nearest = train_simulated(make_mlp(seed=0), data, Precision(BF16, BF16, False, "nearest"), **kwargs)
+    kahan = train_simulated(make_mlp(seed=0), data, Precision(BF16, BF16, False, "kahan"), **kwargs)
+    for _name, layer in kahan.model.rounded_layers:
+        for param in layer.parametrizations.values():
+            assert torch.equal(param.original, cast(param.original, BF16))  # stored weights are bf16 values
+    def distance(a, b):  # summed |difference| over all parameters
+        return sum(float((p - q).detach().abs().sum()) for p, q in zip(a.parameters(), b.parameters()))
+
+    # master weights keep every update (in fp32); Kahan follows them closely, round-to-nearest does not
+    assert distance(kahan.model, master.model) < distance(nearest.model, master.model) / 3
+    start = make_mlp(seed=0)
+    assert distance(kahan.model, start) > 2 * distance(nearest.model, start)  # nearest drops most small updates
+
+
+def test_weight_rounding_choices():
+    assert Precision(BF16, BF16, False, "kahan").weight_rounding == "kahan"
+    with pytest.raises(ValueError, match="weight_rounding"):
+        Precision(BF16, BF16, False, "kahn")
