@@ -121,3 +121,22 @@ def test_lesson06_dynamic_loss_scaling_table_claims():
         # "growing every 10 steps, the scaler searches as above and trains as well"
         assert all(i["min_scale"] < i["max_scale"] and i["skipped_steps"] > 0 for i in moving["per_seed"])
         assert abs(moving["mean"] - fp32["mean"]) < fp32["std"] + moving["std"]
+
+
+def test_lesson05_ternary_control_claims():
+    report = results.load_results("qat_control")
+    assert report["seeds"] == [0, 1, 2, 3, 4] and report["epochs"] == 3  # "five seeds", "the same 3 epochs"
+    row = {r["method"]: r for r in report["rows"]}
+    mean = lambda name: row[name]["mean"]
+    qat, lsq = mean("QAT min/max, 3 epochs"), mean("QAT LSQ, 3 epochs")
+    control = mean("float +3 epochs, PTQ TWN")
+    # "over five seeds, about 3" / "still wins by about 3 points (min/max scales) to 4 (LSQ)"
+    assert 2.5 <= qat - control <= 4 and 3.5 <= lsq - control <= 5
+    # "more than the spread over seeds"
+    assert qat - control > max(row["QAT min/max, 3 epochs"]["std"], row["float +3 epochs, PTQ TWN"]["std"])
+    # "3 more float epochs before PTQ add nothing to min/max"
+    assert mean("float +3 epochs, PTQ min/max") <= mean("PTQ min/max") + row["PTQ min/max"]["std"]
+    # "good clipping (PTQ MSE) or TWN's threshold closes most of [the ternary gap] without training"
+    gap = qat - mean("PTQ min/max")
+    for name in ("PTQ MSE", "PTQ TWN"):
+        assert mean(name) - mean("PTQ min/max") > 0.5 * gap

@@ -70,3 +70,33 @@ def test_twn_ptq_copies_and_ternarizes_every_linear():
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+# --- what lesson 05 says about its ternary runs (seed 0, the same calls as its cells) -------------
+
+def test_lesson05_ternary_qat_against_fair_ptq_and_the_training_control():
+    import copy
+
+    from qedu.data import load_digits
+    from qedu.models import evaluate, pretrained, train
+    from qedu.qat import QATConfig, convert, prepare_qat, train_qat
+    from qedu.quantizers import quantization_error
+
+    model, data = pretrained("mlp", seed=0), load_digits(seed=0)
+    acc = lambda m: 100 * evaluate(m, data.x_test, data.y_test)
+    ternary = QATConfig(weight_bits=2, weight_narrow_range=True, method="minmax")
+    ptq, twn = convert(prepare_qat(model, ternary)), twn_ptq(model)
+    qat = prepare_qat(model, ternary)
+    train_qat(qat, data, epochs=3, progress=False)
+    qat_acc = acc(convert(qat))
+    tuned = copy.deepcopy(model).train()
+    train(tuned, data, epochs=3, seed=0)
+    tuned.eval()
+    tuned_minmax, tuned_twn = acc(convert(prepare_qat(tuned, ternary))), acc(twn_ptq(tuned))
+    assert abs(tuned_minmax - acc(ptq)) < 5  # "three more float epochs leave min/max PTQ about where it was"
+    assert 1 <= qat_acc - tuned_twn <= 3  # "QAT's lead is about 2 points on this seed, not 35"
+    assert 30 < qat_acc - acc(ptq) < 40  # "some 35 points better than min/max PTQ"
+    assert 1 < qat_acc - acc(twn) < 5  # "and a few points better than TWN"
+    for name in ("fc1", "fc2", "fc3"):  # "whose weights are closer still"
+        w = model.get_submodule(name).weight.detach()
+        assert quantization_error(w, twn.get_submodule(name).weight).mse < quantization_error(w, ptq.get_submodule(name).layer.weight).mse
