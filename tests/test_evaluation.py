@@ -216,3 +216,55 @@ def test_lesson_08_claims_about_the_benchmark_results():
              for r in bench["latency"]["rows"]}
     assert sizes["digits MLP", "fake-quant"] > 1.9 * sizes["digits MLP", "float32"]  # "twice as big as the float file"
     assert sizes["wide MLP", "int8"] < 0.26 * sizes["wide MLP", "float32"]  # "a file four times smaller"
+
+
+# ----------------------------------------------------------------------------- torch's dynamic int8: codes 0..127
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_dynamic_int8_activations_are_uint8_codes_0_to_127(mlp, digits):
+    if not int8_support()[0]:
+        pytest.skip("this torch build has no int8 kernels (int8_support says why)")
+    from qedu.evaluation import dynamic_int8_reference
+
+    int8 = dynamic_int8(mlp)
+    x = digits.x_test.flatten(1)
+    for name in ("fc1", "fc2", "fc3"):  # lesson 08: "activations are uint8 codes 0..127 (reduce_range)"
+        layer = getattr(int8, name)
+        with torch.no_grad():
+            torch_out = layer(x)
+            seven = dynamic_int8_reference(layer, x, reduce_range=True)
+            eight = dynamic_int8_reference(layer, x, reduce_range=False)
+        assert (torch_out - seven).abs().max() < 1e-4 * torch_out.abs().max()  # float rounding only
+        assert (torch_out - eight).abs().max() > 1e-3 * torch_out.abs().max()  # 0..255 is not what torch does
+        x = torch.relu(torch_out)
+
+
+def test_dynamic_int8_reference_bad_input():
+    from qedu.evaluation import dynamic_int8_reference
+
+    with pytest.raises(TypeError, match="dynamic int8 Linear"):
+        dynamic_int8_reference(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+
+
+def test_lesson_08_chance_and_calibration_claims(mlp, digits):
+    from qedu.stats import bootstrap_delta, confidence_calibration, confidence_rank, mcnemar_test, worst_class_null
+
+    quant = quantize_model(mlp, PTQConfig(weight_bits=4, act_bits=4, weight_granularity=PerTensor()), digits.x_calib)
+    r = compare_models(mlp, quant, digits.x_test, digits.y_test, threshold=0.05)
+    float_logits = logits(mlp, digits.x_test)
+    assert (confidence_rank(float_logits)[r.flips.index] < 0.1).all()  # "every one among the least-sure tenth"
+    assert len(r.flips.index) == 5 and r.flagged == (1,)  # "five images changed", "class 1 lost 5.6 points"
+    assert round(100 * r.accuracy_change, 1) == -1.1 and round(100 * float(r.deltas.min()), 1) == -5.6
+    float_pred, quant_pred = float_logits.argmax(1), logits(quant, digits.x_test).argmax(1)
+    test = mcnemar_test(digits.y_test, float_pred, quant_pred)
+    assert (test.b, test.c, test.p_value) == (4, 0, 0.125)  # "four broken and none fixed ... p = 0.125"
+    ci = bootstrap_delta(digits.y_test, float_pred, quant_pred, n_resamples=2000, seed=0)
+    assert ci.high < 0  # "the bootstrap interval excludes zero all the same"
+    assert (1 - 4 / 360) ** 360 < 0.025  # "... about 2 %, less than the 2.5 % the upper end needs"
+    counts = torch.bincount(digits.y_test, minlength=10)
+    assert round(float(r.deltas.min()) * int(counts[1])) == -2 and 34 <= counts.min() and counts.max() <= 38  # "two images"
+    null = worst_class_null(digits.y_test, float_pred, 5, n_trials=1000, seed=0)
+    assert 0.35 < float((null <= float(r.deltas.min()) + 1e-9).double().mean()) < 0.65  # "about half of the trials"
+    eces = {name: confidence_calibration(logits(m, digits.x_test), digits.y_test, n_bins=15).ece
+            for name, m in [("float", mlp), ("w8a8", quantize_model(mlp, PTQConfig(), digits.x_calib)), ("w4a4", quant)]
+            + ([("int8", dynamic_int8(mlp))] if int8_support()[0] else [])}
+    assert all(e < 0.02 and abs(e - eces["float"]) < 0.005 for e in eces.values())  # "under 2 %, within half a point"
