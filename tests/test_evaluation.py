@@ -15,7 +15,7 @@ from qedu.evaluation import (
 )
 from qedu.granularity import PerTensor
 from qedu.models import evaluate, make_mlp, per_class_accuracy, predict, pretrained
-from qedu.ptq import PTQConfig, quantize_model
+from qedu.ptq import PTQConfig, model_size, quantize_model
 
 T = lambda *v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
 
@@ -210,7 +210,7 @@ def test_lesson_08_claims_about_the_benchmark_results():
             (row,) = ablation.where(model=model, bits=bits, granularity="per-tensor")
             assert row["worst_class_mean"] < 3 * row["change_mean"] < 0
     gaps = AblationTable.from_dict(bench["robustness"])
-    assert all(r["gap_mean"] < 0 for r in gaps.where(model="cnn", bits=4))  # the direction holds over seeds
+    assert all(r["gap_mean"] < 0 for r in gaps.where(model="cnn", bits=4))  # "negative for all five corruptions"
     assert all(abs(r["gap_mean"]) <= 0.5 for r in gaps.where(bits=8))  # W8A8 follows float32
     sizes = {(r["case"].split()[0] + " " + r["case"].split()[1], r["variant"].split()[0]): r["file_bytes"]
              for r in bench["latency"]["rows"]}
@@ -268,3 +268,66 @@ def test_lesson_08_chance_and_calibration_claims(mlp, digits):
             for name, m in [("float", mlp), ("w8a8", quantize_model(mlp, PTQConfig(), digits.x_calib)), ("w4a4", quant)]
             + ([("int8", dynamic_int8(mlp))] if int8_support()[0] else [])}
     assert all(e < 0.02 and abs(e - eces["float"]) < 0.005 for e in eces.values())  # "under 2 %, within half a point"
+
+
+def test_lesson_08_claims_about_chance_in_the_benchmark_results():
+    from qedu.analysis import AblationTable
+    from qedu.stats import sign_flip_test
+
+    bench = json.loads(RESULTS.read_text())
+    ablation, null = AblationTable.from_dict(bench["ablation"]), bench["null"]
+    mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+    churn = {m: [r for r in null["churn"] if r["model"] == m] for m in ("mlp", "cnn")}
+    assert len(null["seeds"]) == 20 and all(len(v) == 20 * 19 for v in churn.values())  # "20 seeds, every ordered pair"
+    beyond = {}
+    for model, rows in churn.items():
+        assert 1.3 <= mean(rows, "disagreement") <= 1.7  # "about one and a half per cent"
+        assert -4.0 <= mean(rows, "worst_class") <= -3.0  # "their worst class differs by 3 to 4 points"
+        for bits in (4, 3):
+            (row,) = ablation.where(model=model, bits=bits, granularity="per-tensor")
+            runs = [r for r in null["random_flips"] if (r["model"], r["bits"], r["granularity"]) == (model, bits, "per-tensor")]
+            beyond[model, bits] = sum(r["p_value"] < 0.05 for r in runs)
+            if bits == 4:  # "W4A4 disagrees ... under one per cent, with a worst class of 3 to 4 points"
+                assert row["disagreement_mean"] < 1 < mean(rows, "disagreement")
+                assert -4.05 <= row["worst_class_mean"] <= -2.75
+            else:  # "loses 11 to 19 points, three to six times the churn"
+                assert -19.5 <= row["worst_class_mean"] <= -10.5
+                assert 2.8 <= row["worst_class_mean"] / mean(rows, "worst_class") <= 6.1
+    assert beyond["mlp", 4] + beyond["cnn", 4] == 1  # "all but one of the ten 4-bit runs"
+    assert beyond["mlp", 3] + beyond["cnn", 3] == 6  # "in 6 of the 10 runs"
+    gaps = AblationTable.from_dict(bench["robustness"])
+    assert list(gaps.seeds) == list(range(20))  # "the benchmark therefore trained 20 models"
+    cnn4 = {r["corruption"]: r for r in gaps.where(model="cnn", bits=4)}
+    assert sign_flip_test([-1.0] * 5) == 0.0625  # "never less than p = 0.0625 with five values"
+    assert sum(min(r["gap_values"][:5]) < 0 < max(r["gap_values"][:5]) for r in cnn4.values()) >= 3  # "mixed signs"
+    for name, r in cnn4.items():
+        assert r["gap_mean"] < 0 and r["gap_p"] < 0.01 and r["gap_p"] == sign_flip_test(r["gap_values"])  # "p below 0.01"
+        assert (r["gap_p"] < 0.05 / 20) == (name != "blur")  # "four of the five pass and blur does not"
+    assert 0.008 < cnn4["blur"]["gap_p"] < 0.0095  # "blur (p ≈ 0.009)"
+    big = [r for k, r in cnn4.items() if k != "occlusion"]  # "about as large as the means (3 to 6 points for ...)"
+    assert all(2.8 <= r["gap_std"] <= 6.2 and r["gap_std"] >= 0.9 * abs(r["gap_mean"]) for r in big)
+    lat = {(r["case"].split()[1], r["variant"]): r["median_ms"] for r in bench["latency"]["rows"]
+           if r["threads"] == 1 and r["batch"] == 360}
+    assert 15 <= lat["CNN", "float32"] / lat["MLP", "float32"] <= 25  # "about 20 times"
+
+
+def test_lesson_08_pareto_claims(mlp, digits, tmp_path_factory):
+    from qedu.stats import pareto_front
+
+    cnn = pretrained("cnn", seed=0, cache_dir=tmp_path_factory.getbasetemp() / "qedu-models")
+    configs = {"MLP float32": (mlp, None), "MLP W8A8": (mlp, PTQConfig()),
+               "MLP W4A4 per-tensor": (mlp, PTQConfig(weight_bits=4, act_bits=4, weight_granularity=PerTensor())),
+               "CNN float32": (cnn, None), "CNN W8A8": (cnn, PTQConfig()), "CNN W4A4": (cnn, PTQConfig(weight_bits=4, act_bits=4)),
+               "CNN W4A4 percentile": (cnn, PTQConfig(weight_bits=4, act_bits=4, act_method="percentile", percentile=99.9)),
+               "MLP int8": (mlp, PTQConfig(weight_granularity=PerTensor(), act_bits=None))}
+    points = []
+    for name, (model, config) in configs.items():
+        run = model if config is None else quantize_model(model, config, digits.x_calib)
+        points.append(dict(name=name, accuracy=evaluate(run, digits.x_test, digits.y_test),
+                           bytes=model_size(model, config).total_bytes))
+    front = [p["name"] for p, on in zip(points, pareto_front(points, minimize=("bytes",))) if on]
+    assert front == ["CNN W4A4"]  # "with size alone one configuration beats every other"
+    best = points[5]
+    assert round(best["bytes"] / 1000, 1) == 5.4  # "about 5.4 kB"
+    runner_up = max(p["accuracy"] for p in points if p is not best)
+    assert round((best["accuracy"] - runner_up) * len(digits.y_test)) == 1  # "by one image the most accurate"
