@@ -35,7 +35,8 @@ from torch import nn
 
 from qedu._validation import check_module
 
-__all__ = ["linear_input_absmax", "residual_absmax", "ChannelStats", "channel_stats", "outlier_table", "LLM_INT8_THRESHOLD"]
+__all__ = ["linear_input_absmax", "residual_absmax", "ChannelStats", "channel_stats", "outlier_table", "heatmap_data",
+           "LLM_INT8_THRESHOLD"]
 
 LLM_INT8_THRESHOLD = 6.0  # Dettmers et al. 2022: |x| >= 6 marks an outlier feature
 
@@ -149,3 +150,26 @@ def outlier_table(model: nn.Module, inputs: torch.Tensor, threshold: float = LLM
     if isinstance(getattr(model, "blocks", None), nn.ModuleList):
         rows += [channel_stats(f"residual.{n}", m, threshold) for n, m in residual_absmax(model, inputs).items()]
     return rows
+
+
+def heatmap_data(model: nn.Module, inputs: torch.Tensor) -> dict[int, tuple[list[str], torch.Tensor]]:
+    """Per-channel maxima stacked into matrices for a heat map, one per width.
+
+    Linear inputs and (for a TinyGPT) the residual stream are grouped by their number of
+    channels: ``{width: (row names, (rows, width) tensor)}``. For a TinyGPT with hidden size
+    ``h`` that is ``h`` (``qkv``, ``proj``, ``fc1`` inputs and the residual stream) and ``4h``
+    (the ``fc2`` inputs, after the GELU).
+
+    >>> data = heatmap_data(nn.Sequential(nn.Linear(2, 3), nn.Linear(3, 3)), torch.ones(1, 2))
+    >>> {w: (names, tuple(m.shape)) for w, (names, m) in data.items()}
+    {2: (['0'], (1, 2)), 3: (['1'], (1, 3))}
+    """
+    stats = linear_input_absmax(model, inputs)
+    if isinstance(getattr(model, "blocks", None), nn.ModuleList):
+        stats.update({f"residual.{n}": m for n, m in residual_absmax(model, inputs).items()})
+    groups: dict[int, tuple[list[str], list[torch.Tensor]]] = {}
+    for name, m in stats.items():
+        names, rows = groups.setdefault(m.numel(), ([], []))
+        names.append(name)
+        rows.append(m)
+    return {w: (names, torch.stack(rows)) for w, (names, rows) in groups.items()}  # (rows, width)

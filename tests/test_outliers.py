@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from qedu.models import TinyGPT
-from qedu.outliers import channel_stats, linear_input_absmax, outlier_table, residual_absmax
+from qedu.outliers import channel_stats, heatmap_data, linear_input_absmax, outlier_table, residual_absmax
 
 
 def _mlp():
@@ -78,3 +78,15 @@ def test_channel_stats_counts_the_threshold():
 def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_heatmap_groups_rows_by_width():
+    torch.manual_seed(0)
+    model = TinyGPT(16, 8, 32, 2, 4)
+    idx = torch.randint(0, 16, (2, 8))
+    data = heatmap_data(model, idx)
+    assert sorted(data) == [32, 128]
+    names, m = data[128]
+    assert names == ["blocks.0.fc2", "blocks.1.fc2"] and m.shape == (2, 128)
+    assert torch.equal(m[1], linear_input_absmax(model, idx)["blocks.1.fc2"])
+    assert data[32][0][-1] == "residual.block1"
