@@ -35,7 +35,8 @@ from torch import nn
 from qedu._validation import check_int, check_module, check_seed
 from qedu.text import load_text, random_windows
 
-__all__ = ["LINEARS", "calibration_tokens", "linear_layers", "quantize_model", "QuantizeResult"]
+__all__ = ["LINEARS", "METHODS", "calibration_tokens", "linear_layers", "quantize_model", "QuantizeResult", "layer_method",
+           "quantize_tinylm"]
 
 LINEARS = ("qkv", "proj", "fc1", "fc2")  # the linear layers of one TinyGPT block, in the order they run
 
@@ -138,3 +139,38 @@ def quantize_model(model: nn.Module, method: LayerMethod, calib: torch.Tensor) -
     result = QuantizeResult((quantized, errors))
     result.seconds = time.perf_counter() - start - measuring
     return result
+
+
+# name -> (module, what it does); each module's function takes (layer, x, **settings) -> module
+METHODS = {
+    "rtn": "round to nearest, per group (qedu.rtn)",
+    "gptq": "GPTQ: column by column with error feedback through the inverse Hessian (qedu.gptq)",
+}
+
+
+def layer_method(name: str, bits: int = 4, group_size: int | None = 128, **settings) -> LayerMethod:
+    """The per-layer function ``method(layer, x) -> module`` of a method in :data:`METHODS`.
+
+    Args:
+        name: a key of :data:`METHODS`. bits, group_size: the weight format (``group_size=None``:
+            one scale per output channel). settings: passed on to the method's layer function.
+
+    >>> layer = nn.Linear(8, 2); layer_method("rtn", bits=8, group_size=None)(layer, torch.randn(4, 8)).weight.shape
+    torch.Size([2, 8])
+    """
+    if name == "rtn":
+        from qedu.rtn import rtn_linear
+
+        return lambda layer, x: rtn_linear(layer, bits=bits, group_size=group_size, **settings)
+    if name == "gptq":
+        from qedu.gptq import gptq_linear
+
+        return lambda layer, x: gptq_linear(layer, x, bits=bits, group_size=group_size, **settings)
+    raise ValueError(f"name must be one of {sorted(METHODS)}, got {name!r}.")
+
+
+def quantize_tinylm(model: nn.Module, method: str, bits: int = 4, group_size: int | None = 128, n_calib: int = 16,
+                    seed: int = 0, **settings) -> QuantizeResult:
+    """``quantize_model(model, layer_method(method, bits, group_size, **settings), calibration_tokens(n_calib, seed))``."""
+    calib = calibration_tokens(n_calib, seed, model.pos.num_embeddings if hasattr(model, "pos") else 128)
+    return quantize_model(model, layer_method(method, bits, group_size, **settings), calib)

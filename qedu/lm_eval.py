@@ -31,7 +31,7 @@ from torch import nn
 
 from qedu._validation import check_int, check_module
 
-__all__ = ["log_probs", "nll_from_log_probs", "perplexity", "kl_divergence", "top1_flips", "LMScores", "LMEvaluator"]
+__all__ = ["generate", "log_probs", "nll_from_log_probs", "perplexity", "kl_divergence", "top1_flips", "LMScores", "LMEvaluator"]
 
 
 def _check_tokens(t, name: str) -> torch.Tensor:
@@ -182,3 +182,36 @@ class LMEvaluator:
             kl=kl_divergence(self.reference_log_probs, lp),
             flips=top1_flips(self.reference_log_probs, lp),
         )
+
+
+def generate(model: nn.Module, prompt: torch.Tensor, n_new: int = 80) -> torch.Tensor:
+    """Greedy continuation: append ``argmax p(. | context)`` ``n_new`` times (the context is the last
+    ``seq_len`` tokens the model accepts). Deterministic, so two models' texts can be compared.
+
+    Args:
+        model: a language model ``(1, s) -> (1, s, vocab)`` with a ``pos`` embedding (e.g. TinyGPT).
+        prompt: 1-D int tensor of token ids. n_new: tokens to add.
+
+    Returns:
+        1-D int64 tensor: the prompt followed by ``n_new`` tokens.
+
+    >>> from qedu.models import TinyGPT
+    >>> generate(TinyGPT(8, 4, 16, 1, 2), torch.tensor([1, 2]), n_new=3).shape
+    torch.Size([5])
+    """
+    model = check_module(model)
+    if not isinstance(prompt, torch.Tensor) or prompt.ndim != 1 or prompt.is_floating_point() or prompt.numel() == 0:
+        raise TypeError(f"prompt must be a non-empty 1-D integer tensor (e.g. qedu.text.encode('def ')), got {type(prompt).__name__}.")
+    n_new = check_int(n_new, "n_new", 0)
+    seq_len = model.pos.num_embeddings if hasattr(model, "pos") else prompt.numel() + n_new
+    tokens = prompt.to(torch.int64).clone()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            for _ in range(n_new):
+                logits = model(tokens[-seq_len:].unsqueeze(0))  # (1, s, vocab)
+                tokens = torch.cat([tokens, logits[0, -1].argmax().reshape(1)])
+    finally:
+        model.train(was_training)
+    return tokens
