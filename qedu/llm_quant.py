@@ -35,7 +35,7 @@ from torch import nn
 from qedu._validation import check_int, check_module, check_seed
 from qedu.text import load_text, random_windows
 
-__all__ = ["LINEARS", "METHODS", "calibration_tokens", "linear_layers", "quantize_model", "QuantizeResult", "layer_method",
+__all__ = ["LINEARS", "METHODS", "calibration_tokens", "linear_layers", "layer_inputs", "quantize_model", "QuantizeResult", "layer_method",
            "quantize_tinylm"]
 
 LINEARS = ("qkv", "proj", "fc1", "fc2")  # the linear layers of one TinyGPT block, in the order they run
@@ -61,6 +61,33 @@ def linear_layers(model: nn.Module) -> list[str]:
     """Names of the linear layers :func:`quantize_model` quantizes, in order (``blocks.0.qkv`` ...)."""
     blocks = _blocks(model)
     return [f"blocks.{i}.{name}" for i in range(len(blocks)) for name in LINEARS]
+
+
+def layer_inputs(model: nn.Module, name: str, tokens: torch.Tensor) -> torch.Tensor:
+    """What the layer ``name`` (e.g. ``"blocks.0.fc1"``) receives when ``model`` reads ``tokens``: ``(tokens, in_features)``.
+
+    A forward pre-hook records it and is removed again; the model is not changed.
+
+    >>> from qedu.models import TinyGPT
+    >>> layer_inputs(TinyGPT(16, 8, 32, 1, 4), "blocks.0.fc2", torch.zeros(2, 8, dtype=torch.long)).shape
+    torch.Size([16, 128])
+    """
+    model = check_module(model)
+    try:
+        layer = model.get_submodule(name)
+    except (AttributeError, TypeError):
+        raise ValueError(f"model has no layer {name!r}; choose one of {linear_layers(model)}.") from None
+    seen: list[torch.Tensor] = []
+    handle = layer.register_forward_pre_hook(lambda mod, args: seen.append(args[0].detach().reshape(-1, args[0].shape[-1])))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(tokens)
+    finally:
+        handle.remove()
+        model.train(was_training)
+    return torch.cat(seen)  # (n * s, C_in)
 
 
 def _blocks(model) -> nn.ModuleList:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from qedu.llm_quant import calibration_tokens, linear_layers, quantize_model
+from qedu.llm_quant import calibration_tokens, layer_inputs, linear_layers, quantize_model
 from qedu.models import TinyGPT
 from qedu.text import load_text
 
@@ -80,6 +80,17 @@ def test_calibration_comes_from_the_training_split():
     first = calib[0].tolist()
     starts = (train[: len(train) - 128] == first[0]).nonzero().flatten().tolist()
     assert any(train[s : s + 128].tolist() == first for s in starts)
+
+
+def test_layer_inputs_by_hand(model):
+    idx = torch.randint(0, 16, (2, 8))
+    x = layer_inputs(model, "blocks.1.qkv", idx)
+    with torch.no_grad():
+        h = model.blocks[0](model.tok(idx) + model.pos(torch.arange(8)))
+    assert torch.allclose(x, model.blocks[1].ln1(h).reshape(-1, 32), atol=1e-6)
+    assert all(not m._forward_pre_hooks for m in model.modules())
+    with pytest.raises(ValueError, match="no layer 'blocks.9.qkv'"):
+        layer_inputs(model, "blocks.9.qkv", idx)
 
 
 @pytest.mark.parametrize("call, error, match", [
