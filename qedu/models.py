@@ -656,7 +656,7 @@ def pretrained(
 # --------------------------------------------------------------------------------------------
 
 TINYLM_CONFIG = MappingProxyType(  # read-only; TinyGPT(**TINYLM_CONFIG) builds the architecture
-    {"vocab_size": 256, "seq_len": 128, "hidden": 192, "n_layers": 4, "n_heads": 4, "fused_attention": True}
+    {"vocab_size": 256, "seq_len": 128, "hidden": 256, "n_layers": 2, "n_heads": 4, "fused_attention": True}
 )
 TINYLM_SHA256 = "to-be-filled-by-scripts/train_tinylm.py"  # sha256 of qedu/weights/tinylm.safetensors
 
@@ -709,7 +709,7 @@ def load_tinylm(path=None, *, sha256: str | None = None) -> TinyGPT:
 
     >>> model = load_tinylm()
     >>> model.training, count_params(model)
-    (False, 1853568)
+    (False, 1678336)
     """
     path = Path(path) if path is not None else tinylm_path()
     expected = TINYLM_SHA256 if sha256 is None else sha256
