@@ -51,7 +51,6 @@ import torch
 from torch import nn
 
 from qedu._validation import check_bool, check_choice, check_int
-from qedu.quantizers import fake_quantize
 from qedu.rtn import CONVENTIONS, _check_group_size, _check_weight, rtn_qparams, rtn_quantize
 
 __all__ = ["hessian", "layer_error", "GPTQResult", "gptq_quantize", "gptq_linear"]
@@ -118,6 +117,29 @@ class GPTQResult(NamedTuple):
     zero_point: torch.Tensor
     perm: torch.Tensor | None
     loss: float
+
+
+class _Grid(NamedTuple):
+    """One grid per row for the columns of a group, ready for :func:`_round_column`."""
+
+    scale: torch.Tensor  # (C_out, 1) float32
+    inv_scale: torch.Tensor  # 1 / scale, as qedu.quantizers.fake_quantize computes it
+    zero_point: torch.Tensor  # (C_out, 1) float32 (integer values)
+    qmin: int
+    qmax: int
+
+
+def _grid(w: torch.Tensor, bits: int, symmetric: bool, convention: str) -> _Grid:
+    scale, zero_point, fmt = rtn_qparams(w, bits, None, symmetric, convention)  # (C_out, 1) each
+    return _Grid(scale, 1.0 / scale, zero_point.to(torch.float32), fmt.qmin, fmt.qmax)
+
+
+def _round_column(w: torch.Tensor, grid: _Grid) -> torch.Tensor:
+    """``fake_quantize(w, scale, zero_point, fmt)`` for one column: the same float32 arithmetic
+    (the tests check the results lie on the grid), without the input checks, which cost more
+    than the arithmetic when done for every one of thousands of columns."""
+    q = torch.round(w.float() * grid.inv_scale).add_(grid.zero_point).clamp_(grid.qmin, grid.qmax)
+    return q.sub_(grid.zero_point).mul_(grid.scale).to(w.dtype)
 
 
 def _inverse_hessian_factor(H: torch.Tensor, percdamp: float) -> torch.Tensor:
@@ -197,13 +219,13 @@ def gptq_quantize(weight, x=None, *, H=None, bits: int = 4, group_size: int | No
     U = _inverse_hessian_factor(H, float(percdamp))  # (C_in, C_in) upper triangular
 
     if group_size is None:  # one grid per row, from the weights before any update
-        scale, zero_point, fmt = rtn_qparams(W, bits, None, symmetric, convention)  # (C_out, 1) each
+        grid = _grid(W, bits, symmetric, convention)
     else:
         block_size = group_size * -(-block_size // group_size)  # a multiple of group_size
     Q = torch.zeros_like(W)
     scales = torch.zeros(W.shape, dtype=torch.float32)
     zero_points = torch.zeros(W.shape, dtype=torch.int32)
-    loss = 0.0
+    loss = torch.zeros((), dtype=dtype)
     for b1 in range(0, n_cols, block_size):  # lazy batches of columns
         b2 = min(b1 + block_size, n_cols)
         W_blk = W[:, b1:b2].clone()  # this block's columns, kept fully up to date
@@ -211,13 +233,13 @@ def gptq_quantize(weight, x=None, *, H=None, bits: int = 4, group_size: int | No
         U_blk = U[b1:b2, b1:b2]
         for i in range(b2 - b1):
             if group_size is not None and (b1 + i) % group_size == 0:  # a new group starts here
-                scale, zero_point, fmt = rtn_qparams(W_blk[:, i:i + group_size], bits, None, symmetric, convention)
+                grid = _grid(W_blk[:, i:i + group_size], bits, symmetric, convention)
             w = W_blk[:, i:i + 1]  # (C_out, 1) the column to quantize
-            q = fake_quantize(w, scale, zero_point, fmt).to(dtype)  # round to its grid
+            q = _round_column(w, grid)  # round to its grid
             Q[:, b1 + i:b1 + i + 1] = q
-            scales[:, b1 + i], zero_points[:, b1 + i] = scale[:, 0], zero_point[:, 0]
+            scales[:, b1 + i], zero_points[:, b1 + i] = grid.scale[:, 0], grid.zero_point[:, 0]
             err = (w - q) / U_blk[i, i]  # (C_out, 1)
-            loss += float((err ** 2).sum()) / 2
+            loss += (err ** 2).sum() / 2
             W_blk[:, i:] -= err @ U_blk[i:i + 1, i:]  # OBQ update of the rest of the block
             Err[:, i:i + 1] = err
         W[:, b2:] -= Err @ U[b1:b2, b2:]  # the block's updates reach the later columns at once
@@ -225,7 +247,7 @@ def gptq_quantize(weight, x=None, *, H=None, bits: int = 4, group_size: int | No
     if perm is not None:  # back to the original column order
         inverse = torch.argsort(perm)
         Q, scales, zero_points = Q[:, inverse], scales[:, inverse], zero_points[:, inverse]
-    return GPTQResult(Q.to(weight.dtype), scales, zero_points, perm, loss)
+    return GPTQResult(Q.to(weight.dtype), scales, zero_points, perm, float(loss))
 
 
 def gptq_linear(layer: nn.Linear, x, **kwargs) -> nn.Linear:

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from qedu.formats import IntFormat
-from qedu.gptq import gptq_linear, gptq_quantize, hessian, layer_error
+from qedu.gptq import _grid, _round_column, gptq_linear, gptq_quantize, hessian, layer_error
 from qedu.memory import TinyGPT
 from qedu.quantizers import fake_quantize
 from qedu.rtn import rtn_qparams, rtn_quantize
@@ -87,6 +87,20 @@ def test_weights_lie_on_the_returned_grids_and_the_hessian_path_agrees():
     assert r.perm is not None and sorted(r.perm.tolist()) == list(range(128))
     assert r.loss > 0
     assert torch.equal(gptq_quantize(W, H=hessian(X), bits=3, group_size=32, act_order=True).weight, r.weight)
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+@pytest.mark.parametrize("convention", ["gptq", "awq"])
+def test_the_column_rounding_is_qedus_fake_quantize(symmetric, convention):
+    g = torch.Generator().manual_seed(0)
+    W = torch.randn(64, 32, generator=g) * 0.1
+    grid = _grid(W, 3, symmetric, convention)
+    scale, zp, fmt = rtn_qparams(W, 3, None, symmetric, convention)
+    for dtype in (torch.float32, torch.float64):
+        cols = (W * torch.linspace(0.5, 1.5, 32)).to(dtype)  # values on and off the grid, some clipped
+        ours = torch.cat([_round_column(cols[:, j:j + 1], grid) for j in range(32)], dim=1)
+        assert ours.dtype == dtype
+        assert torch.equal(ours.float(), fake_quantize(cols, scale, zp, fmt))
 
 
 def test_hessian_formula_and_batch_dims():
