@@ -262,3 +262,23 @@ def test_lesson04_toolbox_cells_on_the_lessons_models(models):
     assert accs[0] < accs[2] < accs[1] < accs[3]
     _, layers = adaround_model(mlp, 3, data.x_calib)
     assert all((r.q - r.q_rtn).abs().max() == 1 and r.error < r.error_rtn for r in layers.values())
+
+
+def test_lesson04_an_integer_kernel_gets_the_fake_quantized_numbers(models):
+    """Cell after 5: integer_linear on the W8A8 layer's codes equals the fake-quantized layer."""
+    from qedu.bias_correction import _inputs
+    from qedu.data import load_digits
+    from qedu.integer_arithmetic import integer_linear
+    from qedu.ptq import PTQConfig, quantize_model
+
+    data = load_digits(seed=0)
+    quantized = quantize_model(models["mlp"], PTQConfig(weight_bits=8, act_bits=8), data.x_calib)
+    for name in ("fc1", "fc2", "fc3"):
+        layer = quantized.get_submodule(name)
+        x = _inputs(quantized, layer, data.x_test)  # what the layer receives (before its own act quantizer)
+        q_x = quantize(x, layer.act.scale, layer.act.zero_point, layer.act.fmt)
+        y_int = integer_linear(q_x, layer.act.scale, layer.act.zero_point, layer.weight_q, layer.weight_scale,
+                               layer.weight_zero_point, layer.layer.bias)
+        with torch.no_grad():
+            y_fake = layer(x)
+        assert (y_int - y_fake).abs().max() <= 1e-5 * max(1.0, y_fake.abs().max().item()), name
