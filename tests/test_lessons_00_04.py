@@ -175,6 +175,7 @@ def test_lesson04_accuracy_ranks_layers_at_2_bits_and_ties_at_4(models):
     from qedu.ptq import PTQConfig
 
     data, mlp = load_digits(seed=0), models["mlp"]
+    assert round(100 / len(data.x_calib), 2) == 0.39  # "one image is 0.39 points"
     for bits in (2, 4):
         config = PTQConfig(weight_bits=bits, act_bits=None)
         acc_rows = layer_sensitivity(mlp, config, data.x_calib, data.x_calib, data.y_calib, metric="accuracy")
