@@ -193,6 +193,15 @@ def layer_method(name: str, bits: int = 4, group_size: int | None = 128, **setti
         from qedu.gptq import gptq_linear
 
         return lambda layer, x: gptq_linear(layer, x, bits=bits, group_size=group_size, **settings)
+    if name == "nf4":  # 4-bit normal-float codes in blocks of 64, absmax double-quantized (bits, group_size unused)
+        from qedu.nf4 import nf4_fake_quantize
+
+        def nf4_layer(layer, x):
+            with torch.no_grad():
+                layer.weight.copy_(nf4_fake_quantize(layer.weight.detach(), **settings))
+            return layer
+
+        return nf4_layer
     raise ValueError(f"name must be one of {sorted(METHODS)}, got {name!r}.")
 
 

@@ -43,6 +43,10 @@ def model_bits_per_weight(model, bits: int, group_size: int | None, method: str 
     """
     from qedu.rtn import bits_per_weight
 
+    if method == "nf4":
+        from qedu.nf4 import nf4_bits_per_parameter
+
+        return float(nf4_bits_per_parameter())
     total = n = 0
     for name in linear_layers(model):
         w = model.get_submodule(name).weight
