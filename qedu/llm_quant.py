@@ -172,6 +172,9 @@ def quantize_model(model: nn.Module, method: LayerMethod, calib: torch.Tensor) -
 METHODS = {
     "rtn": "round to nearest, per group (qedu.rtn)",
     "gptq": "GPTQ: column by column with error feedback through the inverse Hessian (qedu.gptq)",
+    "nf4": "NF4 codes in blocks of 64, absmax double-quantized, 4.127 bits (qedu.nf4; bits and group_size unused)",
+    "int8": "W8A8 vector-wise: int8 per output row of W and per token of X (qedu.llm_int8, threshold 0)",
+    "llm_int8": "LLM.int8(): W8A8 vector-wise, input columns with |x| >= 6 kept in float (qedu.llm_int8)",
 }
 
 
@@ -202,6 +205,11 @@ def layer_method(name: str, bits: int = 4, group_size: int | None = 128, **setti
             return layer
 
         return nf4_layer
+    if name in ("llm_int8", "int8"):  # W8A8 vector-wise; LLM.int8() keeps input columns with |x| >= 6 in float
+        from qedu.llm_int8 import DEFAULT_THRESHOLD, Int8Linear
+
+        threshold = settings.get("threshold", DEFAULT_THRESHOLD if name == "llm_int8" else 0.0)
+        return lambda layer, x: Int8Linear(layer, threshold)
     raise ValueError(f"name must be one of {sorted(METHODS)}, got {name!r}.")
 
 

@@ -103,3 +103,22 @@ def test_layer_inputs_by_hand(model):
 def test_bad_input(model, call, error, match):
     with pytest.raises(error, match=match):
         call(model)
+
+
+def test_registered_methods_do_what_their_modules_do(model):
+    from qedu.llm_int8 import Int8Linear
+    from qedu.llm_quant import layer_method
+    from qedu.nf4 import nf4_fake_quantize
+    from qedu.rtn import rtn_quantize
+
+    calib = torch.randint(0, 16, (2, 8))
+    nf4, _ = quantize_model(model, layer_method("nf4", block_size=32), calib)
+    assert torch.equal(nf4.blocks[1].fc2.weight, nf4_fake_quantize(model.blocks[1].fc2.weight.detach(), block_size=32))
+    rtn, _ = quantize_model(model, layer_method("rtn", bits=3, group_size=16), calib)
+    assert torch.equal(rtn.blocks[0].qkv.weight, rtn_quantize(model.blocks[0].qkv.weight.detach(), 3, 16))
+    int8, _ = quantize_model(model, layer_method("llm_int8"), calib)
+    assert isinstance(int8.blocks[0].fc1, Int8Linear) and int8.blocks[0].fc1.threshold == 6.0
+    plain, _ = quantize_model(model, layer_method("int8"), calib)
+    assert plain.blocks[0].fc1.threshold == 0.0
+    with pytest.raises(ValueError, match="name must be one of"):
+        layer_method("awq8")
