@@ -37,12 +37,15 @@ from qedu.widgets.llm import model_bits_per_weight  # noqa: E402
 
 # (config label, method label, method name, settings, uses calibration)
 CELLS = [
+    ("W8A8", "int8 vector-wise", "int8", dict(bits=8), False),
+    ("W8A8", "LLM.int8()", "llm_int8", dict(bits=8), False),
     ("W4 g128", "RTN", "rtn", dict(bits=4, group_size=128), False),
     ("W4 g128", "GPTQ", "gptq", dict(bits=4, group_size=128), True),
     ("W3 g128", "RTN", "rtn", dict(bits=3, group_size=128), False),
     ("W3 g128", "GPTQ", "gptq", dict(bits=3, group_size=128), True),
     ("W4 per-channel", "RTN", "rtn", dict(bits=4, group_size=None), False),
     ("W4 per-channel", "GPTQ", "gptq", dict(bits=4, group_size=None), True),
+    ("NF4+DQ", "NF4", "nf4", dict(bits=4), False),
 ]
 
 
@@ -71,7 +74,7 @@ def main() -> None:
             "perplexity_mean": statistics.mean(ppl), "perplexity_std": statistics.stdev(ppl) if len(ppl) > 1 else 0.0,
             "perplexities": ppl, "kl_mean": statistics.mean(s.kl for s in scores),
             "flips_mean": statistics.mean(s.flips for s in scores),
-            "bits_per_weight": model_bits_per_weight(model, settings["bits"], settings.get("group_size")),
+            "bits_per_weight": model_bits_per_weight(model, settings["bits"], settings.get("group_size"), method),
             "seconds_median": statistics.median(seconds),
         })
         print(f"{config:16s} {label:12s} ppl {rows[-1]['perplexity_mean']:.4f} ± {rows[-1]['perplexity_std']:.4f} "
