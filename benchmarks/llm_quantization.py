@@ -37,14 +37,19 @@ from qedu.widgets.llm import model_bits_per_weight  # noqa: E402
 
 # (config label, method label, method name, settings, uses calibration)
 CELLS = [
+    ("W8A8", "per-tensor", "w8a8", dict(bits=8), False),
+    ("W8A8", "SmoothQuant a=0.5", "smoothquant", dict(bits=8), True),
     ("W8A8", "int8 vector-wise", "int8", dict(bits=8), False),
     ("W8A8", "LLM.int8()", "llm_int8", dict(bits=8), False),
     ("W4 g128", "RTN", "rtn", dict(bits=4, group_size=128), False),
     ("W4 g128", "GPTQ", "gptq", dict(bits=4, group_size=128), True),
+    ("W4 g128", "AWQ", "awq", dict(bits=4, group_size=128), True),
     ("W3 g128", "RTN", "rtn", dict(bits=3, group_size=128), False),
     ("W3 g128", "GPTQ", "gptq", dict(bits=3, group_size=128), True),
+    ("W3 g128", "AWQ", "awq", dict(bits=3, group_size=128), True),
     ("W4 per-channel", "RTN", "rtn", dict(bits=4, group_size=None), False),
     ("W4 per-channel", "GPTQ", "gptq", dict(bits=4, group_size=None), True),
+    ("W4 per-channel", "AWQ", "awq", dict(bits=4, group_size=None), True),
     ("NF4+DQ", "NF4", "nf4", dict(bits=4), False),
 ]
 

@@ -172,6 +172,9 @@ def quantize_model(model: nn.Module, method: LayerMethod, calib: torch.Tensor) -
 METHODS = {
     "rtn": "round to nearest, per group (qedu.rtn)",
     "gptq": "GPTQ: column by column with error feedback through the inverse Hessian (qedu.gptq)",
+    "awq": "AWQ: scale input channels by mean|x|^alpha (alpha searched) before RTN (qedu.awq)",
+    "w8a8": "W8A8 per-tensor: int8 weights and activations, one scale per tensor each (qedu.smoothquant.W8A8Linear)",
+    "smoothquant": "SmoothQuant: move activation range into the weights (alpha = 0.5), then W8A8 per-tensor (qedu.smoothquant)",
     "nf4": "NF4 codes in blocks of 64, absmax double-quantized, 4.127 bits (qedu.nf4; bits and group_size unused)",
     "int8": "W8A8 vector-wise: int8 per output row of W and per token of X (qedu.llm_int8, threshold 0)",
     "llm_int8": "LLM.int8(): W8A8 vector-wise, input columns with |x| >= 6 kept in float (qedu.llm_int8)",
@@ -196,6 +199,14 @@ def layer_method(name: str, bits: int = 4, group_size: int | None = 128, **setti
         from qedu.gptq import gptq_linear
 
         return lambda layer, x: gptq_linear(layer, x, bits=bits, group_size=group_size, **settings)
+    if name == "awq":
+        from qedu.awq import awq_linear
+
+        return lambda layer, x: awq_linear(layer, x, bits=bits, group_size=group_size, **settings)
+    if name == "w8a8":  # weights and activations int8, one scale per tensor each (dynamic for activations)
+        from qedu.smoothquant import W8A8Linear
+
+        return lambda layer, x: W8A8Linear(layer)
     if name == "nf4":  # 4-bit normal-float codes in blocks of 64, absmax double-quantized (bits, group_size unused)
         from qedu.nf4 import nf4_fake_quantize
 
@@ -215,6 +226,20 @@ def layer_method(name: str, bits: int = 4, group_size: int | None = 128, **setti
 
 def quantize_tinylm(model: nn.Module, method: str, bits: int = 4, group_size: int | None = 128, n_calib: int = 16,
                     seed: int = 0, **settings) -> QuantizeResult:
-    """``quantize_model(model, layer_method(method, bits, group_size, **settings), calibration_tokens(n_calib, seed))``."""
+    """``quantize_model(model, layer_method(method, bits, group_size, **settings), calibration_tokens(n_calib, seed))``.
+
+    ``method="smoothquant"`` first smooths the model (``qedu.smoothquant.smooth_model``, ``alpha``
+    from ``settings``, default 0.5), then makes every linear layer W8A8 per-tensor; its per-layer
+    errors compare with the *smoothed* float layers (the same function as the originals).
+    """
     calib = calibration_tokens(n_calib, seed, model.pos.num_embeddings if hasattr(model, "pos") else 128)
+    if method == "smoothquant":  # a model-level step first: fold the scales into the LayerNorms and weights
+        from qedu.smoothquant import smooth_model
+
+        start = time.perf_counter()
+        smoothed = smooth_model(model, calib, alpha=settings.pop("alpha", 0.5), **settings)
+        smoothing = time.perf_counter() - start
+        result = quantize_model(smoothed, layer_method("w8a8"), calib)
+        result.seconds += smoothing
+        return result
     return quantize_model(model, layer_method(method, bits, group_size, **settings), calib)

@@ -28,7 +28,7 @@ from qedu.widgets import LiveFigure, Panel, plain_log_ticks
 __all__ = ["LLMResult", "llm_result", "model_bits_per_weight", "llm_controls", "llm_explorer", "evaluation_batch"]
 
 GROUP_SIZES = {"32": 32, "64": 64, "128": 128, "per-channel": None}
-WIDGET_METHODS = ("rtn", "gptq", "nf4")  # the weight-only methods (NF4 has its own format: bits and group size unused)
+WIDGET_METHODS = ("rtn", "gptq", "awq", "nf4")  # the weight-only methods (NF4 has its own format: bits and group size unused)
 
 
 def evaluation_batch(n_windows: int = 16, seq_len: int = 128):
@@ -48,11 +48,13 @@ def model_bits_per_weight(model, bits: int, group_size: int | None, method: str 
         from qedu.nf4 import nf4_bits_per_parameter
 
         return float(nf4_bits_per_parameter())
-    int8 = method in ("int8", "llm_int8")  # int8 codes, one float32 absmax per output row (outlier columns not counted)
+    int8 = method in ("int8", "llm_int8", "w8a8", "smoothquant")  # int8 codes, one float32 absmax per output row (outlier columns not counted)
     total = n = 0
     for name in linear_layers(model):
         w = model.get_submodule(name).weight
-        total += w.numel() * (bits_per_weight(8, None, w.shape[1], symmetric=True, scale_bits=32) if int8
+        total += w.numel() * (bits_per_weight(8, None, w.shape[1], symmetric=True, scale_bits=32)
+                              if method in ("int8", "llm_int8")
+                              else 8 + 32 / w.numel() if int8  # one float32 scale per tensor
                               else bits_per_weight(bits, group_size, w.shape[1]))
         n += w.numel()
     return total / n
