@@ -661,7 +661,7 @@ def pretrained(
 TINYLM_CONFIG = MappingProxyType(  # read-only; TinyGPT(**TINYLM_CONFIG) builds the architecture
     {"vocab_size": 256, "seq_len": 128, "hidden": 256, "n_layers": 2, "n_heads": 4, "fused_attention": True}
 )
-TINYLM_SHA256 = "to-be-filled-by-scripts/train_tinylm.py"  # sha256 of qedu/weights/tinylm.safetensors
+TINYLM_SHA256 = "e88723e3af6e7969871af50c6e8f33eede6fba2d50b363ffa0360b94adc3f32f"  # sha256 of qedu/weights/tinylm.safetensors
 
 
 class WeightsMismatchError(ValueError):
