@@ -38,6 +38,7 @@ def test_code_is_the_computed_nf4_table_to_float32_rounding():
 def test_round_trip_error_and_structure(name, absmax_rounding):
     w = WEIGHTS[name]
     state = nf4_quantize(w, absmax_rounding=absmax_rounding)
+    assert isinstance(state, NF4Weight) and state.shape == tuple(w.shape)
     assert state.packed.dtype == torch.uint8 and state.packed.numel() == (w.numel() + 1) // 2
     assert state.absmax.dtype == torch.uint8 and state.absmax.numel() == -(-w.numel() // 64)
     w_hat = nf4_dequantize(state)
