@@ -131,6 +131,16 @@ def test_equals_bitsandbytes_quantize_4bit_with_double_quant(name):
     assert torch.equal(F.dequantize_4bit(packed, bnb), nf4_dequantize(ours))  # the weights, bit for bit
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_equals_bitsandbytes_on_half_precision_weights(dtype):
+    F = pytest.importorskip("bitsandbytes.functional", reason=REASON)
+    w = WEIGHTS["normal_256x512"].to(dtype)
+    packed, bnb = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+    ours = nf4_quantize(w, absmax_rounding="lut")  # computed in float32, as bitsandbytes does
+    assert torch.equal(packed.reshape(-1), ours.packed) and torch.equal(bnb.absmax, ours.absmax)
+    assert torch.equal(F.dequantize_4bit(packed, bnb), nf4_dequantize(ours).to(dtype))
+
+
 @pytest.mark.parametrize("name", list(WEIGHTS))
 def test_equals_bitsandbytes_without_double_quant(name):
     F = pytest.importorskip("bitsandbytes.functional", reason=REASON)
