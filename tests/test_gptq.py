@@ -134,6 +134,20 @@ def test_gptq_equals_naive_column_by_column_obq(bits, group_size, symmetric, con
         torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-9)
 
 
+def test_cholesky_rows_are_the_obq_rows_of_the_shrinking_inverse_hessian():
+    """The module docstring's claim: row i of U (H^-1 = U^T U) is Hinv_i[i, i:] / sqrt(Hinv_i[i, i]), where
+    Hinv_i is the inverse Hessian with columns 0..i-1 eliminated (Gaussian elimination, one per step)."""
+    from qedu.gptq import _inverse_hessian_factor
+    _, X = random_layer(0, c_in=24)
+    H = hessian(X)
+    U = _inverse_hessian_factor(H, 0.01)
+    Hinv = torch.linalg.inv(H + 0.01 * H.diagonal().mean() * torch.eye(24, dtype=H.dtype))
+    for i in range(24):
+        torch.testing.assert_close(U[i, i:], Hinv[i, i:] / Hinv[i, i].sqrt(), rtol=1e-9, atol=1e-12)
+        Hinv = Hinv - Hinv[:, i:i + 1] @ Hinv[i:i + 1, :] / Hinv[i, i]  # eliminate column i
+    assert torch.equal(U, U.triu())
+
+
 def test_lazy_batch_size_does_not_change_the_result():
     W, X = random_layer(7)
     ref = gptq_quantize(W, X, bits=4, group_size=None, block_size=1).weight  # no laziness at all
