@@ -91,6 +91,9 @@ def vectorwise_quantize(x, threshold: float = 0.0):
 
     Raises:
         TypeError / ValueError: for non-2-D or non-finite ``x`` or a negative threshold.
+
+    >>> vectorwise_quantize(torch.tensor([[0.5, -1.0]]))
+    (tensor([[  64, -127]], dtype=torch.int8), tensor([1.]), tensor([], dtype=torch.int64))
     """
     x = _check_2d(x, "x")
     threshold = _check_threshold(threshold)

@@ -136,6 +136,12 @@ def smooth_model(model: nn.Module, inputs, alpha: float = 0.5, pairs=None) -> nn
 
     Returns:
         the smoothed copy, in eval mode.
+
+    >>> from qedu.memory import TinyGPT
+    >>> model = TinyGPT(vocab_size=8, seq_len=4, hidden=8, n_layers=1, n_heads=2).double()
+    >>> tokens = torch.randint(0, 8, (2, 4)); smoothed = smooth_model(model, tokens, alpha=0.5)
+    >>> torch.allclose(smoothed(tokens), model(tokens))
+    True
     """
     check_module(model)
     alpha = _check_alpha(alpha)
@@ -199,6 +205,11 @@ def alpha_sweep(model: nn.Module, inputs, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), pa
     ``mse = mean((model(e) - w8a8(smooth(model, alpha))(e))^2)`` on ``eval_inputs`` (default:
     the calibration ``inputs``). ``alpha = 0`` divides by the weight maxima only (no activation
     information); compare with ``w8a8_model(model)`` for no smoothing at all.
+
+    >>> from qedu.memory import TinyGPT
+    >>> model = TinyGPT(vocab_size=8, seq_len=4, hidden=8, n_layers=1, n_heads=2)
+    >>> [alpha for alpha, mse in alpha_sweep(model, torch.randint(0, 8, (2, 4)), alphas=(0.5, 0.8))]
+    [0.5, 0.8]
     """
     check_module(model)
     alphas = [_check_alpha(a) for a in alphas]

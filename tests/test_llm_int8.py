@@ -107,7 +107,7 @@ def test_bad_input_raises_a_clear_error(call, match):
 
 
 # ------------------------------------------------------------------ bitsandbytes 0.50.2 cross-checks
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 @pytest.mark.parametrize("threshold", [0.0, 6.0, 3.0])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_vectorwise_quantize_equals_bitsandbytes(dtype, threshold, seed):
