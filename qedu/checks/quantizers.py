@@ -680,8 +680,11 @@ def _describe_pack4(f: Failure) -> list[str]:
                                                  if name == "second" else ": the first code goes in the low 4 bits as it is"))
             break
     if isinstance(a, torch.Tensor) and a.shape == f.expected.shape and not a.is_floating_point():
-        e = f.expected.to(torch.int64)
-        a64 = a.to(torch.int64)
+        wrong = f.expected.to(torch.int64) != a.to(torch.int64)
+        if not bool(wrong.any()):
+            return notes
+        e = f.expected.to(torch.int64)[wrong]
+        a64 = a.to(torch.int64)[wrong]
         if bool(((a64 & 15) == (e >> 4)).all()) and bool(((a64 >> 4) == (e & 15)).all()):
             notes.append("the two nibbles of each byte are swapped: the first code goes in the low 4 bits")
         elif bool(((a64 & 15) == (e & 15)).all()):
