@@ -239,7 +239,7 @@ CLIP_RATE = CheckSpec(
                 "a value up to half a step beyond the last level rounds onto it: round to codes first, then compare."),
         Mistake("forgot the zero point",
                 lambda x, s, zp, lo, hi: float(((_codes(x, s, 0) < lo) | (_codes(x, s, 0) > hi)).double().mean()),
-                "the code is round(x / scale) + zero_point."),
+                "the code is round(x * (1/scale)) + zero_point."),
         Mistake("returned a count, not a fraction",
                 lambda x, s, zp, lo, hi: int(((_codes(x, s, zp) < lo) | (_codes(x, s, zp) > hi)).sum()),
                 "divide by the number of values."),

@@ -323,7 +323,7 @@ def _qp(bits, signed):
 def _as_float(expected, actual) -> str | None:
     if isinstance(actual, torch.Tensor) and actual.numel() == 1:
         actual = actual.item()
-    return compare(expected, actual, rtol=1e-9)
+    return compare(expected, actual, rtol=1e-6)  # float32 arithmetic is fine
 
 
 LSQ_GRAD_SCALE = CheckSpec(
