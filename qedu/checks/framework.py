@@ -353,6 +353,8 @@ def compare(expected, actual, atol: float = 0.0, rtol: float = 0.0, where: str =
         ev, av = e[idx].item() if e.ndim else e.item(), a[idx].item() if a.ndim else a.item()
         return f"{where} differs at {n_bad} of {e.numel()} positions; first at index {idx}: expected {ev!r}, got {av!r}"
     if isinstance(expected, (float, np.floating)) and not isinstance(expected, bool):
+        if isinstance(actual, torch.Tensor) and actual.numel() == 1 and actual.is_floating_point():
+            actual = actual.item()  # a 0-d float tensor is a number
         if not isinstance(actual, (int, float, np.integer, np.floating)) or isinstance(actual, bool):
             return f"{where} should be a number, got {type(actual).__name__} {_short(actual)}"
         if np.isnan(expected) and np.isnan(actual):
