@@ -398,11 +398,11 @@ def _describe_fgsm(f: Failure) -> list[str]:
             if bool((size > eps * 1.0001).any()) or bool((size < eps * 0.9999).any()):
                 notes.append(f"where nothing clamps, your pixels move by {size.min().item():.4g} .. {size.max().item():.4g}, "
                              f"not by exactly eps = {eps}: x + eps * grad.sign()")
-            else:
-                against = (moved[free].sign() != grad[free].sign())
-                if bool(against.any()):
-                    notes.append(f"every free pixel moves by eps, but {int(against.sum())} of {int(free.sum())} move in the "
-                                 "wrong direction: step along the sign of the gradient of cross_entropy(model(x), y)")
+        moving = (grad != 0) & (moved != 0)
+        against = moving & (moved.sign() != grad.sign())
+        if bool(against.any()):
+            notes.append(f"{int(against.sum())} of your {int(moving.sum())} moved pixels move in the wrong direction: "
+                         "step along the sign of the gradient of cross_entropy(model(x), y)")
     if bool((a < 0).any()) or bool((a > 1).any()):
         notes.append("some of your pixels lie outside [0, 1]: clamp at the end")
 

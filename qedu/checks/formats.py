@@ -314,6 +314,12 @@ def _describe_round(f: Failure) -> list[str]:
         return notes
     if bool(torch.isnan(a).any()):
         notes.append("NaN in your result" + (" for negative x: take log2 of |x|, not of x" if bool((f.case.args[0] < 0).any()) else ""))
+    x, E, M = f.case.args
+    if a.is_floating_point() and bool(torch.isfinite(a).all()):
+        on_grid = _round_to_exmy(a.float(), E, M) == a.float()
+        if not bool(on_grid.all()):
+            notes.append(f"{int((~on_grid).sum())} of your results are not values of the format (they need more than "
+                         f"{M} mantissa bits): the step in [2**e, 2**(e+1)) is 2**(e - man_bits)")
 
     def per_case(case, expected, mine):
         if not isinstance(mine, torch.Tensor) or mine.shape != expected.shape or not mine.is_floating_point():

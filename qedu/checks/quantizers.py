@@ -231,6 +231,8 @@ def tie_features(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int) -> di
         "the code clips at qmax": code > qmax,
         "the code clips at qmin": code < qmin,
         "the code clips (beyond qmin or qmax)": (code > qmax) | (code < qmin),
+        "the code is qmin or below (it must end at qmin)": code <= qmin,
+        "the code is qmax or above (it must end at qmax)": code >= qmax,
         "x * (1/scale) is an exact tie (k + 0.5)": frac == 0.5,
         "x / scale and x * (1/scale) round differently in float32":
             torch.round(x / torch.tensor(scale, dtype=torch.float32)) != torch.round(v),
@@ -245,6 +247,8 @@ _ADVICE = {
     "clips at qmax": "check qmax = 2**(bits-1) - 1, and clamp last (after adding the zero point)",
     "clips at qmin": "check qmin = -2**(bits-1), and clamp last (after adding the zero point)",
     "clips (": "check qmin = -2**(bits-1) and qmax = 2**(bits-1) - 1, and clamp last",
+    "qmin or below": "check qmin = -2**(bits-1): clamp to exactly [qmin, qmax]",
+    "qmax or above": "check qmax = 2**(bits-1) - 1: clamp to exactly [qmin, qmax]",
     "clamped to qmax": "clamp the rounded codes to [qmin, qmax] before multiplying by scale",
     "x < 0": "look at what your rounding does below 0 (int() and .int() cut toward zero; floor goes down)",
     "w < 0": "look at what your rounding does below 0 (int() and .int() cut toward zero; floor goes down)",
@@ -260,6 +264,34 @@ def _as_codes(expected, actual):
     if not isinstance(actual, torch.Tensor) or actual.shape != expected.shape:
         return None
     return actual.detach().round().long() if actual.is_floating_point() else actual.long()
+
+
+def _direction_notes(f: Failure, pair) -> list[str]:
+    """Pooled over many cases: are the wrong answers all below, all above, or all nearer to zero?"""
+    diffs, toward_zero = [], []
+
+    def per_case(case, expected, mine):
+        got = pair(case, expected, mine)
+        if got is None or got[0] is None:
+            return None
+        a, e = got[0].double(), got[1].double()
+        wrong = a != e
+        diffs.append((a - e)[wrong])
+        toward_zero.append((a.abs() < e.abs())[wrong])
+        return wrong, {}
+
+    f.pooled(per_case)
+    if not diffs or not sum(int(d.numel()) for d in diffs):
+        return []
+    d, tz = torch.cat(diffs), torch.cat(toward_zero)
+    if bool((d < 0).all()):
+        return ["wherever yours is wrong it is too low (rounded down?): torch.round rounds to the nearest, floor always down"]
+    if bool((d > 0).all()):
+        return ["wherever yours is wrong it is too high (rounded up?): torch.round rounds to the nearest, ceil always up"]
+    if bool(tz.all()):
+        return ["wherever yours is wrong it is nearer to zero than expected: int(), .int() and torch.trunc cut toward "
+                "zero; round with torch.round first"]
+    return []
 
 
 def _describe_quantize(f: Failure) -> list[str]:
@@ -279,6 +311,7 @@ def _describe_quantize(f: Failure) -> list[str]:
 
     wrong, features = f.pooled(per_case)
     where = localize(wrong, features) if wrong is not None else None
+    notes += _direction_notes(f, lambda case, expected, mine: (_as_codes(expected, mine), expected.long()))
     offset = _offset_phrase(f.expected, actual, actual != f.expected.long())
     if where:
         notes.append(" ".join(p for p in (offset, where) if p) + (f": {_advice(where)}" if _advice(where) else ""))
@@ -473,8 +506,15 @@ def _describe_per_channel(f: Failure) -> list[str]:
     where = localize(wrong, features) if wrong is not None else None
     if where:
         notes.append("wrong " + where + (f": {_advice(where)}" if _advice(where) else ""))
-    if w.shape[0] > 1:
-        one = Case((w[:1].clone(), bits))
+    scale_of = lambda case: torch.clamp(case.args[0].abs().amax(dim=1, keepdim=True)  # noqa: E731
+                                        / ((2 ** case.args[1] - 1) / 2), min=FLOAT32_EPS)
+    notes += _direction_notes(f, lambda case, expected, mine: (
+        (mine.detach().float() / scale_of(case)).round() if isinstance(mine, torch.Tensor) and mine.shape == expected.shape
+        else None, (expected / scale_of(case)).round()))
+    bad_rows = (~_close(f.expected, a.detach().float(), 1e-12, 1e-6)).any(dim=1).nonzero()
+    if w.shape[0] > 1 and len(bad_rows):
+        r = int(bad_rows[0])
+        one = Case((w[r:r + 1].clone(), bits))
         if f.same(f.reference(one), f.learner(one)):
             notes.append("right for a single row, wrong once there are several: one scale per row, "
                          "w.abs().amax(dim=1, keepdim=True)")
