@@ -264,7 +264,7 @@ def _copy_advice(value, name: str) -> str:
     if isinstance(value, torch.nn.Module):
         return f"Leave it as it is: work on copy.deepcopy({name}), and do not switch its mode or change its weights."
     if isinstance(value, (list, tuple)):
-        return f"Leave it and its tensors as they are: build new ones (no .append, no in-place ops like += or .clamp_())."
+        return "Leave it and its tensors as they are: build new ones (no .append, no in-place ops like += or .clamp_())."
     return (f"Work on a copy ({name} = {name}.clone(), or .copy() for numpy) or use out-of-place operations "
             "(x = x * s instead of x *= s, torch.clamp(x, ...) instead of x.clamp_(...)).")
 

@@ -19,7 +19,6 @@ import math
 import numpy as np
 import torch
 
-from qedu.checks.formats import _ratio_note
 from qedu.checks.framework import Case, CheckSpec, Failure, Mistake, _close, compare, localize, run_check
 from qedu.checks.quantizers import factor
 from qedu.formats import IntFormat
