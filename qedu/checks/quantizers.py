@@ -281,7 +281,7 @@ def _direction_notes(f: Failure, pair) -> list[str]:
         return wrong, {}
 
     f.pooled(per_case)
-    if not diffs or not sum(int(d.numel()) for d in diffs):
+    if not diffs or sum(int(d.numel()) for d in diffs) < 3:  # too few wrong values to see a direction
         return []
     d, tz = torch.cat(diffs), torch.cat(toward_zero)
     if bool((d < 0).all()):
@@ -294,13 +294,42 @@ def _direction_notes(f: Failure, pair) -> list[str]:
     return []
 
 
+_ARITHMETIC = {  # how the codes come out when v = x / scale is computed another way
+    "float64 (x / scale or x * (1/scale))": lambda x, s: x.double() * (1.0 / s),
+    "float32 as x / scale": lambda x, s: x / torch.tensor(s, dtype=torch.float32),
+}
+
+
+def _arithmetic_note(f: Failure) -> str | None:
+    """Which other arithmetic reproduces every answer the learner gave (a differential probe)."""
+    cases = [f.case, *f.spec.probes, *[c for c in f.spec.golden if c is not f.case]]
+    mine = [f.actual] + [f.learner(c) for c in cases[1:]]
+    matches = []
+    for name, v in _ARITHMETIC.items():
+        same = True
+        for case, m in zip(cases, mine):
+            x, s, z, b = case.args
+            codes = torch.clamp(torch.round(v(x, s)) + z, *_range(b)).long()
+            m = _as_codes(codes, m)
+            if m is None or not bool((m == codes).all()):
+                same = False
+                break
+        if same:
+            matches.append(name)
+    if len(matches) != 1:  # none, or the cases cannot tell them apart: say nothing
+        return None
+    return (f"every answer of yours matches v = x / scale computed in {matches[0]}; the task (and torch) compute "
+            "inv_scale = 1 / scale in float32 and multiply: x * inv_scale")
+
+
 def _describe_quantize(f: Failure) -> list[str]:
     x, scale, zero_point, bits = f.case.args
     actual = _as_codes(f.expected, f.actual)
     if actual is None:
         return []
     qmin, qmax = _range(bits)
-    notes = []
+    arithmetic = _arithmetic_note(f)
+    notes = [arithmetic] if arithmetic else []
 
     def per_case(case, expected, mine):
         mine = _as_codes(expected, mine)
@@ -309,14 +338,16 @@ def _describe_quantize(f: Failure) -> list[str]:
         cx, cs, cz, cb = case.args
         return mine != expected.long(), tie_features(cx, cs, cz, *_range(cb))
 
-    wrong, features = f.pooled(per_case)
-    where = localize(wrong, features) if wrong is not None else None
-    notes += _direction_notes(f, lambda case, expected, mine: (_as_codes(expected, mine), expected.long()))
-    offset = _offset_phrase(f.expected, actual, actual != f.expected.long())
-    if where:
-        notes.append(" ".join(p for p in (offset, where) if p) + (f": {_advice(where)}" if _advice(where) else ""))
-    elif offset:
-        notes.append(offset + " at every wrong position of this case")
+    if not arithmetic:  # otherwise the arithmetic explains every answer: the positions add nothing
+        wrong, features = f.pooled(per_case)
+        where = localize(wrong, features) if wrong is not None else None
+        offset = _offset_phrase(f.expected, actual, actual != f.expected.long())
+        if where:
+            notes.append(" ".join(p for p in (offset, where) if p) + (f": {_advice(where)}" if _advice(where) else ""))
+        else:
+            notes += _direction_notes(f, lambda case, expected, mine: (_as_codes(expected, mine), expected.long()))
+            if offset:
+                notes.append(offset + " at every wrong position of this case")
     if zero_point != 0:
         at0 = f.with_args(zero_point=0)
         if f.same(f.reference(at0), f.learner(at0)):
@@ -353,6 +384,8 @@ QUANTIZE = CheckSpec(
         Case((_tensor([-5000.0, 0.3, 5000.0]), 0.1, -7, 16), label="16 bits"),
     ],
     random_case=lambda rng: _quantize_case(rng),
+    probes=[Case((_tensor([8.85, -9.95, -8.15, 8.15, 1.0]), 0.1, 0, 8),
+                 label="near ties that float32 x * (1/scale), float32 x / scale and float64 round apart")],
     mistakes=[
         Mistake("qmax = 2**bits instead of 2**(bits-1) - 1",
                 lambda x, s, z, b: _codes(torch.clamp(torch.round(_v(x, s)) + z, _range(b)[0], 2**b)),
