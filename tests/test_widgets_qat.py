@@ -114,6 +114,7 @@ def test_no_two_controls_share_a_name_and_toggle_labels_fit(panel):
     """Issue 15 item 6: two controls were called "epochs", and "QAT-minmax" was cut off."""
     names = [w.description for w in panel.controls.values()] + [panel.progress.description]
     assert len(names) == len(set(names))
+    assert all(panel.controls[k].layout.display == "flex" for k in ("bits", "method"))  # label beside buttons (browser test)
     width = int(panel.controls["method"].style.button_width.rstrip("px"))
     assert width >= 8 * max(len(m) for m in METHODS)  # about 8 px per character at the widget font
 

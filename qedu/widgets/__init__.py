@@ -29,7 +29,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-__all__ = ["LiveFigure", "StackedFigure", "Panel", "encode_png", "decode_png", "not_current_png", "plain_log_ticks", "plural",
+__all__ = ["LiveFigure", "StackedFigure", "Panel", "encode_png", "decode_png", "not_current_png", "plain_log_ticks", "plural", "toggle_row",
            "BUSY_HTML"]
 
 
@@ -40,6 +40,15 @@ def plural(n: int, word: str, words: str | None = None) -> str:
     ('1 image', '3 epochs', '2 classes')
     """
     return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
+def toggle_row() -> W.Layout:
+    """The layout for a ``ToggleButtons``: its label beside its buttons, on one line.
+
+    ipywidgets 8 lays a ToggleButtons out as a block, so its label sits on a line of its own
+    above the buttons; a flex row keeps them together (tests/test_browser.py checks it).
+    """
+    return W.Layout(display="flex", flex_flow="row", align_items="center", width="max-content", margin="0 12px 0 0")
 
 
 def plain_log_ticks(axis, numticks: int = 6) -> None:

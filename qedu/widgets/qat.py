@@ -19,7 +19,7 @@ import numpy as np
 
 from qedu.models import evaluate, pretrained
 from qedu.qat import QATConfig, convert, prepare_qat, train_qat
-from qedu.widgets import LiveFigure, Panel, plural
+from qedu.widgets import LiveFigure, Panel, plural, toggle_row
 
 __all__ = ["BITS", "METHODS", "qat_config", "ptq_accuracy", "start_accuracy", "QATRun", "run_method", "qat_trainer"]
 
@@ -154,15 +154,12 @@ def qat_trainer(model=None, data=None, seed: int = 0, max_epochs: int = 10) -> P
                 f"({100 * (run.final_acc - base):+.1f} points over PTQ), from {100 * run.start_acc:.1f} % before training; "
                 f"training took {seconds:.2f} s ({seconds / max(len(run.epoch_seconds), 1):.2f} s per epoch).")
 
-    # wide enough for "QAT-minmax"; "initial" description widths and max-content rows keep each
-    # label on the line of its buttons
+    # toggle_row(): each label beside its buttons; 112 px fits "QAT-minmax" whole
     controls = {
         "bits": W.ToggleButtons(options=list(BITS), value="2 bits", description="weights",
-                                style={"button_width": "72px", "description_width": "initial"},
-                                layout=W.Layout(width="max-content")),
+                                style={"button_width": "72px", "description_width": "initial"}, layout=toggle_row()),
         "method": W.ToggleButtons(options=list(METHODS), value="QAT-minmax", description="method",
-                                  style={"button_width": "112px", "description_width": "initial"},
-                                  layout=W.Layout(width="max-content")),
+                                  style={"button_width": "112px", "description_width": "initial"}, layout=toggle_row()),
         "epochs": W.IntSlider(value=3, min=1, max=max_epochs, description="epochs", continuous_update=False),
     }
 
