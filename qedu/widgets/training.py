@@ -156,8 +156,8 @@ def mixed_precision_results(*names: str, footnote: bool = True) -> str:
     footnote comes once (``footnote=False`` leaves it out). No heading: the lesson's own
     headings stay the largest.
 
-    >>> print(mixed_precision_results("mixed_precision_cpu").splitlines()[0][:40])
-    **Measured on AMD EPYC** (CPU, 2 cores;
+    >>> mixed_precision_results("mixed_precision_cpu").startswith("**Measured on ")
+    True
     """
     from qedu.results import load_results
 
