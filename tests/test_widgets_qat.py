@@ -127,6 +127,7 @@ def test_an_error_while_training_is_shown_in_the_widget(panel, monkeypatch):
     panel.train_button.click()
     assert "RuntimeError" in panel.message.value and "out of memory" in panel.message.value
     assert not panel.train_button.disabled
+    assert not panel.current and "Not current" in panel.readout.value and panel.status.value == "training failed"
 
 
 def test_run_method_reports_epochs_and_converted_accuracy(model, data):

@@ -353,10 +353,7 @@ class Panel(W.VBox):
             if self.figure is not None:
                 self.figure.render()
         except Exception as err:  # show it in the widget; never let a callback die silently
-            self.message.value = _TEXT.format(
-                f"<span style='{_ERROR_STYLE}'><b>{html.escape(type(err).__name__)}:</b> {html.escape(str(err))}</span>")
-            self.error = err
-            self._show_not_current()
+            self.show_error(err)
         else:
             self.message.value = ""
             self.error = None
@@ -368,6 +365,13 @@ class Panel(W.VBox):
             self.busy.value = ""
         self.last_update_ms = (time.perf_counter() - start) * 1e3
         self.n_updates += 1
+
+    def show_error(self, err: Exception) -> None:
+        """Show ``err`` in the message line, and the figure and readout as not current."""
+        self.message.value = _TEXT.format(
+            f"<span style='{_ERROR_STYLE}'><b>{html.escape(type(err).__name__)}:</b> {html.escape(str(err))}</span>")
+        self.error = err
+        self._show_not_current()
 
     def _show_not_current(self) -> None:
         self.current = False

@@ -11,7 +11,6 @@ appears at once); the **Train** button trains, redrawing the loss and accuracy a
 """
 from __future__ import annotations
 
-import html
 from typing import NamedTuple
 
 import ipywidgets as W
@@ -192,8 +191,7 @@ def qat_trainer(model=None, data=None, seed: int = 0, max_epochs: int = 10) -> P
             runs[bits, method, epochs] = run_method(model, data, bits, method, epochs, seed, each_epoch)
             panel.update()  # the readout, the picture, the progress bar and the status: all from this run
         except Exception as err:  # show it in the widget; never let a callback die silently
-            panel.message.value = (f"<span style='color:#b00020'><b>{html.escape(type(err).__name__)}:</b> "
-                                   f"{html.escape(str(err))}</span>")
+            panel.show_error(err)  # the half-drawn curves are marked not current
             progress.value = 0
             status.value = "training failed"
         finally:
