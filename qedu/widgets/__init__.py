@@ -29,8 +29,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-__all__ = ["LiveFigure", "StackedFigure", "Panel", "encode_png", "decode_png", "not_current_png", "plain_log_ticks", "plural", "toggle_row",
-           "BUSY_HTML"]
+__all__ = ["LiveFigure", "StackedFigure", "Panel", "encode_png", "decode_png", "not_current_png", "plain_log_ticks",
+           "plural", "toggle_row", "BUSY_HTML"]
 
 
 def plural(n: int, word: str, words: str | None = None) -> str:
@@ -93,8 +93,8 @@ def encode_png(rgba: np.ndarray, level: int = 1) -> bytes:
 class LiveFigure:
     """A matplotlib figure outside pyplot, shown as a PNG in an ``ipywidgets.Image``.
 
-    ``axes`` is what ``Figure.subplots`` returns (or, with ``mosaic``, ``Figure.subplot_mosaic``). Change artists or redraw the axes, then call
-    :meth:`render`.
+    ``axes`` is what ``Figure.subplots`` returns (or, with ``mosaic``, ``Figure.subplot_mosaic``).
+    Change artists or redraw the axes, then call :meth:`render`.
 
     For fast widgets, mark the artists that move with :meth:`animate`: the first render draws
     everything else once (axes, ticks, labels: most of the drawing time) and keeps it as a
