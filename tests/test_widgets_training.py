@@ -100,3 +100,22 @@ def test_memory_table_is_the_library_formula():
         expected["activations"] = transformer_activation_bytes(L, h, 1024, 4, a, recipe.activation)
         assert table[name] == pytest.approx({k: v / 2**30 for k, v in expected.items()})
     assert math.isclose(table["fp32"]["weights"] * 2**30, 4 * n)
+
+
+def test_planner_recompute_control_shrinks_activations_only():
+    panel = memory_planner()
+    readout = {}
+    for mode in ("none", "selective", "full"):
+        panel.controls["recompute"].value = mode
+        assert panel.error is None and panel.message.value == ""
+        readout[mode] = panel.readout.value
+    assert "recomputation adds" in readout["full"] and "recomputation adds" not in readout["none"]
+    L, h, a, _V = MODEL_PRESETS["GPT-2 XL (1.6B)"]
+
+    def activations_gib(mode):
+        return transformer_activation_bytes(L, h, 1024, 8, a, RECIPES["mixed"].activation, recompute=mode) / 2**30
+
+    for mode in ("none", "selective", "full"):
+        assert f"activations {activations_gib(mode):.1f}" in readout[mode]
+    assert activations_gib("full") < activations_gib("selective") < activations_gib("none")
+    panel.controls["recompute"].value = "none"
