@@ -185,3 +185,15 @@ def test_zero_stages_reproduce_the_papers_figure_1():
     for bad in (4, -1, True):
         with pytest.raises(ValueError, match="stage must be"):
             zero_memory(1e9, bad, 8)
+
+
+def test_lesson07_recomputation_and_zero_claims():
+    L, h, a, s, b = 48, 1600, 25, 1024, 8  # GPT-2 XL, batch 8 x 1024, as the lesson's cell
+    assert 5 * a * s / h == 80 and round(80 / 114, 2) == 0.70  # "80 of the 114 sbh per layer (70 %)"
+    none = transformer_activation_bytes(L, h, s, b, a)
+    assert none == L * s * b * h * 114
+    assert transformer_activation_bytes(L, h, s, b, a, recompute="full") == none * 2 / 114  # "keeps 2 of the 114"
+    assert 0.025 < recompute_flops_overhead(h, s, "selective") < 0.035  # "about 3 % more compute"
+    # "Stage 3 brings the 6.7B model's 100 GiB of states down to 12.5 GiB per GPU"
+    assert round(zero_memory(6.7e9, 0, 8).total / 2**30) == 100
+    assert round(zero_memory(6.7e9, 3, 8).total / 2**30, 1) == 12.5
