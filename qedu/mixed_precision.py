@@ -33,6 +33,7 @@ GradStats(n=40, zero=0, underflow=40, subnormal=0, overflow=0)
 from __future__ import annotations
 
 import copy
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from qedu._validation import check_int
+from qedu._validation import FLOAT32_MAX, FLOAT32_TINY, check_int, check_real
 from qedu.accumulation import kahan_add
 from qedu.data import batches
 from qedu.floats import FP16, FloatFormat, cast
@@ -351,9 +352,12 @@ def _make_scaler(loss_scale):
         return loss_scale
     if loss_scale == "dynamic":
         return DynamicLossScaler()
-    if isinstance(loss_scale, (int, float)) and not isinstance(loss_scale, bool):
-        return StaticLossScaler(loss_scale)
+    if isinstance(loss_scale, numbers.Real) and not isinstance(loss_scale, bool):  # numpy numbers too
+        return StaticLossScaler(float(loss_scale))
     raise TypeError(f"loss_scale must be None, a number such as 2.**16, 'dynamic' or a qedu loss scaler, got {loss_scale!r}.")
+
+
+_ADAM_EPS = 1e-8  # torch.optim.Adam's default; train_simulated divides it by loss_divisor
 
 
 def train_simulated(model: nn.Module, data, precision: Precision, *, epochs: int = 5, lr: float = 1e-3,
@@ -374,15 +378,23 @@ def train_simulated(model: nn.Module, data, precision: Precision, *, epochs: int
             batch or many accumulation steps shrinks it. Adam's ``eps`` is divided too, so in
             fp32 the run is exactly unchanged: only the gradients' magnitude moves.
         backend: "qedu" (:func:`~qedu.floats.cast`) or "torch" (torch's casts, same bits, faster).
+
+    Raises:
+        TypeError / ValueError: bad ``epochs``, ``batch_size``, ``seed``, ``loss_scale``, or a
+            ``loss_divisor`` that is not a finite number > 0 keeping ``1e-8 / loss_divisor`` a
+            normal float32 (``inf`` would make every weight NaN).
     """
     epochs, batch_size = check_int(epochs, "epochs", 1), check_int(batch_size, "batch_size", 1)
-    if not float(loss_divisor) > 0:
-        raise ValueError(f"loss_divisor must be > 0 (e.g. 2**16), got {loss_divisor!r}.")
+    loss_divisor = check_real(loss_divisor, "loss_divisor", 0, lo_open=True, example="2.**16")
+    if not _ADAM_EPS / FLOAT32_MAX <= loss_divisor <= _ADAM_EPS / FLOAT32_TINY:
+        raise ValueError(f"loss_divisor={loss_divisor:.4g} is outside [{_ADAM_EPS / FLOAT32_MAX:.3g}, "
+                         f"{_ADAM_EPS / FLOAT32_TINY:.3g}]: Adam's eps = {_ADAM_EPS:g} / loss_divisor must stay a normal "
+                         "float32 number (0 would turn a zero gradient into 0 / 0 = NaN). Use e.g. 2.**16.")
     scaler = _make_scaler(loss_scale)
     sim = simulate(model, precision, backend)
     order = torch.Generator().manual_seed(check_int(seed, "seed", 0, 2**32 - 1))  # batch order
     rounding = torch.Generator().manual_seed(seed + 1)  # stochastic rounding of the weights
-    optimizer = torch.optim.Adam(sim.parameters(), lr=lr, eps=1e-8 / loss_divisor)
+    optimizer = torch.optim.Adam(sim.parameters(), lr=lr, eps=_ADAM_EPS / loss_divisor)
     run = SimulatedRun(precision, sim)
     start = time.perf_counter()
     for _epoch in range(epochs):

@@ -171,6 +171,37 @@ def test_stochastic_rounding_keeps_the_small_updates_round_to_nearest_loses():
     assert abs(moved["stochastic"] / moved["master"] - 1) < 0.15
 
 
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from qedu.mixed_precision import _make_scaler  # noqa: E402
+
+
+def _tiny_run(**kwargs):
+    return train_simulated(make_mlp(seed=0), _small_data(), Precision(FP16, FP16), epochs=1, **kwargs)
+
+
+ISSUE20_BAD = {
+    "loss-divisor-inf": (lambda: _tiny_run(loss_divisor=math.inf), ValueError, r"loss_divisor must be a finite number"),
+    "loss-divisor-nan": (lambda: _tiny_run(loss_divisor=math.nan), ValueError, r"loss_divisor must be a finite number"),
+    "loss-divisor-zero": (lambda: _tiny_run(loss_divisor=0.0), ValueError, r"loss_divisor must be in \(0, inf\)"),
+    "loss-divisor-huge": (lambda: _tiny_run(loss_divisor=1e40), ValueError, r"loss_divisor=1e\+40 is outside.*eps = 1e-08 / loss_divisor"),
+    "loss-divisor-str": (lambda: _tiny_run(loss_divisor="65536"), TypeError, r"loss_divisor must be a number"),
+    "loss-scale-overflows": (lambda: _tiny_run(loss_scale=1e39), ValueError, r"scale=1e\+39 is inf in float32"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_numpy_loss_scales_are_numbers():
+    assert _make_scaler(np.int64(1024)).get_scale() == 1024.0
+    assert _make_scaler(np.float32(0.5)).get_scale() == 0.5
 # --- pure-bf16 weights with Kahan compensation --------------------------------------------------
 
 def test_kahan_weights_stay_in_bf16_and_keep_the_small_updates():

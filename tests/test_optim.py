@@ -262,6 +262,82 @@ def test_linear_8bit_adam_blows_up_and_dynamic_trains():
     assert dynamic.bytes_per_param == pytest.approx(2.03, abs=0.01)
 
 
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def test_issue20_one_inf_gradient_skips_the_step_and_poisons_no_block():
+    """Before: one inf entry, then a clean step, left its whole 256-value block NaN (fp32 Adam: 1 value)."""
+    w = torch.nn.Parameter(torch.linspace(-1, 1, 1024))
+    opt = Adam([w], lr=1e-2, states="dynamic")
+    w.grad = torch.linspace(-1, 1, 1024)
+    opt.step()
+    before_w, before_state = w.detach().clone(), {k: v.clone() for k, v in opt.state[w].items() if torch.is_tensor(v)}
+    w.grad = torch.ones(1024)
+    w.grad[5] = math.inf
+    with pytest.warns(RuntimeWarning, match=r"skipped a step: the gradient of param_groups\[0\]\['params'\]\[0\] .*1 inf"):
+        opt.step()
+    assert opt.last_stats["skipped"] and opt.skipped_steps == 1 and opt.state[w]["step"] == 1
+    assert torch.equal(w.detach(), before_w)
+    assert all(torch.equal(opt.state[w][k], v) for k, v in before_state.items())
+    w.grad = torch.ones(1024)
+    opt.step()  # a clean step afterwards: every value finite
+    assert bool(torch.isfinite(w).all()) and not opt.last_stats["skipped"]
+    for key in ("m", "v"):
+        assert bool(torch.isfinite(opt._load(opt.state[w], key)).all())
+
+
+@pytest.mark.parametrize("states", ["fp32", "dynamic", "linear"])
+def test_issue20_nan_gradient_is_skipped_in_every_mode(states):
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    opt = Adam([a, b], lr=0.1, states=states)
+    a.grad, b.grad = torch.ones(3), torch.tensor([1.0, math.nan, 1.0])
+    with pytest.warns(RuntimeWarning, match=r"\['params'\]\[1\].*1 NaN"):
+        opt.step()
+    assert torch.equal(a.detach(), torch.ones(3)) and not opt.state  # all or nothing: a was not updated either
+
+
+def test_issue20_zero_gradient_with_the_smallest_eps_stays_finite():
+    w = torch.nn.Parameter(torch.ones(4))
+    opt = Adam([w], eps=float(torch.finfo(torch.float32).tiny), states="dynamic")
+    w.grad = torch.zeros(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()
+    assert torch.equal(w.detach(), torch.ones(4))
+
+
+ISSUE20_BAD = {
+    "eps-zero": (lambda: Adam([torch.nn.Parameter(torch.ones(2))], eps=0.0), ValueError, r"eps must be at least 1.175e-38.*0 / 0 = NaN"),
+    "eps-underflows": (lambda: Adam([torch.nn.Parameter(torch.ones(2))], eps=1e-50), ValueError, r"eps must be at least"),
+    "betas-one": (lambda: Adam([torch.nn.Parameter(torch.ones(2))], betas=(0.9,)), TypeError, r"betas must be a pair of numbers"),
+    "betas-str": (lambda: Adam([torch.nn.Parameter(torch.ones(2))], betas="ab"), TypeError, r"betas must be a pair"),
+    "lr-str": (lambda: Adam([torch.nn.Parameter(torch.ones(2))], lr="0.1"), TypeError, r"lr must be a number"),
+    "train-adam-data-str": (lambda: train_adam(make_mlp(seed=0), "data"), TypeError, r"data must be a Digits"),
+    "train-adam-model-str": (lambda: train_adam("mlp", None), TypeError, r"model must be a torch.nn.Module"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_sparse_gradients_and_fp16_parameters_are_refused_by_name():
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(TypeError, match=r"param_groups\[0\]\['params'\]\[0\] \(shape \(10, 4\)\) is sparse.*SparseAdam"):
+        Adam(emb.parameters(), states="dynamic").step()
+    half = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
+    half.grad = torch.ones(4, dtype=torch.float16)
+    with pytest.raises(TypeError, match=r"is torch.float16; states='dynamic'.*float32 parameters"):
+        Adam([half], states="dynamic").step()
+    Adam([half], states="fp32").step()  # fp32 states follow torch.optim.Adam, which takes fp16 parameters
+    assert half.dtype == torch.float16 and bool(torch.isfinite(half).all())
+    assert Adam([torch.nn.Parameter(torch.ones(2))], lr=np.float64(0.1), betas=(np.float32(0.9), 0.999)).defaults["lr"] == 0.1
 # --- the small-tensor rule: tensors under min_8bit_size keep fp32 states (bitsandbytes, Dettmers et al. 2022)
 
 def test_min_8bit_size_keeps_small_tensors_in_fp32():
