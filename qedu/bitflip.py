@@ -14,6 +14,9 @@ Flipping the sign bit of an int8 code moves its weight by 128 steps, about the w
 the layer. :func:`bit_flip_attack` is Rakin et al.'s *progressive bit search*: per round,
 rank every (weight, bit) by the first-order loss increase ``grad_w * (w' - w)`` (one backward
 pass), evaluate the ``top_k`` best candidates exactly, keep the most damaging, repeat.
+:func:`exhaustive_flip_search` tries every single flip (one forward pass each: seconds for a
+small model, hopeless for a large one), which checks whether the greedy search found the most
+damaging flip or only a good one.
 
 >>> flip_code(torch.tensor([3, -1, 127]), 7, 8).tolist()  # sign bit of int8: 3 -> -125, -1 -> 127, 127 -> -1
 [-125, 127, -1]
@@ -22,6 +25,7 @@ pass), evaluate the ``top_k`` best candidates exactly, keep the most damaging, r
 """
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 
 import torch
@@ -33,7 +37,7 @@ from qedu.models import evaluate
 from qedu.ptq import QuantLayer
 from qedu.security import straight_through
 
-__all__ = ["flip_code", "BitFlip", "BitFlipResult", "bit_flip_attack"]
+__all__ = ["flip_code", "BitFlip", "BitFlipResult", "bit_flip_attack", "exhaustive_flip_search"]
 
 
 def flip_code(q: torch.Tensor, bit: int, bits: int, *, signed: bool = True) -> torch.Tensor:
@@ -175,3 +179,46 @@ def bit_flip_attack(quantized: nn.Module, x_attack, y_attack, *, n_flips: int = 
                              bit_in_byte=(index * bits) % 8 + bit, loss=chosen_loss,
                              accuracy=evaluate(model, x_eval, y_eval)))
     return BitFlipResult(model, tuple(flips), *before)
+
+
+def exhaustive_flip_search(quantized: nn.Module, x, y, *, layers=None) -> tuple[BitFlip, torch.Tensor]:
+    """Try every single bit flip of the stored weight codes; return the most damaging one.
+
+    One forward pass on ``(x, y)`` per (weight, bit): ``numel * bits`` passes per layer, so keep
+    ``x`` small. The caller's model is not changed.
+
+    Args:
+        quantized: a model from :func:`qedu.ptq.quantize_model`. x, y: the attack images.
+        layers: names of the QuantLayers to search (default: all of them).
+
+    Returns:
+        ``(best, losses)``: the flip that raises the cross-entropy on ``(x, y)`` most (its
+        ``accuracy`` is on ``(x, y)``), and every flip's loss as a float64 tensor.
+    """
+    model = copy.deepcopy(quantized).eval()
+    all_layers = _layers(model)
+    names = list(all_layers) if layers is None else list(layers)
+    unknown = [n for n in names if n not in all_layers]
+    if unknown:
+        raise ValueError(f"layers {unknown} are not quantized layers of the model; choose from {list(all_layers)}.")
+    best, best_loss, losses = None, -float("inf"), []
+    for name in names:
+        layer = all_layers[name]
+        bits, signed = layer.config.weight_bits, layer.config.weight_format().signed
+        q = layer.weight_q.reshape(-1).clone()
+        for index in range(q.numel()):
+            old = int(q[index])
+            for bit in range(bits):
+                new = int(flip_code(q[index:index + 1], bit, bits, signed=signed))
+                _set_code(layer, index, new)
+                loss = _loss(model, x, y)
+                losses.append(loss)
+                if loss > best_loss:
+                    best, best_loss = (name, index, bit, old, new), loss
+            _set_code(layer, index, old)
+    name, index, bit, old, new = best
+    _set_code(all_layers[name], index, new)
+    bits = all_layers[name].config.weight_bits
+    flip = BitFlip(name, index, bit, old, new, byte=index * bits // 8, bit_in_byte=(index * bits) % 8 + bit,
+                   loss=best_loss, accuracy=evaluate(model, x, y))
+    return flip, torch.tensor(losses, dtype=torch.float64)

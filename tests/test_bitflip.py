@@ -71,3 +71,20 @@ def test_bad_input_is_a_clear_error(small):
         flip_code(torch.tensor([1]), 8, 8)
     with pytest.raises(TypeError, match="integer"):
         flip_code(torch.tensor([1.0]), 0, 8)
+
+
+def test_exhaustive_search_finds_at_least_the_greedy_first_flip():
+    from qedu.bitflip import exhaustive_flip_search
+
+    data = load_digits(seed=0)
+    q = quantize_model(make_mlp(hidden=(8,), seed=0), PTQConfig(weight_bits=4, act_bits=8), data.x_calib)
+    x, y = data.x_train[:16], data.y_train[:16]
+    last = [n for n, m in q.named_modules() if hasattr(m, "weight_q")][-1]
+    best, losses = exhaustive_flip_search(q, x, y, layers=[last])
+    n_codes = int(dict(q.named_modules())[last].weight_q.numel())
+    assert len(losses) == n_codes * 4 and best.loss == float(losses.max())  # every (weight, bit) tried once
+    greedy = bit_flip_attack(q, x, y, n_flips=1, top_k=5).flips[0]
+    if greedy.layer == last:
+        assert best.loss >= greedy.loss - 1e-9
+    with pytest.raises(ValueError, match="not quantized layers"):
+        exhaustive_flip_search(q, x, y, layers=["nope"])
