@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qedu._validation import check_int
+from qedu._validation import as_float_tensor, check_int, check_not_meta, run_model, to_model_dtype
 
 __all__ = [
     "Latency", "measure_latency", "serialized_bytes", "int8_support", "dynamic_int8", "dynamic_int8_reference",
@@ -220,14 +220,30 @@ def dynamic_int8_reference(layer: nn.Module, x: torch.Tensor, *, reduce_range: b
 
 # ----------------------------------------------------------------------------- predictions
 def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """``model(x)`` in eval mode without gradients, float32 ``(N, n_classes)``; the mode is restored."""
+    """``model(x)`` in eval mode without gradients, float32 ``(N, n_classes)``; the mode is restored.
+
+    Floating-point ``x`` is cast to the model's dtype (float64 accepted if it fits, as
+    :func:`qedu.models.predict` does); integer ``x`` (token ids) passes unchanged.
+
+    Raises:
+        TypeError / ValueError: ``model`` not an ``nn.Module``; ``x`` not a tensor, empty, a
+            single number, non-finite, or shaped so the model cannot run; ``batch_size < 1``.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}.")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor of inputs, got {type(x).__name__}.")
+    check_not_meta(x, "x")
+    batch_size = check_int(batch_size, "batch_size", 1)
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"x must be a non-empty batch of inputs, got shape {tuple(x.shape)}.")
+    if x.is_floating_point():
+        x = to_model_dtype(as_float_tensor(x, "x"), model, "x")  # refuses NaN/inf, converts float64
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+            return torch.cat([run_model(model, x[i:i + batch_size], "x").float() for i in range(0, len(x), batch_size)])
     finally:
         model.train(was_training)
 
@@ -333,6 +349,10 @@ def flipped(y, float_pred, quant_pred) -> Flips:
 def confidence_shift(y, float_logits: torch.Tensor, quant_logits: torch.Tensor) -> torch.Tensor:
     """Per input, the change in the probability given to the true class: ``softmax(quant)[y] - softmax(float)[y]``.
 
+    Raises:
+        TypeError / ValueError: labels that are not 1-D integers in ``0 .. n_classes - 1``, logits
+            that are not ``(N, n_classes)`` float tensors or hold NaN/inf.
+
     >>> confidence_shift(torch.tensor([0]), torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 0.0]])).tolist()
     [0.0]
     """
@@ -341,6 +361,16 @@ def confidence_shift(y, float_logits: torch.Tensor, quant_logits: torch.Tensor) 
         if not isinstance(t, torch.Tensor) or t.ndim != 2 or len(t) != len(y):
             raise ValueError(f"{name} must be a (N, n_classes) tensor with N = {len(y)} rows, got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}.")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must hold floating-point logits, got dtype {t.dtype}.")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} holds NaN or inf; softmax of them is NaN. Check the model that produced them.")
+    if float_logits.shape[1] != quant_logits.shape[1]:
+        raise ValueError(f"float_logits and quant_logits must have the same number of classes, got "
+                         f"{float_logits.shape[1]} and {quant_logits.shape[1]}.")
+    if int(y.min()) < 0 or int(y.max()) >= float_logits.shape[1]:
+        raise ValueError(f"y holds labels {int(y.min())}..{int(y.max())}, outside 0..{float_logits.shape[1] - 1} "
+                         "(the logits' columns); pass the labels that belong to these logits.")
     pick = lambda z: z.double().softmax(dim=1).gather(1, y[:, None]).squeeze(1)  # noqa: E731  (N,)
     return pick(quant_logits) - pick(float_logits)
 
@@ -436,7 +466,13 @@ def regression_report(y, float_pred, quant_pred, *, threshold: float = 0.05, n_c
 
 def compare_models(float_model: nn.Module, quant_model: nn.Module, x: torch.Tensor, y, *, threshold: float = 0.05,
                    n_classes: int = 10) -> RegressionReport:
-    """:func:`regression_report` for two models on the same inputs (each model runs once)."""
+    """:func:`regression_report` for two models on the same inputs (each model runs once).
+
+    Each model gets ``x`` in its own dtype (see :func:`logits`: float64 is accepted if it fits).
+
+    Raises:
+        TypeError / ValueError: as :func:`logits` and :func:`regression_report`.
+    """
     float_logits, quant_logits = logits(float_model, x), logits(quant_model, x)
     return regression_report(y, float_logits.argmax(1), quant_logits.argmax(1), threshold=threshold,
                              n_classes=n_classes, float_logits=float_logits, quant_logits=quant_logits)

@@ -47,7 +47,7 @@ from typing import Callable, Union
 
 import torch
 
-from qedu._validation import check_axis, check_int
+from qedu._validation import check_axis, check_int, check_shape
 
 __all__ = ["PerTensor", "PerChannel", "PerGroup", "Granularity"]
 
@@ -120,7 +120,8 @@ class PerTensor(_Base):
         return stat.reshape(())  # (1,) -> ()
 
     def num_params(self, shape) -> int:
-        """Number of scales for a tensor of ``shape``: always 1."""
+        """Number of scales for a tensor of ``shape``: always 1 (``shape`` must be sizes >= 0)."""
+        check_shape(shape)
         return 1
 
 
@@ -168,7 +169,7 @@ class PerChannel(_Base):
 
     def num_params(self, shape) -> int:
         """Number of scales for a tensor of ``shape``: its size along ``axis``."""
-        shape = tuple(shape)
+        shape = check_shape(shape)
         return shape[self._axis(len(shape))]
 
 
@@ -242,6 +243,7 @@ class PerGroup(_Base):
 
     def num_params(self, shape) -> int:
         """Number of scales for a tensor of ``shape``: ``numel / group_size``."""
+        shape = check_shape(shape)
         self._axis_len(shape)
         return math.prod(tuple(shape)) // self.group_size
 

@@ -137,6 +137,9 @@ class LSQQuantizer(nn.Module):
         n: values per step for the gradient scale (default: per slice of ``x_init``; pass the
             features per sample for activations).
 
+    Raises:
+        TypeError / ValueError: (in ``forward``) ``x`` that is not a float tensor, empty, or holds NaN/inf.
+
     >>> q = LSQQuantizer(torch.tensor([-1.0, 0.4, 1.0]), IntFormat(2), init="minmax")  # step 1 / 1.5
     >>> [round(v, 4) for v in q(torch.tensor([-1.0, 0.4, 1.0])).tolist()]  # -1.5 steps rounds to -2 (half to even)
     [-1.3333, 0.6667, 0.6667]
@@ -156,6 +159,7 @@ class LSQQuantizer(nn.Module):
         return scale, torch.zeros(scale.shape, dtype=torch.int32)
 
     def forward(self, x):
+        _check_float(x, "x")  # NaN/inf would pass the fast path silently: refuse them, as fake_quantize_ste does
         s = torch.clamp(scale_grad(self.scale, self.g), min=FLOAT32_EPS)  # a step never reaches 0
         return _fake_quantize_ste(x, s, 0, self.fmt)  # qedu.qat.fake_quantize_ste, minus the input checks
 
@@ -222,6 +226,7 @@ class PACTQuantizer(nn.Module):
         return alpha / self.fmt.qmax, torch.tensor(0, dtype=torch.int32)
 
     def forward(self, x):
+        _check_float(x, "x")  # NaN in, NaN out would be silent: refuse it
         return PACTFunction.apply(x, torch.clamp(self.alpha, min=FLOAT32_EPS), self.fmt)
 
     def extra_repr(self) -> str:

@@ -218,6 +218,39 @@ def test_lesson_08_claims_about_the_benchmark_results():
     assert sizes["wide MLP", "int8"] < 0.26 * sizes["wide MLP", "float32"]  # "a file four times smaller"
 
 
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+from torch import nn  # noqa: E402
+
+_L = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+ISSUE20_BAD = {
+    "confidence-nan-logits": (lambda: confidence_shift(torch.tensor([0, 1]), _L, torch.tensor([[math.nan, 0.0], [0.0, 1.0]])),
+                              ValueError, r"quant_logits holds NaN or inf"),
+    "confidence-label-range": (lambda: confidence_shift(torch.tensor([0, 2]), _L, _L), ValueError, r"y holds labels 0..2, outside 0..1"),
+    "confidence-negative-label": (lambda: confidence_shift(torch.tensor([-1, 0]), _L, _L), ValueError, r"outside 0..1"),
+    "confidence-int-logits": (lambda: confidence_shift(torch.tensor([0, 1]), _L.long(), _L), TypeError, r"float_logits must hold floating-point"),
+    "confidence-classes": (lambda: confidence_shift(torch.tensor([0, 1]), _L, torch.zeros(2, 3)), ValueError, r"same number of classes"),
+    "logits-batch-zero": (lambda: logits(nn.Linear(2, 2), torch.ones(3, 2), batch_size=0), ValueError, r"batch_size must be between 1"),
+    "logits-empty": (lambda: logits(nn.Linear(2, 2), torch.ones(0, 2)), ValueError, r"x must be a non-empty batch"),
+    "logits-list": (lambda: logits(nn.Linear(2, 2), [[1.0, 2.0]]), TypeError, r"x must be a torch.Tensor"),
+    "logits-shape": (lambda: logits(nn.Linear(2, 2), torch.ones(3, 5)), ValueError, r"cannot run on x of shape \(3, 5\)"),
+    "logits-nan": (lambda: logits(nn.Linear(2, 2), torch.tensor([[math.nan, 0.0]])), ValueError, r"x contains 1 NaN"),
+    "compare-float64-beyond": (lambda: compare_models(make_mlp(seed=0), make_mlp(seed=1), torch.full((1, 1, 8, 8), 1e39, dtype=torch.float64),
+                                                      torch.tensor([0])), ValueError, r"x holds 64 finite value"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_compare_models_takes_float64_inputs():
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(8)
+    a = compare_models(make_mlp(seed=0), make_mlp(seed=1), x.double(), y)
+    b = compare_models(make_mlp(seed=0), make_mlp(seed=1), x, y)
+    assert a.disagreement == b.disagreement and torch.equal(a.confidence, b.confidence)
 # ----------------------------------------------------------------------------- torch's dynamic int8: codes 0..127
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
 def test_dynamic_int8_activations_are_uint8_codes_0_to_127(mlp, digits):

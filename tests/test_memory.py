@@ -116,3 +116,45 @@ def test_measure_cuda_peak_says_what_it_needs():
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         measure_cuda_peak()
     assert math.isfinite(training_memory(1, "fp8").total)
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+import numpy as np  # noqa: E402
+
+ISSUE20_BAD = {
+    "n-params-inf": (lambda: training_memory(math.inf), ValueError, r"n_params must be a finite number"),
+    "n-params-negative": (lambda: training_memory(-1), ValueError, r"n_params must be in \[0, inf\)"),
+    "n-params-str": (lambda: training_memory("1e9"), TypeError, r"n_params must be a number"),
+    "activation-values-negative": (lambda: training_memory(10, activation_values=-5), ValueError, r"activation_values must be in \[0"),
+    "activation-values-str": (lambda: training_memory(10, activation_values="many"), TypeError, r"activation_values must be a number"),
+    "bytes-per-value-negative": (lambda: transformer_activation_bytes(1, 4, 2, 1, 1, bytes_per_value=-2), ValueError, r"bytes_per_value must be in \(0"),
+    "bytes-per-value-inf": (lambda: transformer_activation_bytes(1, 4, 2, 1, 1, bytes_per_value=math.inf), ValueError, r"bytes_per_value must be a finite"),
+    "mask-bytes-negative": (lambda: transformer_activation_bytes(1, 4, 2, 1, 1, mask_bytes=-1), ValueError, r"mask_bytes must be in \[0"),
+    "batch-zero": (lambda: transformer_activation_bytes(1, 4, 2, 0, 1), ValueError, r"batch must be between 1"),
+    "gpt-negative": (lambda: gpt_param_count(-1, 768, 50257, 1024), ValueError, r"n_layers must be between 1"),
+    "gpt-str": (lambda: gpt_param_count(12, "768", 50257, 1024), TypeError, r"hidden must be an int"),
+    "gpt-float": (lambda: gpt_param_count(12, 768, 50257.5, 1024), TypeError, r"vocab_size must be an int"),
+    "allocate-model-str": (lambda: allocate_training_state("mlp"), TypeError, r"model must be a torch.nn.Module"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_numpy_counts_are_numbers():
+    assert training_memory(np.int64(1000), "fp32").total == 16000.0
+    assert gpt_param_count(np.int64(12), 768, 50257, 1024) == 124439808
+    assert transformer_activation_bytes(np.int64(1), 4, 2, 1, 1) == 292.0
+
+
+def test_issue20_allocate_training_state_leaves_the_global_rng_alone_and_is_seeded():
+    state = torch.random.get_rng_state()
+    a = allocate_training_state(make_mlp(seed=0), "mixed", seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = allocate_training_state(make_mlp(seed=0), "mixed", seed=1)
+    c = allocate_training_state(make_mlp(seed=0), "mixed", seed=2)
+    assert all(torch.equal(x, y) for x, y in zip(a["grads"], b["grads"]))
+    assert not torch.equal(a["grads"][0], c["grads"][0])

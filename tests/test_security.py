@@ -168,7 +168,7 @@ def test_clip_rate_exact_cases_and_both_bounds():
     assert clip_rate(torch.tensor([1.549]), 0.1, 0, UINT4) == 0.0  # rounds onto qmax: represented, not clipped
     assert clip_rate(torch.tensor([1.551]), 0.1, 0, UINT4) == 1.0
     assert clip_rate(torch.tensor([-0.8, 0.2, 0.74]), 0.1, 3, IntFormat(4)) == pytest.approx(1 / 3)  # codes -5, 5, 10
-    with pytest.raises(ValueError, match="scale must be > 0"):
+    with pytest.raises(ValueError, match="scale must be positive"):
         clip_rate(x, 0.0, 0, UINT4)
     with pytest.raises(TypeError, match="IntFormat"):
         clip_rate(x, 0.1, 0, "uint4")
@@ -344,3 +344,40 @@ def test_lesson_09_bit_flip_claims(mlp, digits):
     assert all(f.layer == "fc3" for f in eight.flips)  # "all ten sit in the last layer"
     assert round(100 * four.accuracies[-1]) == 36  # "falls just as fast (36 % after ten flips)"
     assert all(a >= b for a, b in zip(eight.accuracies, eight.accuracies[1:]))  # each flip does more damage
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+import math  # noqa: E402
+
+from torch import nn  # noqa: E402
+
+_TINY = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+_X, _Y = torch.full((2, 1, 2, 2), 0.5), torch.tensor([0, 1])
+ISSUE20_BAD = {
+    "fgsm-pixels-0-16": (lambda: fgsm(_TINY, _X * 16, _Y, 0.1), ValueError, r"x must hold pixels in \[0, 1\].*x = pixel / 16"),
+    "fgsm-negative-pixels": (lambda: fgsm(_TINY, _X - 1, _Y, 0.1), ValueError, r"x must hold pixels in \[0, 1\]"),
+    "pgd-pixels-0-16": (lambda: pgd(_TINY, _X * 16, _Y, 0.1), ValueError, r"x must hold pixels in \[0, 1\]"),
+    "pgd-step-nan": (lambda: pgd(_TINY, _X, _Y, 0.1, step_size=math.nan), ValueError, r"step_size must be a finite number"),
+    "pgd-step-inf": (lambda: pgd(_TINY, _X, _Y, 0.1, step_size=math.inf), ValueError, r"step_size must be a finite number"),
+    "pgd-step-str": (lambda: pgd(_TINY, _X, _Y, 0.1, step_size="0.01"), TypeError, r"step_size must be a number"),
+    "fgsm-shape": (lambda: fgsm(_TINY, torch.full((2, 1, 3, 3), 0.5), _Y, 0.1), ValueError, r"cannot run on x of shape \(2, 1, 3, 3\)"),
+    "clip-rate-zp-nan": (lambda: clip_rate(torch.ones(3), 0.1, math.nan, UINT4), TypeError, r"zero_point must be an integer"),
+    "clip-rate-zp-fraction": (lambda: clip_rate(torch.ones(3), 0.1, 1.5, UINT4), TypeError, r"zero_point must be an integer"),
+    "clip-rate-zp-range": (lambda: clip_rate(torch.ones(3), 0.1, 16, UINT4), ValueError, r"zero_point must lie in \[qmin, qmax\]"),
+    "clip-rate-scale-shape": (lambda: clip_rate(torch.ones(3), torch.full((4,), 0.1), 0, UINT4), ValueError, r"scale has shape \(4,\)"),
+    "clip-rate-scale-nan": (lambda: clip_rate(torch.ones(3), math.nan, 0, UINT4), ValueError, r"scale must be positive and finite"),
+    "clip-rate-x-nan": (lambda: clip_rate(torch.tensor([math.nan]), 0.1, 0, UINT4), ValueError, r"x contains 1 NaN"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_attacks_take_float64_images_and_move_each_pixel_by_eps():
+    x_adv = fgsm(_TINY, _X.double(), _Y, 0.1)
+    assert x_adv.dtype == torch.float32
+    assert torch.allclose((x_adv - _X).abs(), torch.full_like(_X, 0.1))
+    assert float((pgd(_TINY, _X.double(), _Y, 0.1) - _X).abs().max()) <= 0.1 + 1e-6
