@@ -30,8 +30,8 @@ LESSONS = (
     Lesson("05_quantization_aware_training", "Quantization-aware training", "STE, learned step size, when QAT beats PTQ", True),
     Lesson("06_mixed_precision_training", "Mixed-precision training", "master weights, loss scaling, fp32 accumulation, fp16 vs bf16", True),
     Lesson("07_low_bit_optimizers_and_memory", "Low-bit optimizers and memory", "8-bit Adam, stochastic rounding, recomputation, ZeRO, where memory goes", True),
-    Lesson("08_evaluating_quantized_models", "Evaluating quantized models", "latency, size, robustness, silent per-class regressions", True),
-    Lesson("09_data_quality_and_security", "Data quality and security", "calibration data, poisoning, adversarial inputs, drift", True),
+    Lesson("08_evaluating_quantized_models", "Evaluating quantized models", "latency, size, silent per-class regressions, significance tests, calibration error, Pareto fronts", True),
+    Lesson("09_data_quality_and_security", "Data quality and security", "calibration data, poisoning, drift tests, adaptive attacks, membership inference, bit flips", True),
     Lesson("10_llm_weight_quantization", "LLM weight quantization", "bytes per token, group-wise int4, outliers, RTN, GPTQ, NF4", True),
     Lesson("11_deployment_and_monitoring", "Deployment and monitoring", "real int8 kernels, export, range drift alarms", False),
 )

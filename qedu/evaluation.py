@@ -22,7 +22,11 @@ models diverge on a narrow, often under-represented subset). This module measure
       flagged        = {c : -delta_c > threshold}            # lost more than threshold, whatever the total did
 
   :func:`regression_report` puts them together with the flipped examples and the shift in
-  confidence (the probability given to the true class).
+  confidence (the probability given to the true class);
+* **is it more than chance?** :func:`mcnemar_test` (exact, for two models on the same inputs)
+  and :func:`bootstrap_delta` (a paired confidence interval for the accuracy change) live in
+  :mod:`qedu.stats` with the other tests (sign flips over seeds, a null for the worst class,
+  calibration error) and are re-exported here.
 
 >>> y = torch.tensor([0, 0, 1, 1])
 >>> disagreement_rate(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 0]))
@@ -45,11 +49,12 @@ import torch
 from torch import nn
 
 from qedu._validation import as_float_tensor, check_int, check_not_meta, run_model, to_model_dtype
+from qedu.stats import bootstrap_delta, mcnemar_test  # is a difference more than chance? (module qedu.stats)
 
 __all__ = [
     "Latency", "measure_latency", "serialized_bytes", "int8_support", "dynamic_int8", "dynamic_int8_reference",
     "logits", "disagreement_rate", "class_accuracy", "per_class_deltas", "Flips", "flipped",
-    "confidence_shift", "RegressionReport", "regression_report", "compare_models",
+    "confidence_shift", "RegressionReport", "regression_report", "compare_models", "mcnemar_test", "bootstrap_delta",
 ]
 
 
