@@ -1,7 +1,7 @@
 """Evaluating a quantized model: is it faster, is it smaller, and does it still decide the same?
 
 Top-line accuracy is one number; a quantized model can keep it and still change its mind on
-many inputs, or lose one class while gaining on another (Hooker et al. 2019, 2021: compressed
+many inputs, or lose one class while gaining on another (Hooker et al. 2019, 2020: compressed
 models diverge on a narrow, often under-represented subset). This module measures:
 
 * **latency**: :func:`measure_latency` -- warm-up runs, then ``repeats`` timed runs on the same
@@ -22,7 +22,11 @@ models diverge on a narrow, often under-represented subset). This module measure
       flagged        = {c : -delta_c > threshold}            # lost more than threshold, whatever the total did
 
   :func:`regression_report` puts them together with the flipped examples and the shift in
-  confidence (the probability given to the true class).
+  confidence (the probability given to the true class);
+* **is it more than chance?** :func:`mcnemar_test` (exact, for two models on the same inputs)
+  and :func:`bootstrap_delta` (a paired confidence interval for the accuracy change) live in
+  :mod:`qedu.stats` with the other tests (sign flips over seeds, a null for the worst class,
+  calibration error) and are re-exported here.
 
 >>> y = torch.tensor([0, 0, 1, 1])
 >>> disagreement_rate(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 0]))
@@ -45,11 +49,12 @@ import torch
 from torch import nn
 
 from qedu._validation import as_float_tensor, check_int, check_not_meta, run_model, to_model_dtype
+from qedu.stats import bootstrap_delta, mcnemar_test  # is a difference more than chance? (module qedu.stats)
 
 __all__ = [
-    "Latency", "measure_latency", "serialized_bytes", "int8_support", "dynamic_int8",
+    "Latency", "measure_latency", "serialized_bytes", "int8_support", "dynamic_int8", "dynamic_int8_reference",
     "logits", "disagreement_rate", "class_accuracy", "per_class_deltas", "Flips", "flipped",
-    "confidence_shift", "RegressionReport", "regression_report", "compare_models",
+    "confidence_shift", "RegressionReport", "regression_report", "compare_models", "mcnemar_test", "bootstrap_delta",
 ]
 
 
@@ -168,9 +173,12 @@ def dynamic_int8(model: nn.Module, *, _checked: bool = False) -> nn.Module:
     """A copy of ``model`` whose ``Linear`` layers run torch's int8 kernels (dynamic quantization).
 
     Weights are stored as int8 (per tensor); each batch's activations are quantized on the fly
-    from their own min/max, multiplied in int8 with int32 accumulation, and dequantized. Other
-    layers (convolutions) stay float. Raises ``RuntimeError`` with the reason if the build has
-    no int8 kernels (see :func:`int8_support`).
+    from their own min/max to **uint8 codes 0..127**, not 0..255: torch's dynamic ``Linear``
+    calls its kernel with ``reduce_range=True`` (one bit kept spare so that the x86 multiply-add
+    instruction, which sums pairs of uint8 x int8 products into 16 bits, cannot overflow);
+    :func:`dynamic_int8_reference` reproduces it. Codes are multiplied in int8 with int32
+    accumulation and dequantized. Other layers (convolutions) stay float. Raises
+    ``RuntimeError`` with the reason if the build has no int8 kernels (see :func:`int8_support`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}.")
@@ -181,6 +189,39 @@ def dynamic_int8(model: nn.Module, *, _checked: bool = False) -> nn.Module:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notices
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8).eval()
+
+
+def dynamic_int8_reference(layer: nn.Module, x: torch.Tensor, *, reduce_range: bool = True) -> torch.Tensor:
+    """What one of torch's dynamic int8 ``Linear`` layers computes, from scratch::
+
+        lo, hi  = min(x.min(), 0), max(x.max(), 0)         # this batch's range, widened to hold 0
+        qmax    = 127 if reduce_range else 255             # uint8 codes 0..qmax
+        s_x     = (hi - lo) / qmax;  z_x = clamp(round(-lo / s_x), 0, qmax)
+        q_x     = clamp(round(x / s_x) + z_x, 0, qmax)
+        y       = s_x * s_w * ((q_x - z_x) @ (q_w - z_w)^T) + bias
+
+    With ``reduce_range=True`` it matches torch to float rounding (``tests/test_evaluation.py``);
+    with ``False`` (the full 0..255) it does not: that is how the lesson shows which one torch uses.
+
+    Args:
+        layer: a layer of :func:`dynamic_int8`'s model (``torch.ao.nn.quantized.dynamic.Linear``).
+        x: its float input, ``(N, in_features)``. reduce_range: 7-bit (torch's x86 default) or 8-bit codes.
+    """
+    if not (callable(getattr(layer, "weight", None)) and callable(getattr(layer, "bias", None))):
+        raise TypeError(f"layer must be a dynamic int8 Linear from dynamic_int8(model), got {type(layer).__name__}.")
+    if not isinstance(reduce_range, bool):
+        raise TypeError(f"reduce_range must be True or False, got {reduce_range!r}.")
+    x = torch.as_tensor(x, dtype=torch.float32)
+    w = layer.weight()  # a quantized qint8 tensor, one scale per tensor
+    q_w, s_w, z_w = w.int_repr().float(), float(w.q_scale()), int(w.q_zero_point())
+    qmax = 127 if reduce_range else 255
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    s_x = (hi - lo) / qmax if hi > lo else 1.0
+    z_x = min(max(round(-lo / s_x), 0), qmax)
+    q_x = torch.clamp(torch.round(x / s_x) + z_x, 0, qmax)
+    y = (s_x * s_w) * ((q_x - z_x) @ (q_w - z_w).T)  # integer products, exact in float32 at this size
+    bias = layer.bias()
+    return y if bias is None else y + bias
 
 
 # ----------------------------------------------------------------------------- predictions

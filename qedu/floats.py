@@ -404,7 +404,8 @@ def format_table(formats=(FP32, BF16, FP16, FP8_E5M2, FP8_E4M3, FP6_E3M2, FP4_E2
 
     "digits" is ``(M + 1) * log10(2)`` (M stored bits + the implicit 1): about how many
     significant decimal digits survive a cast;
-    "eps" is the gap after 1.0 (the relative gap everywhere in the normal range, within 2x).
+    "eps" is the gap after 1.0; inside each binade the relative gap falls from eps to about eps/2,
+    and rounding to nearest errs by at most eps/2 relative (the unit roundoff).
 
     >>> print(format_table([FP4_E2M1]))  # doctest: +NORMALIZE_WHITESPACE
     format      bits  E   M         max  min normal  min subnormal      eps  digits  inf  NaN

@@ -152,7 +152,11 @@ class Adam(torch.optim.Optimizer):
         params, lr, betas, eps, weight_decay: as ``torch.optim.Adam``.
         states: "fp32" (no quantization), "dynamic" (:func:`dynamic_map`, signed for ``m``,
             unsigned for ``v``, as bitsandbytes' Adam8bit) or "linear" (:func:`linear_map`).
-        block_size: values per absmax block (bitsandbytes uses 256).
+        block_size: values per absmax block (bitsandbytes uses 256; Dettmers et al. 2022 used 2048).
+        min_8bit_size: tensors with fewer elements than this keep fp32 ``m`` and ``v`` (bitsandbytes'
+            ``min_8bit_size``, default 4096 there; 0 here quantizes every tensor). Small tensors
+            (biases, a small last layer) cost little memory, and a block that spans a whole small
+            tensor lets one large value set the scale of all of it.
 
     After each :meth:`step`, ``last_stats`` gives the fraction of nonzero ``m`` and ``v``
     entries that quantization turned into 0 (``"m_zeroed"``, ``"v_zeroed"``).
@@ -171,7 +175,7 @@ class Adam(torch.optim.Optimizer):
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, states: str = "dynamic", block_size: int = 256):
+                 weight_decay: float = 0.0, states: str = "dynamic", block_size: int = 256, min_8bit_size: int = 0):
         if isinstance(betas, (str, bytes)) or not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise TypeError(f"betas must be a pair of numbers (beta1, beta2) such as (0.9, 0.999), got {betas!r}.")
         for name, value, lo, hi in (("lr", lr, 0, math.inf), ("eps", eps, 0, math.inf), ("weight_decay", weight_decay, 0, math.inf),
@@ -188,6 +192,7 @@ class Adam(torch.optim.Optimizer):
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.states = states
         self.block_size = check_int(block_size, "block_size", 1)
+        self.min_8bit_size = check_int(min_8bit_size, "min_8bit_size", 0)
         make = dynamic_map if states == "dynamic" else linear_map
         self.levels = {} if states == "fp32" else {"m": make(signed=True), "v": make(signed=False)}
         self._boundaries = {k: _float32_boundaries(lv) for k, lv in self.levels.items()}
@@ -195,15 +200,19 @@ class Adam(torch.optim.Optimizer):
         self.last_stats = {"m_zeroed": 0.0, "v_zeroed": 0.0, "skipped": False}
         self.skipped_steps = 0
 
+    def quantizes(self, p: torch.Tensor) -> bool:
+        """Whether ``p``'s states are stored in 8 bits: ``states`` is not "fp32" and ``p.numel() >= min_8bit_size``."""
+        return self.states != "fp32" and p.numel() >= self.min_8bit_size
+
     def _load(self, state: dict, key: str) -> torch.Tensor:
         """The fp32 value of state ``key`` ("m" or "v")."""
-        if self.states == "fp32":
+        if key in state:  # fp32 states (states="fp32", or a tensor below min_8bit_size)
             return state[key]
         return _dequantize(state[key + "_q"], state[key + "_absmax"], self.levels[key], self.block_size)
 
     def _store(self, state: dict, key: str, value: torch.Tensor, zeroed: dict) -> None:
-        if self.states == "fp32":
-            return  # updated in place
+        if key in state:
+            return  # fp32 state, updated in place
         q, absmax = _quantize(value, self._boundaries[key], self.block_size)
         state[key + "_q"], state[key + "_absmax"] = q, absmax
         zeroed[key][0] += int(((q == self._zero_code[key]) & (value != 0)).sum())  # nonzero -> level 0
@@ -231,14 +240,14 @@ class Adam(torch.optim.Optimizer):
                     state["step"] = 0
                     for key in ("m", "v"):
                         zeros = torch.zeros_like(p, memory_format=torch.preserve_format)
-                        if self.states == "fp32":
+                        if not self.quantizes(p):
                             state[key] = zeros
                         else:
                             state[key + "_q"], state[key + "_absmax"] = _quantize(zeros, self._boundaries[key], self.block_size)
                 t = state["step"] + 1
                 g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
                 m, v = self._load(state, "m"), self._load(state, "v")
-                if self.states == "fp32":  # updated in place below: work on copies until the step commits
+                if "m" in state:  # fp32 states (see _load): work on copies until the step commits
                     m, v = m.clone(), v.clone()
                 m.lerp_(g, 1 - beta1)  # m + (1 - beta1) * (g - m), torch's formula for the same thing
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
@@ -252,7 +261,7 @@ class Adam(torch.optim.Optimizer):
         for p, state, m, v, t, step_size, denom in updates:  # every update is finite: commit them
             p.addcdiv_(m, denom, value=step_size)
             state["step"] = t
-            if self.states == "fp32":
+            if "m" in state:  # fp32 states
                 state["m"], state["v"] = m, v
             self._store(state, "m", m, zeroed)
             self._store(state, "v", v, zeroed)
@@ -325,11 +334,12 @@ class AdamRun:
 
 
 def train_adam(model: torch.nn.Module, data, *, states: str = "dynamic", block_size: int = 256, lr: float = 1e-3,
-               epochs: int = 30, batch_size: int = 32, seed: int = 0) -> AdamRun:
+               epochs: int = 30, batch_size: int = 32, seed: int = 0, min_8bit_size: int = 0) -> AdamRun:
     """Train a copy of ``model`` on ``data`` (:class:`~qedu.data.Digits`) with :class:`Adam`.
 
     The same loop as :func:`qedu.models.train` (cross-entropy, batches in a seeded order), with
     this module's Adam, so ``states="fp32"`` gives the same weights as ``qedu.models.train``.
+    ``min_8bit_size`` keeps smaller tensors' states in fp32 (see :class:`Adam`).
 
     Raises:
         TypeError / ValueError: ``model`` not an ``nn.Module``, ``data`` not a
@@ -345,7 +355,7 @@ def train_adam(model: torch.nn.Module, data, *, states: str = "dynamic", block_s
     check_module(model)
     data = _check_data(data)
     model = copy.deepcopy(model)  # never touch the caller's model
-    optimizer = Adam(model.parameters(), lr=lr, states=states, block_size=block_size)
+    optimizer = Adam(model.parameters(), lr=lr, states=states, block_size=block_size, min_8bit_size=min_8bit_size)
     order = torch.Generator().manual_seed(check_int(seed, "seed", 0, 2**32 - 1))
     run = AdamRun(states, optimizer.block_size, model, optimizer, n_params=sum(p.numel() for p in model.parameters()))
     start = time.perf_counter()

@@ -338,3 +338,48 @@ def test_issue20_sparse_gradients_and_fp16_parameters_are_refused_by_name():
     Adam([half], states="fp32").step()  # fp32 states follow torch.optim.Adam, which takes fp16 parameters
     assert half.dtype == torch.float16 and bool(torch.isfinite(half).all())
     assert Adam([torch.nn.Parameter(torch.ones(2))], lr=np.float64(0.1), betas=(np.float32(0.9), 0.999)).defaults["lr"] == 0.1
+# --- the small-tensor rule: tensors under min_8bit_size keep fp32 states (bitsandbytes, Dettmers et al. 2022)
+
+def test_min_8bit_size_keeps_small_tensors_in_fp32():
+    params = [nn.Parameter(torch.randn(512, 16)), nn.Parameter(torch.randn(100)), nn.Parameter(torch.randn(64, 64))]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = Adam(params, states="dynamic", block_size=2048, min_8bit_size=4096)
+    opt.step()
+    kinds = [sorted(k for k in opt.state[p] if k != "step") for p in params]
+    assert kinds[0] == ["m_absmax", "m_q", "v_absmax", "v_q"]  # 8192 >= 4096: 8 bits
+    assert kinds[1] == ["m", "v"]  # 100 < 4096: fp32
+    assert kinds[2] == ["m_absmax", "m_q", "v_absmax", "v_q"]  # exactly 4096: 8 bits, as bitsandbytes
+    assert [opt.quantizes(p) for p in params] == [True, False, True]
+    assert opt.state_bytes() == 2 * (8192 + 4096) + 2 * 4 * (4 + 2) + 8 * 100
+
+
+def test_min_8bit_size_above_every_tensor_is_fp32_adam_bit_for_bit():
+    ours_model, torch_model = _two_models()
+    ours = Adam(ours_model.parameters(), states="dynamic", min_8bit_size=10**6)
+    theirs = torch.optim.Adam(torch_model.parameters())
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        x, y = torch.randn(32, 6, generator=g), torch.randint(3, (32,), generator=g)
+        for model, opt in ((ours_model, ours), (torch_model, theirs)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours_model.parameters(), torch_model.parameters()))
+    with pytest.raises(ValueError, match="min_8bit_size"):
+        Adam([nn.Parameter(torch.ones(1))], min_8bit_size=-1)
+
+
+def test_min_8bit_size_picks_the_same_tensors_as_bitsandbytes_adam8bit():
+    bnb = pytest.importorskip("bitsandbytes")  # a test-only peer (the `ref` extra), never a dependency
+    model = make_mlp(seed=0)
+    ours = Adam(model.parameters(), states="dynamic", min_8bit_size=4096)
+    theirs = bnb.optim.Adam8bit(model.parameters(), min_8bit_size=4096)
+    nn.functional.cross_entropy(model(torch.zeros(4, 1, 8, 8)), torch.arange(4)).backward()
+    ours.step()
+    theirs.step()
+    for p in model.parameters():
+        bnb_8bit = theirs.state[p]["state1"].dtype == torch.uint8
+        assert ours.quantizes(p) == bnb_8bit, f"tensor of {p.numel()} elements"
+    # the MLP: fc1 and fc2 weights (8192 each) in 8 bits; fc3's 640 weights and every bias in fp32
+    assert sorted(p.numel() for p in model.parameters() if ours.quantizes(p)) == [8192, 8192]
