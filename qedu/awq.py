@@ -61,6 +61,14 @@ def _check_inputs(x, in_features: int) -> torch.Tensor:
     return x.float()  # float32 products: ample precision to compare errors, 2-4x faster than float64
 
 
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    """``G = X^T X / n``, refusing inputs so large that it overflows float32."""
+    gram = x.T @ x / x.shape[0]  # (C_in, n) @ (n, C_in) -> (C_in, C_in)
+    if not bool(torch.isfinite(gram).all()):
+        raise ValueError("x is too large: X^T X / n overflows float32 (|x| up to ~1e19 fits); rescale the inputs.")
+    return gram
+
+
 def activation_scale(x) -> torch.Tensor:
     """Mean magnitude of every input channel: ``mean_t |x[t, k]|`` (float32, ``(C_in,)``).
 
@@ -87,8 +95,8 @@ def awq_scales(act_scale, alpha: float) -> torch.Tensor:
     """
     if not isinstance(act_scale, torch.Tensor) or act_scale.ndim != 1 or act_scale.numel() == 0:
         raise TypeError("act_scale must be a 1-D tensor with one mean magnitude per input channel (activation_scale(x)).")
-    if not bool((act_scale >= 0).all()) or not bool(torch.isfinite(act_scale).all()):
-        raise ValueError("act_scale must be finite and >= 0 (mean absolute activations).")
+    if not bool((act_scale >= 0).all()) or not bool(torch.isfinite(act_scale.float()).all()):
+        raise ValueError("act_scale must be >= 0 and fit float32 (mean absolute activations).")
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}.")
     s = act_scale.float().pow(float(alpha)).clamp(min=MIN_SCALE)
@@ -122,7 +130,7 @@ def clip_search(weight, x, bits: int = 4, group_size: int | None = 128, symmetri
     n_grid = check_int(n_grid, "n_grid", 1)
     if isinstance(max_shrink, bool) or not isinstance(max_shrink, numbers.Real) or not 0 < max_shrink <= 1:
         raise ValueError(f"max_shrink must be in (0, 1], got {max_shrink!r}.")
-    gram = x.T @ x / x.shape[0]  # (C_in, C_in)
+    gram = _gram(x)  # (C_in, C_in)
     n_groups = c_in // g
     gram_blocks = torch.stack([gram[j * g:(j + 1) * g, j * g:(j + 1) * g] for j in range(n_groups)])  # (n_groups, g, g)
     groups = w.reshape(c_out, n_groups, g)  # (C_out, C_in) -> (C_out, n_groups, g)
@@ -177,7 +185,7 @@ def awq_quantize(weight, x, bits: int = 4, group_size: int | None = 128, symmetr
     n_grid = check_int(n_grid, "n_grid", 1)
     clip = check_bool(clip, "clip")
     x32 = _check_inputs(x, c_in)
-    gram = x32.T @ x32 / x32.shape[0]  # (C_in, C_in)
+    gram = _gram(x32)  # (C_in, C_in)
     act = activation_scale(x)  # (C_in,) mean |x| per channel, in x's own precision (as llm-awq)
     errors, best = [], None
     for i in range(n_grid):

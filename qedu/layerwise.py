@@ -59,7 +59,7 @@ def _run(model: nn.Module, inputs):
 
 
 def linear_inputs(model: nn.Module, inputs, names=None) -> dict[str, torch.Tensor]:
-    """Every selected Linear's input during one forward pass, flattened to ``(n, C_in)``.
+    """Every selected Linear's input during one forward pass (of a copy in eval mode), flattened to ``(n, C_in)``.
 
     Args:
         model: any module; it runs on ``inputs`` (a tensor, or a tuple of positional arguments).
@@ -74,6 +74,7 @@ def linear_inputs(model: nn.Module, inputs, names=None) -> dict[str, torch.Tenso
     torch.Size([20, 3])
     """
     names = linear_names(model, names)
+    model = copy.deepcopy(model).eval()  # eval: no dropout noise; a copy: the caller's mode and hooks stay as they are
     modules = dict(model.named_modules())
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     hooks = [modules[n].register_forward_pre_hook(

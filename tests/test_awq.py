@@ -113,6 +113,8 @@ def test_awq_linear_copies():
     (lambda: clip_search(torch.randn(4, 32), torch.randn(8, 32), group_size=None, max_shrink=2), "max_shrink"),
     (lambda: scaled_linear(nn.Linear(4, 2), torch.tensor([1.0, -1.0, 1.0, 1.0])), "positive"),
     (lambda: awq_linear(torch.randn(2, 4), torch.randn(3, 4)), "nn.Linear"),
+    (lambda: awq_quantize(torch.randn(4, 32), torch.full((8, 32), 3e38), group_size=None), "overflows float32"),
+    (lambda: awq_scales(torch.tensor([1e39], dtype=torch.float64), 0.5), "fit float32"),
 ])
 def test_bad_input_raises_a_clear_error(call, match):
     with pytest.raises((TypeError, ValueError), match=match):
