@@ -36,6 +36,9 @@ and then column ``i`` leaves ``Hinv`` (one step of Gaussian elimination). GPTQ m
 Groups: with ``group_size`` every run of ``group_size`` columns gets its own RTN grid
 (:func:`qedu.rtn.rtn_qparams`), chosen when the quantizer reaches its first column, from the
 weights as updated so far. Per-channel (``group_size=None``) grids come from the original weights.
+With act-order the groups are runs in the *quantization* order, so a group's columns are
+scattered in the stored order (GPTQ checkpoints keep a per-column group index, ``g_idx``; here
+``GPTQResult.scale`` simply holds every column's grid).
 
 >>> g = torch.Generator().manual_seed(0); W, X = torch.randn(4, 8, generator=g), torch.randn(64, 8, generator=g)
 >>> result = gptq_quantize(W, X, bits=3, group_size=None)
