@@ -6,7 +6,7 @@ This module connects them to a model:
 
 * :func:`linear_inputs` runs the model once and returns every Linear's inputs;
 * :func:`quantize_linears` returns a **copy** of the model whose Linear weights are replaced by
-  ``quantize_weight(W, X)``. With ``sequential=True`` (GPTQ's way) each layer sees the inputs
+  ``quantize_weight(W, X)``. With ``sequential=True`` (GPTQ's ``--true-sequential``) each layer sees the inputs
   produced by the layers *already quantized* before it, so later layers can correct for the
   earlier layers' errors; the model runs once per layer, stopped as soon as the layer's
   input is known.
@@ -115,7 +115,7 @@ def quantize_linears(model: nn.Module, inputs, quantize_weight: Callable, names=
     """A copy of ``model`` with each selected Linear's weight replaced by ``quantize_weight(W, X)``.
 
     ``X`` is the layer's calibration input ``(n, C_in)``. With ``sequential=True`` it comes
-    from the copy, in which the layers before have already been quantized (GPTQ's order);
+    from the copy, in which the layers before have already been quantized (GPTQ's ``--true-sequential``; by default its code takes a whole transformer block's inputs at once);
     with ``False`` all inputs come from one pass of the float model.
 
     Args:
