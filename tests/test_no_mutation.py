@@ -367,6 +367,86 @@ def _dynamic_int8_if_supported(model):
 
 
 # ----------------------------------------------------------------------------- the machinery
+# ----------------------------------------------------------------------------- LLM weight quantization (issue 16)
+def _linear():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Linear(8, 4).train()
+
+
+def _inputs(scale=1.0):
+    return torch.randn(16, 8, generator=gen(2)) * scale
+
+
+def _tokens():
+    return torch.randint(0, 16, (2, 8), generator=gen(3))
+
+
+def _int8_weight():
+    from qedu import llm_int8
+    return llm_int8.vectorwise_quantize(x2d())[:2]
+
+
+def _llm_entries():
+    from qedu import awq, gptq, layerwise, llm_int8, nf4, rtn, smoothquant
+    return {
+        "qedu.rtn.CONVENTIONS": skip(CONSTANT),
+        "qedu.rtn.RTNParams": skip(NO_TENSOR + " (a result tuple)"),
+        "qedu.rtn.bits_per_weight": skip(NO_TENSOR),
+        "qedu.rtn.rtn_qparams": lambda: Call(rtn.rtn_qparams, (x2d(), 4, 4), {"convention": "awq"}),
+        "qedu.rtn.rtn_quantize": lambda: Call(rtn.rtn_quantize, (x2d(), 3, 4, True)),
+        "qedu.rtn.rtn_linear": lambda: Call(rtn.rtn_linear, (_linear(), 4, 4)),
+        "qedu.gptq.GPTQResult": skip(NO_TENSOR + " (a result tuple)"),
+        "qedu.gptq.hessian": lambda: Call(gptq.hessian, (_inputs(),)),
+        "qedu.gptq.layer_error": lambda: Call(gptq.layer_error, (x2d(), x2d(1), _inputs())),
+        "qedu.gptq.gptq_quantize": lambda: Call(gptq.gptq_quantize, (x2d(), _inputs()), {"group_size": 4, "act_order": True}),
+        "qedu.gptq.gptq_linear": lambda: Call(gptq.gptq_linear, (_linear(), _inputs()), {"group_size": None}),
+        "qedu.awq.AWQResult": skip(NO_TENSOR + " (a result tuple)"),
+        "qedu.awq.activation_scale": lambda: Call(awq.activation_scale, (_inputs(),)),
+        "qedu.awq.awq_scales": lambda: Call(awq.awq_scales, (torch.tensor([1.0, 4.0]), 0.5)),
+        "qedu.awq.awq_quantize": lambda: Call(awq.awq_quantize, (x2d(), _inputs()), {"group_size": 4, "n_grid": 4, "clip": True}),
+        "qedu.awq.clip_search": lambda: Call(awq.clip_search, (x2d(), _inputs()), {"group_size": 4}),
+        "qedu.awq.scaled_linear": lambda: Call(awq.scaled_linear, (_linear(), torch.full((8,), 2.0))),
+        "qedu.awq.awq_linear": lambda: Call(awq.awq_linear, (_linear(), _inputs()), {"group_size": None, "n_grid": 4}),
+        "qedu.layerwise.linear_names": lambda: Call(layerwise.linear_names, (tiny_gpt(),)),
+        "qedu.layerwise.linear_inputs": lambda: Call(layerwise.linear_inputs, (tiny_gpt(), _tokens())),
+        "qedu.layerwise.quantize_linears": lambda: Call(layerwise.quantize_linears,
+                                                        (tiny_gpt(), _tokens(), lambda w, x: w.round())),
+        "qedu.layerwise.replace_linears": lambda: Call(layerwise.replace_linears, (tiny_gpt(), lambda lin: nn.Identity())),
+        "qedu.llm_int8.BNB_CPU_FACTOR": skip(CONSTANT),
+        "qedu.llm_int8.DEFAULT_THRESHOLD": skip(CONSTANT),
+        "qedu.llm_int8.outlier_columns": lambda: Call(llm_int8.outlier_columns, (_inputs(4.0),)),
+        "qedu.llm_int8.vectorwise_quantize": lambda: Call(llm_int8.vectorwise_quantize, (_inputs(4.0), 6.0)),
+        "qedu.llm_int8.int8_mm_dequant": lambda: Call(llm_int8.int8_mm_dequant, (torch.ones(2, 3, dtype=torch.int32),
+                                                                                  torch.ones(2), torch.ones(3), torch.ones(3))),
+        "qedu.llm_int8.int8_linear": lambda: Call(llm_int8.int8_linear, (_inputs(4.0), *_int8_weight())),
+        "qedu.llm_int8.Int8Linear": lambda: Call(lambda lin, x: llm_int8.Int8Linear(lin)(x), (_linear(), _inputs(4.0))),
+        "qedu.llm_int8.llm_int8_model": lambda: Call(llm_int8.llm_int8_model, (tiny_gpt(),)),
+        "qedu.nf4.ABSMAX_ROUNDINGS": skip(CONSTANT),
+        "qedu.nf4.NF4_CODE": skip(CONSTANT),
+        "qedu.nf4.NF4Weight": skip(NO_TENSOR + " (a result tuple)"),
+        "qedu.nf4.nf4_bits_per_parameter": skip(NO_TENSOR),
+        "qedu.nf4.nf4_quantize": lambda: Call(nf4.nf4_quantize, (x2d(),), {"block_size": 8, "absmax_rounding": "lut"}),
+        "qedu.nf4.nf4_dequantize": lambda: Call(nf4.nf4_dequantize, (nf4.nf4_quantize(x2d(), block_size=8),)),
+        "qedu.nf4.nf4_fake_quantize": lambda: Call(nf4.nf4_fake_quantize, (x2d(),)),
+        "qedu.nf4.pack_nibbles_high_first": lambda: Call(nf4.pack_nibbles_high_first, (torch.tensor([1, 2, 3]),)),
+        "qedu.nf4.unpack_nibbles_high_first": lambda: Call(nf4.unpack_nibbles_high_first,
+                                                           (torch.tensor([18, 52], dtype=torch.uint8), 3)),
+        "qedu.smoothquant.MIN_SCALE": skip(CONSTANT),
+        "qedu.smoothquant.smoothing_scales": lambda: Call(smoothquant.smoothing_scales, (torch.ones(8) * 3, torch.ones(8))),
+        "qedu.smoothquant.smooth_ln_linears": lambda: Call(smoothquant.smooth_ln_linears,
+                                                           (nn.LayerNorm(8).train(), [_linear()], torch.ones(8) * 3)),
+        "qedu.smoothquant.default_pairs": lambda: Call(smoothquant.default_pairs, (tiny_gpt(),)),
+        "qedu.smoothquant.smooth_model": lambda: Call(smoothquant.smooth_model, (tiny_gpt(), _tokens())),
+        "qedu.smoothquant.W8A8Linear": lambda: Call(lambda lin, x: smoothquant.W8A8Linear(lin)(x), (_linear(), _inputs())),
+        "qedu.smoothquant.w8a8_model": lambda: Call(smoothquant.w8a8_model, (tiny_gpt(),)),
+        "qedu.smoothquant.alpha_sweep": lambda: Call(smoothquant.alpha_sweep, (tiny_gpt(), _tokens()), {"alphas": (0.5,)}),
+    }
+
+
+ENTRIES.update(_llm_entries())
+
+
 def public_names() -> dict[str, object]:
     """Every name in every top-level qedu module's __all__, keyed by where the object is defined."""
     found = {f"qedu.{n}": getattr(qedu, n) for n in qedu.__all__}
