@@ -51,7 +51,8 @@ import torch
 from torch import nn
 
 from qedu._validation import check_bool, check_choice, check_int
-from qedu.rtn import CONVENTIONS, _check_group_size, _check_weight, rtn_qparams, rtn_quantize
+from qedu.rtn import CONVENTIONS, _check_group_size, _check_weight, rtn_qparams
+from qedu.rtn import rtn_quantize  # noqa: F401  (the module doctest compares with it)
 
 __all__ = ["hessian", "layer_error", "GPTQResult", "gptq_quantize", "gptq_linear"]
 

@@ -69,6 +69,9 @@ def linear_inputs(model: nn.Module, inputs, names=None) -> dict[str, torch.Tenso
     Returns:
         dict name -> float tensor ``(n, C_in)`` (all leading dims flattened). A layer called
         several times keeps the rows of every call.
+
+    >>> xs = linear_inputs(nn.Sequential(nn.Linear(3, 2)), torch.ones(4, 5, 3)); xs["0"].shape
+    torch.Size([20, 3])
     """
     names = linear_names(model, names)
     modules = dict(model.named_modules())

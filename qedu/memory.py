@@ -53,6 +53,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -142,7 +144,14 @@ def training_memory(n_params: float, recipe="mixed", activation_values: float = 
     n = check_count(n_params, "n_params", example="1e9")
     activation_values = check_count(activation_values, "activation_values", example="1e6")
     r = _recipe(recipe, block_size)
-    return Memory(n * r.weights, n * r.grads, n * r.master, n * r.optimizer, activation_values * r.activation)
+    memory = Memory(n * r.weights, n * r.grads, n * r.master, n * r.optimizer, activation_values * r.activation)
+    _check_total(memory.total, "n_params and activation_values")
+    return memory
+
+
+def _check_total(total: float, names: str) -> None:
+    if not math.isfinite(total):
+        raise ValueError(f"the byte count overflows a float ({names} are far too large): check the sizes you passed.")
 
 
 RECOMPUTE = ("none", "selective", "full")
@@ -181,6 +190,7 @@ def transformer_activation_bytes(n_layers: int, hidden: int, seq_len: int, batch
         per_layer = s * b * h * (16 * B + 2 * M) + a * s * s * b * (2 * B + M)
     else:
         per_layer = s * b * h * 16 * B + a * s * s * b * B
+    _check_total(float(L * per_layer), "the sizes and bytes_per_value")
     return float(L * per_layer)
 
 

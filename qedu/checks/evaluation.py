@@ -239,7 +239,7 @@ CLIP_RATE = CheckSpec(
                 "a value up to half a step beyond the last level rounds onto it: round to codes first, then compare."),
         Mistake("forgot the zero point",
                 lambda x, s, zp, lo, hi: float(((_codes(x, s, 0) < lo) | (_codes(x, s, 0) > hi)).double().mean()),
-                "the code is round(x / scale) + zero_point."),
+                "the code is round(x * (1/scale)) + zero_point."),
         Mistake("returned a count, not a fraction",
                 lambda x, s, zp, lo, hi: int(((_codes(x, s, zp) < lo) | (_codes(x, s, zp) > hi)).sum()),
                 "divide by the number of values."),
@@ -398,11 +398,11 @@ def _describe_fgsm(f: Failure) -> list[str]:
             if bool((size > eps * 1.0001).any()) or bool((size < eps * 0.9999).any()):
                 notes.append(f"where nothing clamps, your pixels move by {size.min().item():.4g} .. {size.max().item():.4g}, "
                              f"not by exactly eps = {eps}: x + eps * grad.sign()")
-            else:
-                against = (moved[free].sign() != grad[free].sign())
-                if bool(against.any()):
-                    notes.append(f"every free pixel moves by eps, but {int(against.sum())} of {int(free.sum())} move in the "
-                                 "wrong direction: step along the sign of the gradient of cross_entropy(model(x), y)")
+        moving = (grad != 0) & (moved != 0)
+        against = moving & (moved.sign() != grad.sign())
+        if bool(against.any()):
+            notes.append(f"{int(against.sum())} of your {int(moving.sum())} moved pixels move in the wrong direction: "
+                         "step along the sign of the gradient of cross_entropy(model(x), y)")
     if bool((a < 0).any()) or bool((a > 1).any()):
         notes.append("some of your pixels lie outside [0, 1]: clamp at the end")
 
