@@ -22,7 +22,11 @@ models diverge on a narrow, often under-represented subset). This module measure
       flagged        = {c : -delta_c > threshold}            # lost more than threshold, whatever the total did
 
   :func:`regression_report` puts them together with the flipped examples and the shift in
-  confidence (the probability given to the true class).
+  confidence (the probability given to the true class);
+* **is it more than chance?** :func:`mcnemar_test` (exact, for two models on the same inputs)
+  and :func:`bootstrap_delta` (a paired confidence interval for the accuracy change) live in
+  :mod:`qedu.stats` with the other tests (sign flips over seeds, a null for the worst class,
+  calibration error) and are re-exported here.
 
 >>> y = torch.tensor([0, 0, 1, 1])
 >>> disagreement_rate(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 0]))
@@ -45,11 +49,12 @@ import torch
 from torch import nn
 
 from qedu._validation import as_float_tensor, check_int, check_not_meta, run_model, to_model_dtype
+from qedu.stats import bootstrap_delta, mcnemar_test  # is a difference more than chance? (module qedu.stats)
 
 __all__ = [
     "Latency", "measure_latency", "serialized_bytes", "int8_support", "dynamic_int8", "dynamic_int8_reference",
     "logits", "disagreement_rate", "class_accuracy", "per_class_deltas", "Flips", "flipped",
-    "confidence_shift", "RegressionReport", "regression_report", "compare_models",
+    "confidence_shift", "RegressionReport", "regression_report", "compare_models", "mcnemar_test", "bootstrap_delta",
 ]
 
 
@@ -156,7 +161,8 @@ def int8_support() -> tuple[bool, str]:
     if not engines:
         return False, f"torch {torch.__version__} was built without a quantized engine"
     try:
-        tiny = dynamic_int8(nn.Sequential(nn.Linear(4, 4)), _checked=True)
+        with torch.random.fork_rng(devices=[]):  # building the probe layer must not draw from the caller's RNG
+            tiny = dynamic_int8(nn.Sequential(nn.Linear(4, 4)), _checked=True)
         tiny(torch.zeros(1, 4))
     except Exception as err:  # any failure means: no int8 kernels here
         return False, f"quantize_dynamic failed on torch {torch.__version__}: {type(err).__name__}: {err}"[:300]

@@ -337,6 +337,8 @@ def test_lesson_08_claims_about_chance_in_the_benchmark_results():
         assert r["gap_mean"] < 0 and r["gap_p"] < 0.01 and r["gap_p"] == sign_flip_test(r["gap_values"])  # "p below 0.01"
         assert (r["gap_p"] < 0.05 / 20) == (name != "blur")  # "four of the five pass and blur does not"
     assert 0.008 < cnn4["blur"]["gap_p"] < 0.0095  # "blur (p ≈ 0.009)"
+    spread = [v for k, r in cnn4.items() if k != "occlusion" for v in r["gap_values"]]
+    assert max(spread) >= -0.3 and min(spread) <= -10  # "one model may lose nothing and another ten points"
     big = [r for k, r in cnn4.items() if k != "occlusion"]  # "about as large as the means (3 to 6 points for ...)"
     assert all(2.8 <= r["gap_std"] <= 6.2 and r["gap_std"] >= 0.9 * abs(r["gap_mean"]) for r in big)
     lat = {(r["case"].split()[1], r["variant"]): r["median_ms"] for r in bench["latency"]["rows"]

@@ -13,7 +13,7 @@ from qedu.stats import (
     worst_class_null,
 )
 
-scipy_stats = pytest.importorskip("scipy.stats")  # a test-only reference, like torchao and bitsandbytes
+import scipy.stats as scipy_stats  # the reference; always installed (scikit-learn, a core dependency, needs it)
 
 
 def _pair(b: int, c: int, same_right: int = 5, same_wrong: int = 3):
