@@ -386,6 +386,18 @@ ENTRIES.update({
     "qedu.fp8_training.Float8Linear": lambda: Call(_lazy("qedu.fp8_training", "Float8Linear"), (_lin(),)),
     "qedu.fp8_training.convert_to_float8": lambda: Call(_lazy("qedu.fp8_training", "convert_to_float8"), (_lora_model(), "delayed")),
     # LoRA / QLoRA
+    # integer-only inference
+    **{f"qedu.integer.{n}": skip(CONSTANT) for n in ("INT32_MIN", "INT32_MAX", "ROUNDINGS")},
+    "qedu.integer.quantize_multiplier": skip(NO_TENSOR + " (a number in, two integers out)"),
+    "qedu.integer.saturating_rounding_doubling_high_mul": lambda: Call(_lazy("qedu.integer", "saturating_rounding_doubling_high_mul"),
+                                                                       (torch.tensor([3, -3]), 2**30)),
+    "qedu.integer.rounding_divide_by_pot": lambda: Call(_lazy("qedu.integer", "rounding_divide_by_pot"), (torch.tensor([5, -5]), 1)),
+    "qedu.integer.multiply_by_quantized_multiplier": lambda: Call(_lazy("qedu.integer", "multiply_by_quantized_multiplier"),
+                                                                  (torch.tensor([100, -7]), 2**30, -1)),
+    "qedu.integer.requantize_float": lambda: Call(_lazy("qedu.integer", "requantize_float"),
+                                                  (torch.tensor([[100, -7]]), torch.tensor([0.01, 0.02]))),
+    "qedu.integer.IntegerLinear": lambda: Call(_lazy("qedu.integer", "IntegerLinear"), (_lin(), (0.02, 128), (0.05, 100))),
+    "qedu.integer.IntegerMLP": lambda: Call(_lazy("qedu.integer", "IntegerMLP"), (mlp(), images(16))),
     "qedu.lora.BASES": skip(CONSTANT),
     "qedu.lora.LoRALinear": lambda: Call(_lazy("qedu.lora", "LoRALinear"), (_lin(),), {"r": 4, "base_format": "nf4"}),
     "qedu.lora.add_lora": lambda: Call(_lazy("qedu.lora", "add_lora"), (_lora_model(), ["0", "2"]), {"base_format": "nf4"}),
