@@ -210,6 +210,9 @@ def pact_quantize(x: torch.Tensor, alpha: torch.Tensor, fmt: IntFormat) -> torch
                          f"IntFormat({fmt.bits}, signed=False).")
     if alpha.numel() != 1 or not bool(alpha > 0):
         raise ValueError(f"alpha must be one positive number, got {alpha.tolist()}.")
+    if not bool(torch.isfinite(fmt.qmax / alpha.to(x.dtype))):
+        raise ValueError(f"alpha={alpha.item():.4g} is so small that 1 / scale = qmax / alpha overflows {x.dtype}; "
+                         "use a larger clipping level (PACTQuantizer clamps at float32 eps).")
     return PACTFunction.apply(x, alpha.to(x.dtype), fmt)
 
 

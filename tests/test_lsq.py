@@ -173,6 +173,8 @@ ISSUE20_BAD = {
                        ValueError, r"x holds NaN or inf"),
     "pact-nan-alpha": (lambda: pact_quantize(torch.ones(2), torch.tensor(float("nan")), IntFormat(2, signed=False)),
                        ValueError, r"alpha holds NaN or inf"),
+    "pact-alpha-subnormal": (lambda: pact_quantize(torch.ones(2), torch.tensor(1.4e-45), IntFormat(2, signed=False)),
+                             ValueError, r"alpha=1.401e-45 is so small that 1 / scale = qmax / alpha overflows"),
 }
 
 

@@ -722,6 +722,7 @@ def pending() -> str:
 
 
 ENTRIES.update({
+
     "qedu.bitflip.BitFlip": pending(),
     "qedu.bitflip.BitFlipResult": pending(),
     "qedu.bitflip.bit_flip_attack": pending(),
