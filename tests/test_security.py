@@ -303,6 +303,7 @@ def test_lesson_09_bpda_claims(mlp, w4a4, digits):
                       100 * float(torch.stack([predict(w4a4, a) == y for a in on_float + [bpda]]).all(0).double().mean()))
         assert evaluate(w4a4, bpda, y) >= evaluate(w4a4, on_float[1], y) - 0.02  # "gets no further than the transferred"
     assert (round(table[0.1][2], 1), round(table[0.1][0], 1)) == (43.6, 34.7)
+    assert all(table[eps][1] - table[eps][2] < 3 for eps in table)  # "the worst case over all three changes little"
     assert (round(table[0.05][2], 1), round(table[0.05][0], 1)) == (71.7, 80.0)  # "the less robust one"
     assert all(v < 7 for eps in (0.15, 0.2) for v in (table[eps][0], table[eps][2]))  # "from eps 0.15 both below 7 %"
     from qedu.evaluation import dynamic_int8, int8_support
