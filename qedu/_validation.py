@@ -207,3 +207,12 @@ def run_model(model, x: torch.Tensor, name: str = "x"):
     except (RuntimeError, IndexError) as err:
         raise ValueError(f"the model cannot run on {name} of shape {tuple(x.shape)} and dtype {x.dtype}: "
                          f"{str(err).splitlines()[0]}. Pass inputs shaped like the model's training data.") from err
+
+
+def check_fits_format(value: float, name: str, fmt) -> float:
+    """Refuse a number that a float format (a :class:`qedu.floats.FloatFormat`) cannot hold: beyond its
+    largest finite value it would start as inf (or NaN), and every later sum with it too."""
+    if abs(value) > fmt.max:
+        raise ValueError(f"{name}={value!r} is beyond {fmt.name}'s largest value {fmt.max:g}, so it would start as "
+                         f"inf or NaN; pick a {name} with |{name}| <= {fmt.max:g}.")
+    return value

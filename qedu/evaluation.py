@@ -161,7 +161,8 @@ def int8_support() -> tuple[bool, str]:
     if not engines:
         return False, f"torch {torch.__version__} was built without a quantized engine"
     try:
-        tiny = dynamic_int8(nn.Sequential(nn.Linear(4, 4)), _checked=True)
+        with torch.random.fork_rng(devices=[]):  # building the probe layer must not draw from the caller's RNG
+            tiny = dynamic_int8(nn.Sequential(nn.Linear(4, 4)), _checked=True)
         tiny(torch.zeros(1, 4))
     except Exception as err:  # any failure means: no int8 kernels here
         return False, f"quantize_dynamic failed on torch {torch.__version__}: {type(err).__name__}: {err}"[:300]

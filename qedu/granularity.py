@@ -177,7 +177,8 @@ class PerChannel(_Base):
 class PerGroup(_Base):
     """One scale and zero point per run of ``group_size`` consecutive values along ``axis``.
 
-    The usual choice for 4-bit LLM weights (GPTQ, AWQ, torchao ``int4_weight_only``): for a
+    The usual choice for 4-bit LLM weights (GPTQ, AWQ and torchao ``int4_weight_only`` default to
+    ``group_size=128``; llama.cpp's Q4_0 and the OCP MX formats use blocks of 32): for a
     Linear weight ``(C_out, C_in)`` with ``axis=-1`` each row is cut into ``C_in / group_size``
     groups. ``group_size`` must divide the length of ``axis``.
 

@@ -99,9 +99,11 @@ def _blocks(model) -> nn.ModuleList:
 
 
 class QuantizeResult(tuple):
-    """``(model, errors)``; also has ``.seconds``, the time spent quantizing (excluding the final error measurement)."""
+    """``(model, errors)``; also has ``.seconds`` (wall clock) and ``.cpu_seconds`` (this process's
+    CPU time: steadier on a busy machine) spent quantizing, without measuring the errors."""
 
     seconds: float
+    cpu_seconds: float
 
 
 def _relative_error(layer: nn.Module, new: nn.Module, x: torch.Tensor) -> float:
@@ -137,7 +139,7 @@ def quantize_model(model: nn.Module, method: LayerMethod, calib: torch.Tensor) -
     if not isinstance(calib, torch.Tensor) or calib.ndim != 2 or calib.is_floating_point():
         raise TypeError(f"calib must be a 2-D integer tensor of token ids (n_sequences, seq_len), got "
                         f"{type(calib).__name__} {tuple(getattr(calib, 'shape', ()))}.")
-    start, measuring = time.perf_counter(), 0.0
+    start, cpu_start, measuring, measuring_cpu = time.perf_counter(), time.process_time(), 0.0, 0.0
     quantized = copy.deepcopy(model).eval()
     errors: dict[str, float] = {}
     with torch.no_grad():
@@ -157,14 +159,16 @@ def quantize_model(model: nn.Module, method: LayerMethod, calib: torch.Tensor) -
                 new = method(copy.deepcopy(layer), inputs[n])
                 if not isinstance(new, nn.Module):
                     raise TypeError(f"method returned {type(new).__name__} for blocks.{i}.{n}; it must return a module.")
-                t = time.perf_counter()
+                t, t_cpu = time.perf_counter(), time.process_time()
                 errors[f"blocks.{i}.{n}"] = _relative_error(layer, new, inputs[n])
                 measuring += time.perf_counter() - t
+                measuring_cpu += time.process_time() - t_cpu
                 setattr(block, n, new)
             del inputs
             h = block(h)  # the quantized block's output feeds the next block
     result = QuantizeResult((quantized, errors))
     result.seconds = time.perf_counter() - start - measuring
+    result.cpu_seconds = time.process_time() - cpu_start - measuring_cpu
     return result
 
 
@@ -172,6 +176,12 @@ def quantize_model(model: nn.Module, method: LayerMethod, calib: torch.Tensor) -
 METHODS = {
     "rtn": "round to nearest, per group (qedu.rtn)",
     "gptq": "GPTQ: column by column with error feedback through the inverse Hessian (qedu.gptq)",
+    "awq": "AWQ: scale input channels by mean|x|^alpha (alpha searched) before RTN (qedu.awq)",
+    "w8a8": "W8A8 per-tensor: int8 weights and activations, one scale per tensor each (qedu.smoothquant.W8A8Linear)",
+    "smoothquant": "SmoothQuant: move activation range into the weights (alpha = 0.5), then W8A8 per-tensor (qedu.smoothquant)",
+    "nf4": "NF4 codes in blocks of 64, absmax double-quantized, 4.127 bits (qedu.nf4; bits and group_size unused)",
+    "int8": "W8A8 vector-wise: int8 per output row of W and per token of X (qedu.llm_int8, threshold 0)",
+    "llm_int8": "LLM.int8(): W8A8 vector-wise, input columns with |x| >= 6 kept in float (qedu.llm_int8)",
 }
 
 
@@ -193,11 +203,49 @@ def layer_method(name: str, bits: int = 4, group_size: int | None = 128, **setti
         from qedu.gptq import gptq_linear
 
         return lambda layer, x: gptq_linear(layer, x, bits=bits, group_size=group_size, **settings)
+    if name == "awq":
+        from qedu.awq import awq_linear
+
+        return lambda layer, x: awq_linear(layer, x, bits=bits, group_size=group_size, **settings)
+    if name == "w8a8":  # weights and activations int8, one scale per tensor each (dynamic for activations)
+        from qedu.smoothquant import W8A8Linear
+
+        return lambda layer, x: W8A8Linear(layer)
+    if name == "nf4":  # 4-bit normal-float codes in blocks of 64, absmax double-quantized (bits, group_size unused)
+        from qedu.nf4 import nf4_fake_quantize
+
+        def nf4_layer(layer, x):
+            with torch.no_grad():
+                layer.weight.copy_(nf4_fake_quantize(layer.weight.detach(), **settings))
+            return layer
+
+        return nf4_layer
+    if name in ("llm_int8", "int8"):  # W8A8 vector-wise; LLM.int8() keeps input columns with |x| >= 6 in float
+        from qedu.llm_int8 import DEFAULT_THRESHOLD, Int8Linear
+
+        threshold = settings.get("threshold", DEFAULT_THRESHOLD if name == "llm_int8" else 0.0)
+        return lambda layer, x: Int8Linear(layer, threshold)
     raise ValueError(f"name must be one of {sorted(METHODS)}, got {name!r}.")
 
 
 def quantize_tinylm(model: nn.Module, method: str, bits: int = 4, group_size: int | None = 128, n_calib: int = 16,
                     seed: int = 0, **settings) -> QuantizeResult:
-    """``quantize_model(model, layer_method(method, bits, group_size, **settings), calibration_tokens(n_calib, seed))``."""
+    """``quantize_model(model, layer_method(method, bits, group_size, **settings), calibration_tokens(n_calib, seed))``.
+
+    ``method="smoothquant"`` first smooths the model (``qedu.smoothquant.smooth_model``, ``alpha``
+    from ``settings``, default 0.5), then makes every linear layer W8A8 per-tensor; its per-layer
+    errors compare with the *smoothed* float layers (the same function as the originals).
+    """
     calib = calibration_tokens(n_calib, seed, model.pos.num_embeddings if hasattr(model, "pos") else 128)
+    if method == "smoothquant":  # a model-level step first: fold the scales into the LayerNorms and weights
+        from qedu.smoothquant import smooth_model
+
+        start, cpu_start = time.perf_counter(), time.process_time()
+        smoothed = smooth_model(model, calib, alpha=settings.pop("alpha", 0.5), **settings)
+        smoothing = time.perf_counter() - start
+        smoothing_cpu = time.process_time() - cpu_start
+        result = quantize_model(smoothed, layer_method("w8a8"), calib)
+        result.seconds += smoothing
+        result.cpu_seconds += smoothing_cpu
+        return result
     return quantize_model(model, layer_method(method, bits, group_size, **settings), calib)

@@ -110,6 +110,10 @@ def init_step(x, fmt: IntFormat, granularity=PerTensor(), init: str = "mse") -> 
     Returns:
         float32 steps shaped to broadcast against ``x`` (0-d per tensor, keepdim per channel).
 
+    Raises:
+        TypeError / ValueError: ``x`` not a finite float tensor, a format without positive codes,
+            an unknown granularity or ``init``, or a step that overflows float32.
+
     >>> init_step(torch.tensor([-1.0, 0.5, 2.0]), IntFormat(2), init="lsq")  # 2 * (3.5 / 3) / 1
     tensor(2.3333)
     """
@@ -120,8 +124,12 @@ def init_step(x, fmt: IntFormat, granularity=PerTensor(), init: str = "mse") -> 
     if init not in INITS:
         raise ValueError(f"init={init!r} is not one of {', '.join(map(repr, INITS))}; pick one of those.")
     if init == "lsq":
-        step = granularity.reduce(x, lambda rows: rows.abs().mean(dim=1)) * (2 / math.sqrt(qp))
-        return torch.clamp(step, min=FLOAT32_EPS)
+        step = granularity.reduce(x.double(), lambda rows: rows.abs().mean(dim=1)) * (2 / math.sqrt(qp))  # no overflow
+        step = torch.clamp(step, min=FLOAT32_EPS).to(torch.float32)
+        if not bool(torch.isfinite(step).all()):
+            raise ValueError(f"x is so large that the step 2 * mean|x| / sqrt(Qp) overflows float32 "
+                             f"(mean|x| up to {float(x.double().abs().mean()):.4g}); scale x down.")
+        return step
     lo, hi = minmax_range(x, granularity) if init == "minmax" else mse_range(x, fmt, granularity, fmt.signed)
     return choose_qparams_from_minmax(lo, hi, fmt, symmetric=fmt.signed)[0]
 

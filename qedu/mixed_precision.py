@@ -1,14 +1,17 @@
 """Mixed-precision training, simulated on the CPU with qedu's own float rounding.
 
-Mixed-precision training (Micikevicius et al. 2018) rests on three ingredients:
+Mixed-precision training (Micikevicius et al. 2018) does the math in low precision: the inputs
+of every matmul (weights, activations) and the gradients are fp16 / bf16 / fp8, which halves
+(quarters) their memory and runs on fast units. Three ingredients make that work:
 
-1. **low-precision math**: the inputs of every matmul (weights, activations) and the gradients
-   are fp16 / bf16 / fp8, which halves (quarters) their memory and runs on fast units;
-2. **fp32 master weights**: the optimizer updates an fp32 copy of the weights. Without it an
+1. **fp32 master weights**: the optimizer updates an fp32 copy of the weights. Without it an
    update smaller than half a step of the low format is rounded away ("swamping", see
-   :func:`swamping`), unless the weights are rounded *stochastically* (:func:`stochastic_round`);
-3. **loss scaling** (:mod:`qedu.loss_scaling`): gradients smaller than the format's smallest
-   number underflow to zero unless the loss is scaled up first.
+   :func:`swamping`), unless the weights are rounded *stochastically* (:func:`stochastic_round`)
+   or carry a Kahan compensation (``weight_rounding="kahan"``, :mod:`qedu.accumulation`);
+2. **loss scaling** (:mod:`qedu.loss_scaling`): gradients smaller than the format's smallest
+   number underflow to zero unless the loss is scaled up first;
+3. **fp32 accumulation**: the products of a matmul are summed in fp32 (the simulation below does
+   so; :mod:`qedu.accumulation` shows what fp16 or bf16 sums would lose).
 
 :func:`simulate` returns a copy of a model whose ``Linear`` and ``Conv2d`` layers compute::
 

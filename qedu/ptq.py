@@ -200,7 +200,8 @@ def fold_bn_params(weight, bias, running_mean, running_var, gamma, beta, eps: fl
     Raises:
         TypeError / ValueError: a non-tensor or non-finite argument, a vector that is not one value
             per output channel (``weight.shape[0]``), a negative ``running_var`` or an ``eps`` that
-            is not a finite number >= 0 with ``var + eps > 0`` everywhere (``1 / sqrt(0)`` is inf).
+            is not a finite number >= 0 with ``var + eps > 0`` everywhere (``1 / sqrt(0)`` is inf), or a
+            folded weight/bias that overflows ``weight``'s dtype.
 
     >>> w, b = fold_bn_params(torch.ones(2, 3), None, torch.zeros(2), torch.full((2,), 3.0), torch.ones(2), torch.ones(2), 1.0)
     >>> w[:, 0].tolist(), b.tolist()
@@ -212,7 +213,12 @@ def fold_bn_params(weight, bias, running_mean, running_var, gamma, beta, eps: fl
     shape = (-1,) + (1,) * (weight.ndim - 1)  # (C_out,) -> (C_out, 1, ...) to scale W along axis 0
     w_fold = weight.double() * s.reshape(shape)
     b_fold = beta.double() + (b - running_mean.double()) * s
-    return w_fold.to(weight.dtype), b_fold.to(weight.dtype)
+    w_out, b_out = w_fold.to(weight.dtype), b_fold.to(weight.dtype)
+    if not bool(torch.isfinite(w_out).all() and torch.isfinite(b_out).all()):
+        raise ValueError(f"the folded weight or bias overflows {weight.dtype} (largest |W'| {float(w_fold.abs().max()):.4g}, "
+                         f"|b'| {float(b_fold.abs().max()):.4g}): gamma / sqrt(running_var + eps) is too large for these "
+                         "weights. Check the BatchNorm's statistics (a variance near 0 with a tiny eps?).")
+    return w_out, b_out
 
 
 def _check_bn_args(weight, bias, running_mean, running_var, gamma, beta, eps) -> None:

@@ -37,6 +37,7 @@ tensor([1., 1.])
 from __future__ import annotations
 
 import copy
+import numbers
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -126,7 +127,7 @@ def round_clip_ste(v: torch.Tensor, lo, hi) -> torch.Tensor:
 
 def _check_scale(scale, x: torch.Tensor) -> torch.Tensor:
     """``scale`` as a tensor of x's dtype (gradient kept), positive and finite, broadcasting against x."""
-    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+    if isinstance(scale, numbers.Real) and not isinstance(scale, bool):  # numpy numbers too
         scale = torch.tensor(float(scale), dtype=x.dtype)
     if not isinstance(scale, torch.Tensor) or not scale.is_floating_point():
         raise TypeError(f"scale must be a float or a float tensor, got {getattr(scale, 'dtype', type(scale).__name__)}.")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qedu._validation import as_float_tensor, check_int, check_real
+from qedu._validation import as_float_tensor, check_fits_format, check_int, check_real
 from qedu.floats import BF16, FP16, FP32, FloatFormat, cast
 
 __all__ = ["stochastic_round", "swamping", "ROUNDINGS"]
@@ -95,7 +95,7 @@ def swamping(fmt: FloatFormat, rounding: str = "nearest", n_steps: int = 10_000,
         float32 tensor of ``n_runs`` final sums (independent random draws for "stochastic").
 
     Raises:
-        TypeError / ValueError: ``increment`` or ``start`` not a finite number, ``n_steps < 0``,
+        TypeError / ValueError: ``increment`` or ``start`` not a finite number ``fmt`` can hold, ``n_steps < 0``,
             ``n_runs < 1``, an unknown ``rounding``, ``fmt`` not a FloatFormat.
 
     >>> round(swamping(FP32).item(), 4)   # the true sum is 11
@@ -106,8 +106,8 @@ def swamping(fmt: FloatFormat, rounding: str = "nearest", n_steps: int = 10_000,
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}.")
     n_steps = check_int(n_steps, "n_steps", 0)
     n_runs = check_int(n_runs, "n_runs", 1)
-    increment = check_real(increment, "increment", example="1e-3")
-    start = check_real(start, "start", example="1.0")
+    increment = check_fits_format(check_real(increment, "increment", example="1e-3"), "increment", fmt)
+    start = check_fits_format(check_real(start, "start", example="1.0"), "start", fmt)
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got {generator!r}.")
     inc = float(cast(float(increment), fmt))

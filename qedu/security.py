@@ -203,6 +203,10 @@ def poison_calibration(x_calib, fraction: float | None = None, *, n: int | None 
     first layer's range, and so its scale, by 20 times that image's maximum over the clean
     maximum: the grid gets about 20x coarser.
 
+    Raises:
+        ValueError: neither or both of ``fraction`` and ``n``, values out of range, a ``factor`` that
+            is not a finite number >= 0 or that makes the images overflow their dtype.
+
     >>> poison_calibration(torch.ones(4, 1, 2, 2), n=1, factor=20.0).flatten(1).amax(1).tolist()
     [20.0, 1.0, 1.0, 1.0]
     """
@@ -220,6 +224,9 @@ def poison_calibration(x_calib, fraction: float | None = None, *, n: int | None 
         raise ValueError(f"factor must be a finite number >= 0 (20 inflates, 0.1 fades), got {factor!r}.")
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(check_int(seed, "seed", 0)))[:n]
     x[idx] = x[idx] * factor
+    if not bool(torch.isfinite(x[idx]).all()):
+        raise ValueError(f"factor={factor!r} times these images overflows {x.dtype} (largest |x_calib| "
+                         f"{float(as_float_tensor(x_calib, 'x_calib').abs().max()):.4g}); use a smaller factor such as 20.")
     return x
 
 

@@ -13,7 +13,6 @@ probe) and gives its hint.
 from __future__ import annotations
 
 import ast
-import re
 from pathlib import Path
 
 import pytest

@@ -100,6 +100,7 @@ def test_lesson_01_format_explorer(lab, page):
         return panel.locator(".widget-slider", has_text=label).locator(".widget-readout").inner_text().strip()
 
     assert (field("exp bits"), field("man bits")) == ("5", "10")  # issue 15 item 2: FP16's own fields
+    assert nb.toggles_fit(panel) == []  # "number line" beside its two buttons
     nb.select(panel, "format", "BF16")
     bf16_png = nb.wait_for_change(panel, start_png)
     assert "bf16" in nb.texts(panel) and nb.message(panel) == ""
@@ -228,12 +229,7 @@ def test_lesson_05_qat_bits_then_train(lab, page):
     panel.locator(".widget-toggle-buttons button", has_text="2 bits").click()
     assert nb.wait_for_png(panel, start_png), "moving back did not restore the original figure"
     assert nb.texts(panel) == start_text
-    # issue 15 item 6: each toggle's label on the line of its buttons, no button label cut off
-    for toggles in panel.locator(".widget-toggle-buttons").all():
-        label, first = toggles.locator(".widget-label").first.bounding_box(), toggles.locator("button").first.bounding_box()
-        assert abs((label["y"] + label["height"] / 2) - (first["y"] + first["height"] / 2)) < first["height"] / 2
-    assert panel.locator(".widget-toggle-buttons button").evaluate_all(
-        "bs => bs.filter(b => b.scrollWidth > b.clientWidth).map(b => b.innerText)") == []
+    assert nb.toggles_fit(panel) == []  # issue 15 item 6: labels beside their buttons, "QAT-minmax" whole
     panel.locator("button", has_text="Train").click()  # trains with a progress bar and a live curve
     panel.get_by_text("done:").wait_for(timeout=120_000)  # the status line once training ends
     nb.wait_for_change(panel, start_png, timeout_ms=60_000)

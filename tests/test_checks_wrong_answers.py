@@ -17,6 +17,14 @@ WRONG = [(s, a) for s in SETS for a in s.wrongs]
 RIGHT = [(s, a) for s in SETS for a in s.rights]
 
 
+@pytest.fixture(autouse=True)
+def _probe_errors_raise(monkeypatch):
+    """A describe probe that crashes on a learner's answer is a bug in the check: let it show."""
+    from qedu.checks import framework
+
+    monkeypatch.setattr(framework, "RAISE_PROBE_ERRORS", True)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _model_cache(tmp_path_factory):
     """The sensitivity check trains the digits MLP once, in a temporary cache shared by the session."""
@@ -47,11 +55,15 @@ def test_every_exercise_function_has_enough_wrong_answers():
     core = {"int_range", "qparams", "quantize", "dequantize", "per_channel", "stochastic_round", "pack4",
             "round_to_exmy", "minmax_observer", "update_loss_scale", "stochastic_round_bf16", "blockwise_absmax",
             "clip_rate", "fgsm"}
+    wrongs, rights = {}, {}
     for s in SETS:
-        need = 10 if s.name in core else 5
-        assert len(s.wrongs) >= need, f"{s.name}: {len(s.wrongs)} wrong answers, need {need}"
+        wrongs[s.name] = wrongs.get(s.name, 0) + len(s.wrongs)
+        rights[s.name] = rights.get(s.name, 0) + len(s.rights)
         assert len({a.label for a in s.answers}) == len(s.answers)
-        assert s.rights, f"{s.name}: no correct alternative"
+    for name, n in wrongs.items():
+        need = 10 if name in core else 5
+        assert n >= need, f"{name}: {n} wrong answers, need {need}"
+        assert rights[name], f"{name}: no correct alternative"
 
 
 def test_every_check_has_an_answer_set():

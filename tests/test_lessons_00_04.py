@@ -175,6 +175,7 @@ def test_lesson04_accuracy_ranks_layers_at_2_bits_and_ties_at_4(models):
     from qedu.ptq import PTQConfig
 
     data, mlp = load_digits(seed=0), models["mlp"]
+    assert round(100 / len(data.x_calib), 2) == 0.39  # "one image is 0.39 points"
     for bits in (2, 4):
         config = PTQConfig(weight_bits=bits, act_bits=None)
         acc_rows = layer_sensitivity(mlp, config, data.x_calib, data.x_calib, data.y_calib, metric="accuracy")
@@ -184,3 +185,101 @@ def test_lesson04_accuracy_ranks_layers_at_2_bits_and_ties_at_4(models):
             assert acc_rows[0]["layer"] == "fc3" and acc_rows[0]["damage"] > acc_rows[1]["damage"]
         else:
             assert all(r["damage"] == 0 for r in acc_rows)
+
+
+def _pipeline():
+    from qedu.results import load_results
+
+    results = load_results("ptq_pipeline")
+    assert results["seeds"] == [0, 1, 2]
+    return {(r["model"], r["bits"], r["method"]): r for r in results["rows"]}
+
+
+def test_lesson04_adaround_beats_rtn_on_the_cnn():
+    """Cell "What three seeds say", first bullet."""
+    p = _pipeline()
+
+    def acc(model, bits, method):
+        return round(p[model, bits, method]["acc_mean"], 1), round(p[model, bits, method]["acc_std"], 1)
+
+    assert acc("cnn", 3, "per-channel AdaRound") == (99.0, 0.2) and acc("cnn", 3, "per-channel RTN") == (98.1, 0.6)
+    assert round(p["cnn", 32, "float"]["acc_mean"], 1) == 99.2 == acc("cnn", 4, "per-channel RTN")[0]
+    ada4, rtn4 = p["cnn", 4, "per-channel AdaRound"]["output_error_mean"], p["cnn", 4, "per-channel RTN"]["output_error_mean"]
+    assert (round(ada4, 4), round(rtn4, 4)) == (0.0015, 0.0080) and round(rtn4 / ada4) == 5
+    assert round(p["cnn", 2, "per-channel RTN"]["acc_mean"]) == 78 and round(p["cnn", 2, "per-channel AdaRound"]["acc_mean"]) == 96
+    assert all(p["cnn", 3, m]["acc_values"][i] <= p["cnn", 3, "per-channel AdaRound"]["acc_values"][i]
+               for m in ("per-channel RTN",) for i in range(3))  # every seed
+    mlp_float = p["mlp", 32, "float"]
+    for bits in (4, 3):  # "within the seed-to-seed spread of float"
+        for (model, b, method), row in p.items():
+            if model == "mlp" and b == bits:
+                assert abs(row["acc_mean"] - mlp_float["acc_mean"]) <= row["acc_std"] + mlp_float["acc_std"] + 0.6, method
+    assert round(p["mlp", 2, "per-channel RTN"]["acc_mean"]) == 86 and round(p["mlp", 2, "per-channel AdaRound"]["acc_mean"], 1) == 94.5
+
+
+def test_lesson04_bias_correction_and_equalization():
+    """Cell "What three seeds say", second and third bullets."""
+    p = _pipeline()
+    ratios = [p[m, b, f"{g} RTN"]["output_error_mean"] / p[m, b, f"{g} RTN + BC"]["output_error_mean"]
+              for m in ("mlp", "cnn") for b in (4, 3) for g in ("per-tensor", "per-channel")]
+    assert 1.85 <= min(ratios) and max(ratios) < 4.05  # "1.9 to 4 times"
+
+    def acc(model, bits, method):
+        return p[model, bits, method]["acc_mean"]
+
+    assert round(acc("mlp", 2, "per-tensor RTN")) == 79 and round(acc("mlp", 2, "per-tensor RTN + BC")) == 93
+    assert round(acc("mlp", 2, "per-channel RTN")) == 86 and round(acc("mlp", 2, "per-channel RTN + BC"), 1) == 95.5
+    assert round(acc("cnn", 2, "per-tensor RTN")) == 29 == round(acc("cnn", 2, "per-tensor RTN + BC"))
+    assert round(acc("cnn", 2, "per-tensor CLE")) == 54 and round(acc("cnn", 2, "per-tensor CLE + BC")) == 72
+    assert round(acc("cnn", 2, "per-channel RTN")) == 78 > acc("cnn", 2, "per-tensor CLE + BC")
+
+
+def test_lesson04_toolbox_cells_on_the_lessons_models(models):
+    """The CLE, bias-correction and AdaRound cells (seed 0): CLE keeps the function and narrows
+    conv1's channel ranges; bias correction and CLE lift 2-bit per-tensor weights; AdaRound's
+    codes move by at most one step and every layer's output error drops."""
+    from qedu.adaround import adaround_model
+    from qedu.bias_correction import correct_bias
+    from qedu.data import load_digits
+    from qedu.equalization import equalize
+    from qedu.granularity import PerTensor
+    from qedu.models import evaluate
+    from qedu.ptq import PTQConfig, fold_batchnorm, quantize_model
+
+    data, cnn, mlp = load_digits(seed=0), models["cnn"], models["mlp"]
+    folded, equalized = fold_batchnorm(cnn), equalize(cnn)
+    with torch.no_grad():
+        assert (equalized(data.x_test) - folded(data.x_test)).abs().max() < 1e-4
+
+    def spread(net):
+        r = net.conv1.weight.detach().abs().flatten(1).amax(dim=1)
+        return float(r.max() / r.min())
+
+    assert spread(equalized) < spread(folded)
+    config = PTQConfig(weight_bits=2, weight_granularity=PerTensor(), act_bits=None)
+    rtn, cle = quantize_model(mlp, config), quantize_model(equalize(mlp), config)
+    accs = [evaluate(q, data.x_test, data.y_test) for q in
+            (rtn, correct_bias(mlp, rtn, data.x_calib), cle, correct_bias(equalize(mlp), cle, data.x_calib))]
+    assert accs[0] < accs[2] < accs[1] < accs[3]
+    _, layers = adaround_model(mlp, 3, data.x_calib)
+    assert all((r.q - r.q_rtn).abs().max() == 1 and r.error < r.error_rtn for r in layers.values())
+
+
+def test_lesson04_an_integer_kernel_gets_the_fake_quantized_numbers(models):
+    """Cell after 5: integer_linear on the W8A8 layer's codes equals the fake-quantized layer."""
+    from qedu.bias_correction import _inputs
+    from qedu.data import load_digits
+    from qedu.integer_arithmetic import integer_linear
+    from qedu.ptq import PTQConfig, quantize_model
+
+    data = load_digits(seed=0)
+    quantized = quantize_model(models["mlp"], PTQConfig(weight_bits=8, act_bits=8), data.x_calib)
+    for name in ("fc1", "fc2", "fc3"):
+        layer = quantized.get_submodule(name)
+        x = _inputs(quantized, layer, data.x_test)  # what the layer receives (before its own act quantizer)
+        q_x = quantize(x, layer.act.scale, layer.act.zero_point, layer.act.fmt)
+        y_int = integer_linear(q_x, layer.act.scale, layer.act.zero_point, layer.weight_q, layer.weight_scale,
+                               layer.weight_zero_point, layer.layer.bias)
+        with torch.no_grad():
+            y_fake = layer(x)
+        assert (y_int - y_fake).abs().max() <= 1e-5 * max(1.0, y_fake.abs().max().item()), name

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from qedu.llm_quant import calibration_tokens, layer_inputs, linear_layers, quantize_model
+from qedu.llm_quant import calibration_tokens, layer_inputs, layer_method, linear_layers, quantize_model
 from qedu.models import TinyGPT
 from qedu.text import load_text
 
@@ -103,3 +103,40 @@ def test_layer_inputs_by_hand(model):
 def test_bad_input(model, call, error, match):
     with pytest.raises(error, match=match):
         call(model)
+
+
+def test_registered_methods_do_what_their_modules_do(model):
+    from qedu.llm_int8 import Int8Linear
+    from qedu.llm_quant import layer_method
+    from qedu.nf4 import nf4_fake_quantize
+    from qedu.rtn import rtn_quantize
+
+    calib = torch.randint(0, 16, (2, 8))
+    nf4, _ = quantize_model(model, layer_method("nf4", block_size=32), calib)
+    assert torch.equal(nf4.blocks[1].fc2.weight, nf4_fake_quantize(model.blocks[1].fc2.weight.detach(), block_size=32))
+    rtn, _ = quantize_model(model, layer_method("rtn", bits=3, group_size=16), calib)
+    assert torch.equal(rtn.blocks[0].qkv.weight, rtn_quantize(model.blocks[0].qkv.weight.detach(), 3, 16))
+    int8, _ = quantize_model(model, layer_method("llm_int8"), calib)
+    assert isinstance(int8.blocks[0].fc1, Int8Linear) and int8.blocks[0].fc1.threshold == 6.0
+    plain, _ = quantize_model(model, layer_method("int8"), calib)
+    assert plain.blocks[0].fc1.threshold == 0.0
+    with pytest.raises(ValueError, match="name must be one of"):
+        layer_method("awq8")
+
+
+def test_awq_and_smoothquant_through_the_pipeline(model):
+    from qedu.awq import awq_linear
+    from qedu.llm_quant import quantize_tinylm
+    from qedu.smoothquant import W8A8Linear, smooth_model
+
+    calib = calibration_tokens(2, seed=0, seq_len=8) % 16
+    awq, _ = quantize_model(model, layer_method("awq", bits=3, group_size=16), calib)
+    x0 = layer_inputs(model, "blocks.0.qkv", calib)  # block 0 sees float inputs
+    assert torch.equal(awq.blocks[0].qkv.weight, awq_linear(model.blocks[0].qkv, x0, bits=3, group_size=16).weight)
+
+    big = TinyGPT(256, 128, 128, 1, 4).eval()
+    sq, errors = quantize_tinylm(big, "smoothquant", n_calib=2, seed=0, alpha=0.5)
+    assert all(isinstance(getattr(sq.blocks[0], n), W8A8Linear) for n in ("qkv", "proj", "fc1", "fc2"))
+    smoothed = smooth_model(big, calibration_tokens(2, seed=0), alpha=0.5)
+    assert torch.equal(sq.blocks[0].ln1.weight, smoothed.blocks[0].ln1.weight)
+    assert all(0 < e < 0.05 for e in errors.values())

@@ -45,3 +45,13 @@ def test_widget_shows_errors_inside(model):
     panel = llm_explorer(model, n_windows=2, methods=["rtn", "no-such-method"])
     panel.controls["method"].value = "no-such-method"
     assert panel.error is not None and "method" in panel.message.value and panel.busy.value == ""
+
+
+def test_nf4_ignores_bits_and_group_size(model):
+    panel = llm_explorer(model, n_windows=2, methods=["rtn", "nf4"])
+    panel.controls["method"].value = "nf4"
+    assert panel.error is None and "NF4, blocks of 64" in panel.readout.value and "4.127 bits/weight" in panel.readout.value
+    n = len(panel.cache)
+    panel.controls["bits"].value = 3
+    panel.controls["group_size"].value = "32"
+    assert len(panel.cache) == n and "NF4, blocks of 64" in panel.readout.value

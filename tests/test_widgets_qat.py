@@ -114,6 +114,7 @@ def test_no_two_controls_share_a_name_and_toggle_labels_fit(panel):
     """Issue 15 item 6: two controls were called "epochs", and "QAT-minmax" was cut off."""
     names = [w.description for w in panel.controls.values()] + [panel.progress.description]
     assert len(names) == len(set(names))
+    assert all(panel.controls[k].layout.display == "flex" for k in ("bits", "method"))  # label beside buttons (browser test)
     width = int(panel.controls["method"].style.button_width.rstrip("px"))
     assert width >= 8 * max(len(m) for m in METHODS)  # about 8 px per character at the widget font
 
@@ -126,6 +127,7 @@ def test_an_error_while_training_is_shown_in_the_widget(panel, monkeypatch):
     panel.train_button.click()
     assert "RuntimeError" in panel.message.value and "out of memory" in panel.message.value
     assert not panel.train_button.disabled
+    assert not panel.current and "Not current" in panel.readout.value and panel.status.value == "training failed"
 
 
 def test_run_method_reports_epochs_and_converted_accuracy(model, data):

@@ -98,7 +98,8 @@ def test_granularity_shows_each_slice_its_grid_scale_and_error(panel):
         for row in rows:  # the readout's table gives each row's scale(s) and MSE
             scales = r.scale.expand_as(w)[row]
             mse = float(((w[row] - r.x_hat[row]) ** 2).mean())
-            shown = f"{float(scales.min()):.4f}" if name != "per-group 32" else f"{float(scales.min()):.4f} to {float(scales.max()):.4f} (4)"
+            shown = (f"{float(scales.min()):.4f}" if name != "per-group 32"
+                     else f"{float(scales.min()):.4f} to {float(scales.max()):.4f} (4)")
             assert f"<tr><td>{row}</td>" in text and shown in text and f"{mse:.1e}" in text
         if name == "per-tensor":  # one grid: every row shows the same levels; the narrowest row few of them
             steps = {min(b - a for a, b in zip(sorted(lv), sorted(lv)[1:])) for lv, _ in levels.values()}

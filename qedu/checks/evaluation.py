@@ -239,7 +239,7 @@ CLIP_RATE = CheckSpec(
                 "a value up to half a step beyond the last level rounds onto it: round to codes first, then compare."),
         Mistake("forgot the zero point",
                 lambda x, s, zp, lo, hi: float(((_codes(x, s, 0) < lo) | (_codes(x, s, 0) > hi)).double().mean()),
-                "the code is round(x / scale) + zero_point."),
+                "the code is round(x * (1/scale)) + zero_point."),
         Mistake("returned a count, not a fraction",
                 lambda x, s, zp, lo, hi: int(((_codes(x, s, zp) < lo) | (_codes(x, s, zp) > hi)).sum()),
                 "divide by the number of values."),
@@ -286,7 +286,17 @@ def _describe_clip(f: Failure) -> list[str]:
     wrong, features = f.pooled(per_case, n_cases=8)
     if wrong is not None and bool(wrong.any()):
         where = localize(wrong, features)
-        if where:
+        if not where:
+            examples = []
+            for i in range(min(x.numel(), 40)):
+                one = Case((x[i:i + 1].clone(), scale, zero_point, qmin, qmax))
+                mine, ref = _number(f.learner(one)), float(f.reference(one))
+                if isinstance(mine, (int, float)) and (float(mine) != 0.0) != (ref != 0.0):
+                    code = int(_codes(x[i:i + 1], scale, zero_point))
+                    examples.append(f"x = {float(x[i]):g} (code {code}): yours says {'clipped' if mine else 'not clipped'}")
+            if examples:
+                notes.append(f"tried one value at a time, with qmin = {qmin}, qmax = {qmax}: " + "; ".join(examples[:3]))
+        else:
             tip = {"exact tie": ": round with torch.round (ties to even), then compare",
                    "exactly qmin or qmax": ": a code equal to qmin or qmax is on the grid; only < qmin or > qmax clips",
                    "half a step": ": round to codes first, then compare with qmin and qmax",
@@ -398,11 +408,11 @@ def _describe_fgsm(f: Failure) -> list[str]:
             if bool((size > eps * 1.0001).any()) or bool((size < eps * 0.9999).any()):
                 notes.append(f"where nothing clamps, your pixels move by {size.min().item():.4g} .. {size.max().item():.4g}, "
                              f"not by exactly eps = {eps}: x + eps * grad.sign()")
-            else:
-                against = (moved[free].sign() != grad[free].sign())
-                if bool(against.any()):
-                    notes.append(f"every free pixel moves by eps, but {int(against.sum())} of {int(free.sum())} move in the "
-                                 "wrong direction: step along the sign of the gradient of cross_entropy(model(x), y)")
+        moving = (grad != 0) & (moved != 0)
+        against = moving & (moved.sign() != grad.sign())
+        if bool(against.any()):
+            notes.append(f"{int(against.sum())} of your {int(moving.sum())} moved pixels move in the wrong direction: "
+                         "step along the sign of the gradient of cross_entropy(model(x), y)")
     if bool((a < 0).any()) or bool((a > 1).any()):
         notes.append("some of your pixels lie outside [0, 1]: clamp at the end")
 

@@ -117,6 +117,7 @@ def _exmy_case(rng: np.random.Generator) -> Case:
 
 EXMY_VALUE = CheckSpec(
     name="exmy_value",
+    rtol=1e-7,  # float32 arithmetic is fine
     reference=_exmy_value,
     golden=[Case((0, 15, 0, 5, 10), label="fp16 1.0"), Case((0, 15, 512, 5, 10), label="fp16 1.5"),
             Case((1, 16, 256, 5, 10), label="fp16 -2.5"), Case((0, 15, 6, 4, 3), label="e4m3 448"),
@@ -202,6 +203,7 @@ def _max_with(E, M, top_exp, top_man, lead=1):
 
 FLOAT_MAX = CheckSpec(
     name="float_max",
+    rtol=1e-7,  # float32 arithmetic is fine
     reference=_float_max,
     golden=[Case((5, 10, "ieee"), label="fp16"), Case((4, 3, "fn"), label="e4m3fn"), Case((2, 1, "none"), label="e2m1"),
             Case((5, 2, "ieee"), label="e5m2"), Case((3, 2, "none"), label="e3m2")],
@@ -312,6 +314,12 @@ def _describe_round(f: Failure) -> list[str]:
         return notes
     if bool(torch.isnan(a).any()):
         notes.append("NaN in your result" + (" for negative x: take log2 of |x|, not of x" if bool((f.case.args[0] < 0).any()) else ""))
+    x, E, M = f.case.args
+    if a.is_floating_point() and bool(torch.isfinite(a).all()):
+        on_grid = _round_to_exmy(a.float(), E, M) == a.float()
+        if not bool(on_grid.all()):
+            notes.append(f"{int((~on_grid).sum())} of your results are not values of the format (they need more than "
+                         f"{M} mantissa bits): the step in [2**e, 2**(e+1)) is 2**(e - man_bits)")
 
     def per_case(case, expected, mine):
         if not isinstance(mine, torch.Tensor) or mine.shape != expected.shape or not mine.is_floating_point():

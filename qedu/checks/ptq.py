@@ -19,7 +19,7 @@ import torch
 
 from qedu.calibration import MinMaxObserver, percentile_range
 from qedu.checks.formats import _pair_notes, _ratio_note
-from qedu.checks.framework import Case, CheckSpec, Failure, Mistake, compare, localize, run_check
+from qedu.checks.framework import Case, CheckSpec, Failure, Mistake, compare, run_check
 from qedu.checks.quantizers import factor
 from qedu.formats import IntFormat
 from qedu.granularity import PerTensor

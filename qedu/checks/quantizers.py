@@ -231,6 +231,8 @@ def tie_features(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int) -> di
         "the code clips at qmax": code > qmax,
         "the code clips at qmin": code < qmin,
         "the code clips (beyond qmin or qmax)": (code > qmax) | (code < qmin),
+        "the code is qmin or below (it must end at qmin)": code <= qmin,
+        "the code is qmax or above (it must end at qmax)": code >= qmax,
         "x * (1/scale) is an exact tie (k + 0.5)": frac == 0.5,
         "x / scale and x * (1/scale) round differently in float32":
             torch.round(x / torch.tensor(scale, dtype=torch.float32)) != torch.round(v),
@@ -245,6 +247,8 @@ _ADVICE = {
     "clips at qmax": "check qmax = 2**(bits-1) - 1, and clamp last (after adding the zero point)",
     "clips at qmin": "check qmin = -2**(bits-1), and clamp last (after adding the zero point)",
     "clips (": "check qmin = -2**(bits-1) and qmax = 2**(bits-1) - 1, and clamp last",
+    "qmin or below": "check qmin = -2**(bits-1): clamp to exactly [qmin, qmax]",
+    "qmax or above": "check qmax = 2**(bits-1) - 1: clamp to exactly [qmin, qmax]",
     "clamped to qmax": "clamp the rounded codes to [qmin, qmax] before multiplying by scale",
     "x < 0": "look at what your rounding does below 0 (int() and .int() cut toward zero; floor goes down)",
     "w < 0": "look at what your rounding does below 0 (int() and .int() cut toward zero; floor goes down)",
@@ -262,13 +266,70 @@ def _as_codes(expected, actual):
     return actual.detach().round().long() if actual.is_floating_point() else actual.long()
 
 
+def _direction_notes(f: Failure, pair) -> list[str]:
+    """Pooled over many cases: are the wrong answers all below, all above, or all nearer to zero?"""
+    diffs, toward_zero = [], []
+
+    def per_case(case, expected, mine):
+        got = pair(case, expected, mine)
+        if got is None or got[0] is None:
+            return None
+        a, e = got[0].double(), got[1].double()
+        wrong = a != e
+        diffs.append((a - e)[wrong])
+        toward_zero.append((a.abs() < e.abs())[wrong])
+        return wrong, {}
+
+    f.pooled(per_case)
+    if not diffs or sum(int(d.numel()) for d in diffs) < 3:  # too few wrong values to see a direction
+        return []
+    d, tz = torch.cat(diffs), torch.cat(toward_zero)
+    if bool((d < 0).all()):
+        return ["wherever yours is wrong it is too low (rounded down?): torch.round rounds to the nearest, floor always down"]
+    if bool((d > 0).all()):
+        return ["wherever yours is wrong it is too high (rounded up?): torch.round rounds to the nearest, ceil always up"]
+    if bool(tz.all()):
+        return ["wherever yours is wrong it is nearer to zero than expected: int(), .int() and torch.trunc cut toward "
+                "zero; round with torch.round first"]
+    return []
+
+
+_ARITHMETIC = {  # how the codes come out when v = x / scale is computed another way
+    "float64 (x / scale or x * (1/scale))": lambda x, s: x.double() * (1.0 / s),
+    "float32 as x / scale": lambda x, s: x / torch.tensor(s, dtype=torch.float32),
+}
+
+
+def _arithmetic_note(f: Failure) -> str | None:
+    """Which other arithmetic reproduces every answer the learner gave (a differential probe)."""
+    cases = [f.case, *f.spec.probes, *[c for c in f.spec.golden if c is not f.case]]
+    mine = [f.actual] + [f.learner(c) for c in cases[1:]]
+    matches = []
+    for name, v in _ARITHMETIC.items():
+        same = True
+        for case, m in zip(cases, mine):
+            x, s, z, b = case.args
+            codes = torch.clamp(torch.round(v(x, s)) + z, *_range(b)).long()
+            m = _as_codes(codes, m)
+            if m is None or not bool((m == codes).all()):
+                same = False
+                break
+        if same:
+            matches.append(name)
+    if len(matches) != 1:  # none, or the cases cannot tell them apart: say nothing
+        return None
+    return (f"every answer of yours matches v = x / scale computed in {matches[0]}; the task (and torch) compute "
+            "inv_scale = 1 / scale in float32 and multiply: x * inv_scale")
+
+
 def _describe_quantize(f: Failure) -> list[str]:
     x, scale, zero_point, bits = f.case.args
     actual = _as_codes(f.expected, f.actual)
     if actual is None:
         return []
     qmin, qmax = _range(bits)
-    notes = []
+    arithmetic = _arithmetic_note(f)
+    notes = [arithmetic] if arithmetic else []
 
     def per_case(case, expected, mine):
         mine = _as_codes(expected, mine)
@@ -277,13 +338,16 @@ def _describe_quantize(f: Failure) -> list[str]:
         cx, cs, cz, cb = case.args
         return mine != expected.long(), tie_features(cx, cs, cz, *_range(cb))
 
-    wrong, features = f.pooled(per_case)
-    where = localize(wrong, features) if wrong is not None else None
-    offset = _offset_phrase(f.expected, actual, actual != f.expected.long())
-    if where:
-        notes.append(" ".join(p for p in (offset, where) if p) + (f": {_advice(where)}" if _advice(where) else ""))
-    elif offset:
-        notes.append(offset + " at every wrong position of this case")
+    if not arithmetic:  # otherwise the arithmetic explains every answer: the positions add nothing
+        wrong, features = f.pooled(per_case)
+        where = localize(wrong, features) if wrong is not None else None
+        offset = _offset_phrase(f.expected, actual, actual != f.expected.long())
+        if where:
+            notes.append(" ".join(p for p in (offset, where) if p) + (f": {_advice(where)}" if _advice(where) else ""))
+        else:
+            notes += _direction_notes(f, lambda case, expected, mine: (_as_codes(expected, mine), expected.long()))
+            if offset:
+                notes.append(offset + " at every wrong position of this case")
     if zero_point != 0:
         at0 = f.with_args(zero_point=0)
         if f.same(f.reference(at0), f.learner(at0)):
@@ -320,6 +384,8 @@ QUANTIZE = CheckSpec(
         Case((_tensor([-5000.0, 0.3, 5000.0]), 0.1, -7, 16), label="16 bits"),
     ],
     random_case=lambda rng: _quantize_case(rng),
+    probes=[Case((_tensor([8.85, -9.95, -8.15, 8.15, 1.0]), 0.1, 0, 8),
+                 label="near ties that float32 x * (1/scale), float32 x / scale and float64 round apart")],
     mistakes=[
         Mistake("qmax = 2**bits instead of 2**(bits-1) - 1",
                 lambda x, s, z, b: _codes(torch.clamp(torch.round(_v(x, s)) + z, _range(b)[0], 2**b)),
@@ -473,8 +539,15 @@ def _describe_per_channel(f: Failure) -> list[str]:
     where = localize(wrong, features) if wrong is not None else None
     if where:
         notes.append("wrong " + where + (f": {_advice(where)}" if _advice(where) else ""))
-    if w.shape[0] > 1:
-        one = Case((w[:1].clone(), bits))
+    scale_of = lambda case: torch.clamp(case.args[0].abs().amax(dim=1, keepdim=True)  # noqa: E731
+                                        / ((2 ** case.args[1] - 1) / 2), min=FLOAT32_EPS)
+    notes += _direction_notes(f, lambda case, expected, mine: (
+        (mine.detach().float() / scale_of(case)).round() if isinstance(mine, torch.Tensor) and mine.shape == expected.shape
+        else None, (expected / scale_of(case)).round()))
+    bad_rows = (~_close(f.expected, a.detach().float(), 1e-12, 1e-6)).any(dim=1).nonzero()
+    if w.shape[0] > 1 and len(bad_rows):
+        r = int(bad_rows[0])
+        one = Case((w[r:r + 1].clone(), bits))
         if f.same(f.reference(one), f.learner(one)):
             notes.append("right for a single row, wrong once there are several: one scale per row, "
                          "w.abs().amax(dim=1, keepdim=True)")
@@ -680,8 +753,11 @@ def _describe_pack4(f: Failure) -> list[str]:
                                                  if name == "second" else ": the first code goes in the low 4 bits as it is"))
             break
     if isinstance(a, torch.Tensor) and a.shape == f.expected.shape and not a.is_floating_point():
-        e = f.expected.to(torch.int64)
-        a64 = a.to(torch.int64)
+        wrong = f.expected.to(torch.int64) != a.to(torch.int64)
+        if not bool(wrong.any()):
+            return notes
+        e = f.expected.to(torch.int64)[wrong]
+        a64 = a.to(torch.int64)[wrong]
         if bool(((a64 & 15) == (e >> 4)).all()) and bool(((a64 >> 4) == (e & 15)).all()):
             notes.append("the two nibbles of each byte are swapped: the first code goes in the low 4 bits")
         elif bool(((a64 & 15) == (e & 15)).all()):

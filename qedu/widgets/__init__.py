@@ -29,8 +29,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-__all__ = ["LiveFigure", "StackedFigure", "Panel", "encode_png", "decode_png", "not_current_png", "plain_log_ticks", "plural",
-           "BUSY_HTML"]
+__all__ = ["LiveFigure", "StackedFigure", "Panel", "encode_png", "decode_png", "not_current_png", "plain_log_ticks",
+           "plural", "toggle_row", "BUSY_HTML"]
 
 
 def plural(n: int, word: str, words: str | None = None) -> str:
@@ -40,6 +40,15 @@ def plural(n: int, word: str, words: str | None = None) -> str:
     ('1 image', '3 epochs', '2 classes')
     """
     return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
+def toggle_row() -> W.Layout:
+    """The layout for a ``ToggleButtons``: its label beside its buttons, on one line.
+
+    ipywidgets 8 lays a ToggleButtons out as a block, so its label sits on a line of its own
+    above the buttons; a flex row keeps them together (tests/test_browser.py checks it).
+    """
+    return W.Layout(display="flex", flex_flow="row", align_items="center", width="max-content", margin="0 12px 0 0")
 
 
 def plain_log_ticks(axis, numticks: int = 6) -> None:
@@ -84,8 +93,8 @@ def encode_png(rgba: np.ndarray, level: int = 1) -> bytes:
 class LiveFigure:
     """A matplotlib figure outside pyplot, shown as a PNG in an ``ipywidgets.Image``.
 
-    ``axes`` is what ``Figure.subplots`` returns (or, with ``mosaic``, ``Figure.subplot_mosaic``). Change artists or redraw the axes, then call
-    :meth:`render`.
+    ``axes`` is what ``Figure.subplots`` returns (or, with ``mosaic``, ``Figure.subplot_mosaic``).
+    Change artists or redraw the axes, then call :meth:`render`.
 
     For fast widgets, mark the artists that move with :meth:`animate`: the first render draws
     everything else once (axes, ticks, labels: most of the drawing time) and keeps it as a
@@ -344,10 +353,7 @@ class Panel(W.VBox):
             if self.figure is not None:
                 self.figure.render()
         except Exception as err:  # show it in the widget; never let a callback die silently
-            self.message.value = _TEXT.format(
-                f"<span style='{_ERROR_STYLE}'><b>{html.escape(type(err).__name__)}:</b> {html.escape(str(err))}</span>")
-            self.error = err
-            self._show_not_current()
+            self.show_error(err)
         else:
             self.message.value = ""
             self.error = None
@@ -359,6 +365,13 @@ class Panel(W.VBox):
             self.busy.value = ""
         self.last_update_ms = (time.perf_counter() - start) * 1e3
         self.n_updates += 1
+
+    def show_error(self, err: Exception) -> None:
+        """Show ``err`` in the message line, and the figure and readout as not current."""
+        self.message.value = _TEXT.format(
+            f"<span style='{_ERROR_STYLE}'><b>{html.escape(type(err).__name__)}:</b> {html.escape(str(err))}</span>")
+        self.error = err
+        self._show_not_current()
 
     def _show_not_current(self) -> None:
         self.current = False

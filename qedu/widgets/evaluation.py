@@ -165,8 +165,9 @@ def evaluation_explorer(name: str = "mlp", seed: int = 0) -> Panel:
     def inactive(corruption, **_):
         return {"severity": "pick a corruption first"} if corruption == "none" else {}
 
-    return Panel(controls, update, fig, inactive=inactive, title=f"<b>Evaluate the quantized {name.upper()}</b>: accuracy hides what "
-                 "the per-class changes and the disagreement show.")
+    return Panel(controls, update, fig, inactive=inactive,
+                 title=f"<b>Evaluate the quantized {name.upper()}</b>: accuracy hides what the per-class changes "
+                       "and the disagreement show.")
 
 
 # ----------------------------------------------------------------------------- lesson 09
@@ -272,5 +273,6 @@ def calibration_explorer(seed: int = 0) -> Panel:
     def inactive(poison, **_):
         return {"factor": "poison some images first"} if poison == "none" else {}
 
-    return Panel(controls, update, fig, inactive=inactive, title="<b>Calibration data decides the grid</b>: pick a calibration set, "
-                 "poison a few images, and watch the scales, the clipping and the accuracy.")
+    return Panel(controls, update, fig, inactive=inactive,
+                 title="<b>Calibration data decides the grid</b>: pick a calibration set, poison a few images, "
+                       "and watch the scales, the clipping and the accuracy.")

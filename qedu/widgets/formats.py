@@ -10,7 +10,7 @@ from matplotlib.collections import LineCollection
 
 from qedu._validation import as_float_tensor, check_int
 from qedu.formats import BF16, FP4_E2M1, FP6_E2M3, FP6_E3M2, FP8_E4M3, FP8_E5M2, FP16, FP32, FloatFormat, cast, grid
-from qedu.widgets import Panel, StackedFigure, plain_log_ticks
+from qedu.widgets import Panel, StackedFigure, plain_log_ticks, toggle_row
 
 __all__ = ["PRESETS", "model_tensors", "tensor_regions", "format_explorer"]
 
@@ -207,7 +207,8 @@ def format_explorer(x=None, name: str = "x") -> Panel:
         "man_bits": W.IntSlider(value=start.man_bits, min=1, max=23, description="man bits", continuous_update=False),
         "special": W.Dropdown(options=["ieee", "fn", "none"], value=start.special, description="special"),
         "scale_log2": W.IntSlider(value=0, min=-24, max=24, description="x * 2^k", continuous_update=False),
-        "axis": W.ToggleButtons(options=["log", "linear"], value="log", description="number line"),
+        "axis": W.ToggleButtons(options=["log", "linear"], value="log", description="number line",
+                                style={"description_width": "initial"}, layout=toggle_row()),
         "tensor": W.Dropdown(options=list(tensors), value=next(iter(tensors)), description="tensor"),
     }
     panel_ref: list = []  # the panel, once built (observers fire only after that)

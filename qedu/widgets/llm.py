@@ -21,13 +21,14 @@ import ipywidgets as W
 import numpy as np
 
 from qedu.lm_eval import LMEvaluator, LMScores
-from qedu.llm_quant import METHODS, linear_layers, quantize_tinylm
+from qedu.llm_quant import linear_layers, quantize_tinylm
 from qedu.text import load_text, windows
 from qedu.widgets import LiveFigure, Panel, plain_log_ticks
 
 __all__ = ["LLMResult", "llm_result", "model_bits_per_weight", "llm_controls", "llm_explorer", "evaluation_batch"]
 
 GROUP_SIZES = {"32": 32, "64": 64, "128": 128, "per-channel": None}
+WIDGET_METHODS = ("rtn", "gptq", "awq", "nf4")  # the weight-only methods (NF4 has its own format: bits and group size unused)
 
 
 def evaluation_batch(n_windows: int = 16, seq_len: int = 128):
@@ -43,10 +44,18 @@ def model_bits_per_weight(model, bits: int, group_size: int | None, method: str 
     """
     from qedu.rtn import bits_per_weight
 
+    if method == "nf4":
+        from qedu.nf4 import nf4_bits_per_parameter
+
+        return float(nf4_bits_per_parameter())
+    int8 = method in ("int8", "llm_int8", "w8a8", "smoothquant")  # int8 codes, one float32 absmax per output row (outlier columns not counted)
     total = n = 0
     for name in linear_layers(model):
         w = model.get_submodule(name).weight
-        total += w.numel() * bits_per_weight(bits, group_size, w.shape[1])
+        total += w.numel() * (bits_per_weight(8, None, w.shape[1], symmetric=True, scale_bits=32)
+                              if method in ("int8", "llm_int8")
+                              else 8 + 32 / w.numel() if int8  # one float32 scale per tensor
+                              else bits_per_weight(bits, group_size, w.shape[1]))
         n += w.numel()
     return total / n
 
@@ -72,7 +81,7 @@ def llm_result(model, evaluator: LMEvaluator, method: str, bits: int, group_size
 
 def llm_controls(methods=None) -> dict:
     """The widget's controls: method, bits, group size and number of calibration sequences."""
-    methods = list(METHODS) if methods is None else list(methods)
+    methods = list(WIDGET_METHODS) if methods is None else list(methods)
     return {
         "method": W.Dropdown(options=methods, value=methods[0], description="method"),
         "bits": W.Dropdown(options=[8, 4, 3], value=4, description="bits"),
@@ -109,19 +118,24 @@ def llm_explorer(model=None, n_windows: int = 16, methods=None) -> Panel:
     fig.animate(*bars, title)
 
     def update(method, bits, group_size, n_calib) -> str:
+        if method == "nf4":  # one fixed format, no calibration: every such setting is the same model
+            bits, group_size, n_calib = 4, "64", 0
         key = (method, bits, group_size, n_calib)
         if key not in cache:
             busy.value = f"<i>&#9203; quantizing with {html.escape(method)} (first time for this setting)...</i>"
             try:
-                cache[key] = llm_result(model, evaluator, method, bits, GROUP_SIZES[group_size], n_calib)
+                cache[key] = llm_result(model, evaluator, method, bits, GROUP_SIZES[group_size], max(n_calib, 1))
             finally:
                 busy.value = ""
         r = cache[key]
         for bar, name in zip(bars, names):
             bar.set_height(max(r.layer_errors[name], 1.1e-6))
         s, ref = r.scores, evaluator.reference
-        title.set_text(f"{method} W{bits} g{group_size}: perplexity {s.perplexity:.3f} (float {ref.perplexity:.3f})")
-        return (f"<b>{html.escape(method)}, {bits} bits, group {group_size}, {n_calib} calibration sequences</b>: "
+        short = "NF4 + DQ" if method == "nf4" else f"{method} W{bits} g{group_size}"
+        setting = ("NF4, blocks of 64, double-quantized absmax (no calibration; bits and group size do not apply)"
+                   if method == "nf4" else f"{method}, {bits} bits, group {group_size}, {n_calib} calibration sequences")
+        title.set_text(f"{short}: perplexity {s.perplexity:.3f} (float {ref.perplexity:.3f})")
+        return (f"<b>{html.escape(setting)}</b>: "
                 f"perplexity <b>{s.perplexity:.3f}</b> (float {ref.perplexity:.3f}) &middot; KL {s.kl:.4f} nats/token "
                 f"&middot; top-1 flips {100 * s.flips:.2f} % &middot; {r.bits_per_weight:.3f} bits/weight "
                 f"&middot; quantized in {r.seconds:.2f} s")

@@ -11,7 +11,6 @@ appears at once); the **Train** button trains, redrawing the loss and accuracy a
 """
 from __future__ import annotations
 
-import html
 from typing import NamedTuple
 
 import ipywidgets as W
@@ -19,7 +18,7 @@ import numpy as np
 
 from qedu.models import evaluate, pretrained
 from qedu.qat import QATConfig, convert, prepare_qat, train_qat
-from qedu.widgets import LiveFigure, Panel, plural
+from qedu.widgets import LiveFigure, Panel, plural, toggle_row
 
 __all__ = ["BITS", "METHODS", "qat_config", "ptq_accuracy", "start_accuracy", "QATRun", "run_method", "qat_trainer"]
 
@@ -154,15 +153,12 @@ def qat_trainer(model=None, data=None, seed: int = 0, max_epochs: int = 10) -> P
                 f"({100 * (run.final_acc - base):+.1f} points over PTQ), from {100 * run.start_acc:.1f} % before training; "
                 f"training took {seconds:.2f} s ({seconds / max(len(run.epoch_seconds), 1):.2f} s per epoch).")
 
-    # wide enough for "QAT-minmax"; "initial" description widths and max-content rows keep each
-    # label on the line of its buttons
+    # toggle_row(): each label beside its buttons; 112 px fits "QAT-minmax" whole
     controls = {
         "bits": W.ToggleButtons(options=list(BITS), value="2 bits", description="weights",
-                                style={"button_width": "72px", "description_width": "initial"},
-                                layout=W.Layout(width="max-content")),
+                                style={"button_width": "72px", "description_width": "initial"}, layout=toggle_row()),
         "method": W.ToggleButtons(options=list(METHODS), value="QAT-minmax", description="method",
-                                  style={"button_width": "112px", "description_width": "initial"},
-                                  layout=W.Layout(width="max-content")),
+                                  style={"button_width": "112px", "description_width": "initial"}, layout=toggle_row()),
         "epochs": W.IntSlider(value=3, min=1, max=max_epochs, description="epochs", continuous_update=False),
     }
 
@@ -195,8 +191,7 @@ def qat_trainer(model=None, data=None, seed: int = 0, max_epochs: int = 10) -> P
             runs[bits, method, epochs] = run_method(model, data, bits, method, epochs, seed, each_epoch)
             panel.update()  # the readout, the picture, the progress bar and the status: all from this run
         except Exception as err:  # show it in the widget; never let a callback die silently
-            panel.message.value = (f"<span style='color:#b00020'><b>{html.escape(type(err).__name__)}:</b> "
-                                   f"{html.escape(str(err))}</span>")
+            panel.show_error(err)  # the half-drawn curves are marked not current
             progress.value = 0
             status.value = "training failed"
         finally:

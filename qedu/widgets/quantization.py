@@ -265,7 +265,8 @@ def quantization_explorer(weights=None) -> Panel:
         return (
             f"<b>{bits}-bit {'symmetric' if symmetric else 'affine'}, {granularity}, {rounding}, clip {clipping}</b>: "
             f"MSE {r.error.mse:.2e} &middot; SQNR {r.error.sqnr_db:.1f} dB &middot; codes used {r.codes_used} of {2**bits} "
-            f"&middot; clipped {plural(r.n_clipped, 'weight')}<br>storage {s.total_bytes:,} bytes = {s.bits_per_value:.2f} bits/weight "
+            f"&middot; clipped {plural(r.n_clipped, 'weight')}<br>"
+            f"storage {s.total_bytes:,} bytes = {s.bits_per_value:.2f} bits/weight "
             f"(codes {s.payload_bytes:,} + {plural(slices, 'scale')} {s.scale_bytes:,} + zero points {s.zero_point_bytes:,}; "
             f"float32 {fp32:,} bytes, {fp32 / s.total_bytes:.1f}x larger)<br>below: rows {', '.join(map(str, rows))}, "
             f"from the narrowest range to the widest, with the grid{'s' if slices > 1 else ''} that quantize them"

@@ -343,3 +343,19 @@ def re_numpy_float32(x, exp_bits, man_bits):
     a = x.numpy()
     step = np.exp2(np.floor(np.log2(np.abs(a))) - man_bits).astype(np.float32)
     return torch.from_numpy(np.round(a / step) * step)
+
+
+@EV.right
+def ev_float32(sign, exponent, mantissa, exp_bits, man_bits):
+    bias = 2 ** (exp_bits - 1) - 1
+    frac = np.float32(mantissa) / np.float32(2**man_bits)
+    mag = np.float32(2.0) ** np.float32(max(exponent, 1) - bias) * (frac + np.float32(1 if exponent else 0))
+    return -mag if sign else mag
+
+
+@FM.right
+def fm_float32_torch(exp_bits, man_bits, special):
+    bias = 2 ** (exp_bits - 1) - 1
+    top_e = 2**exp_bits - 1 - (special == "ieee")
+    top_m = 2**man_bits - 1 - (special == "fn")
+    return (torch.tensor(2.0) ** (top_e - bias) * (1 + top_m / 2**man_bits)).item()

@@ -197,3 +197,9 @@ def fq_clamp_real_units(x, weight, bias, scale, bits):
     qmin, qmax = _rng(bits)
     w = torch.clamp(weight, qmin * scale, qmax * scale)  # clip the weights, then find their codes
     return x @ (_ste(w * (1 / scale)) * scale).T + bias
+
+
+@LG.right
+def lg_float32(n, bits, signed):
+    qp = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
+    return torch.tensor(float(n * qp), dtype=torch.float32).rsqrt()

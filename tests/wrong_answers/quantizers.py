@@ -184,7 +184,7 @@ def _inv(scale):
     return 1.0 / torch.tensor(scale, dtype=torch.float32)
 
 
-@Q.wrong("x / scale and x * (1/scale) round differently")
+@Q.wrong("computed in float32 as x / scale")
 def q_divides(x, scale, zero_point, bits):
     qmin, qmax = _rng(bits)
     return torch.clamp(torch.round(x / scale) + zero_point, qmin, qmax).to(torch.int32)
@@ -261,7 +261,7 @@ def q_minus_zp(x, scale, zero_point, bits):
     return torch.clamp(torch.round(x * _inv(scale)) - zero_point, qmin, qmax).to(torch.int32)
 
 
-@Q.wrong("x / scale and x * (1/scale) round differently")
+@Q.wrong("computed in float64")
 def q_numpy_float64(x, scale, zero_point, bits):  # float64 numpy, divides
     qmin, qmax = _rng(bits)
     return torch.from_numpy(np.clip(np.round(x.numpy().astype(np.float64) / scale) + zero_point, qmin, qmax).astype(np.int32))
@@ -624,3 +624,9 @@ def p4_numpy(q):
 def p4_pad_reshape(q):
     q = torch.nn.functional.pad(q, (0, q.numel() % 2)).reshape(-1, 2)  # (n,) -> (n/2, 2)
     return (q[:, 0] + q[:, 1] * 16).to(torch.uint8)
+
+
+@Q.wrong("computed in float64")
+def q_float64_multiply(x, scale, zero_point, bits):  # multiplies, as asked, but in float64
+    qmin, qmax = _rng(bits)
+    return torch.clamp(torch.round(x.double() * (1.0 / scale)) + zero_point, qmin, qmax).to(torch.int32)

@@ -389,3 +389,9 @@ def tb_sum_parts(n_params, recipe, block_size=256):
     weights, grads, master, states = {"fp32": (4, 4, 0, 8), "mixed": (2, 2, 4, 8),
                                       "mixed_adam8bit": (2, 2, 4, 2 + 2 * 4 / block_size), "bf16_pure": (2, 2, 0, 4)}[recipe]
     return (weights + grads + master + states) * n_params
+
+
+@TB.right
+def tb_float32(n_params, recipe, block_size=256):
+    per = {"fp32": 16, "mixed": 16, "mixed_adam8bit": 10 + 8 / block_size, "bf16_pure": 8}[recipe]
+    return torch.tensor(n_params, dtype=torch.float32) * per
