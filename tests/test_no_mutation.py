@@ -598,12 +598,7 @@ def _lessons_08_09_entries() -> dict:
     def tiny_ptq():  # 4 hidden units: an exhaustive flip search over its last layer is 160 forward passes
         return ptq.quantize_model(models.make_mlp(hidden=(4,), seed=0), ptq.PTQConfig(weight_bits=4, act_bits=4), images(16, 1))
 
-    def reference(model, x):  # the int8 copy is built inside: its state dict holds dtypes, not tensors, to snapshot
-        int8 = _dynamic_int8_if_supported(model)
-        return None if int8 is None else evaluation.dynamic_int8_reference(int8.fc1, x.flatten(1))
-
     return {
-        "qedu.evaluation.dynamic_int8_reference": lambda: Call(reference, (mlp(), images())),
         "qedu.stats.McNemar": skip(NO_TENSOR + " (a result)"),
         "qedu.stats.mcnemar_test": lambda: Call(stats.mcnemar_test, (labels(), labels(), labels().flip(0))),
         "qedu.stats.BootstrapCI": skip(NO_TENSOR + " (a result)"),
