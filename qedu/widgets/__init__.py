@@ -30,18 +30,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 __all__ = ["LiveFigure", "StackedFigure", "Panel", "encode_png", "decode_png", "not_current_png", "plain_log_ticks",
-           "plural", "toggle_row", "nice_ceil", "BUSY_HTML"]
-
-
-def nice_ceil(x: float) -> float:
-    """The smallest of 1, 2, 5 times a power of ten that is >= ``x`` (> 0): an axis limit that
-    changes only when the data crosses it, so the axis is redrawn rarely.
-
-    >>> nice_ceil(0.37), nice_ceil(2.0), nice_ceil(61.0)
-    (0.5, 2.0, 100.0)
-    """
-    power = 10.0 ** np.floor(np.log10(x))
-    return float(next(m * power for m in (1, 2, 5, 10) if m * power >= x * (1 - 1e-12)))
+           "plural", "toggle_row", "BUSY_HTML"]
 
 
 def plural(n: int, word: str, words: str | None = None) -> str:
@@ -132,11 +121,6 @@ class LiveFigure:
             artist.set_animated(True)
             self.animated.append(artist)
         return artists[0] if len(artists) == 1 else artists
-
-    def invalidate(self) -> None:
-        """Redraw the background at the next render (after a change to what is not animated, e.g. an
-        axis' limits): slower for that one render, then blitting again."""
-        self._background = None
 
     def render(self) -> bytes:
         """Draw the figure and show it; returns the PNG bytes."""
