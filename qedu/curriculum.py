@@ -24,15 +24,15 @@ class Lesson:
 LESSONS = (
     Lesson("00_welcome", "Welcome", "what quantization buys, how the widgets and exercises work", True),
     Lesson("01_number_formats", "Number formats", "int, fp32/fp16/bf16, fp8, fp4: range vs precision", True),
-    Lesson("02_uniform_quantization", "Uniform quantization", "scale, zero point, rounding, granularity, NF4, packing", True),
+    Lesson("02_uniform_quantization", "Uniform quantization", "scale, zero point, rounding, granularity, integer arithmetic, NF4, packing", True),
     Lesson("03_calibration", "Calibration", "min/max, percentile, MSE and KL clipping of activations", True),
-    Lesson("04_post_training_quantization", "Post-training quantization", "W8A8 to W2 on a real model, sensitivity, BN folding", True),
+    Lesson("04_post_training_quantization", "Post-training quantization", "W8A8 to W2 on a real model, sensitivity, BN folding, CLE, bias correction, AdaRound", True),
     Lesson("05_quantization_aware_training", "Quantization-aware training", "STE, learned step size, when QAT beats PTQ", True),
-    Lesson("06_mixed_precision_training", "Mixed-precision training", "loss scaling, master weights, fp16 vs bf16", True),
-    Lesson("07_low_bit_optimizers_and_memory", "Low-bit optimizers and memory", "8-bit Adam, stochastic rounding, where memory goes", True),
-    Lesson("08_evaluating_quantized_models", "Evaluating quantized models", "latency, size, robustness, silent per-class regressions", True),
-    Lesson("09_data_quality_and_security", "Data quality and security", "calibration data, poisoning, adversarial inputs, drift", True),
-    Lesson("10_llm_weight_quantization", "LLM weight quantization", "group-wise int4, NF4, GPTQ-style error feedback", False),
+    Lesson("06_mixed_precision_training", "Mixed-precision training", "master weights, loss scaling, fp32 accumulation, fp16 vs bf16", True),
+    Lesson("07_low_bit_optimizers_and_memory", "Low-bit optimizers and memory", "8-bit Adam, stochastic rounding, recomputation, ZeRO, where memory goes", True),
+    Lesson("08_evaluating_quantized_models", "Evaluating quantized models", "latency, size, silent per-class regressions, significance tests, calibration error, Pareto fronts", True),
+    Lesson("09_data_quality_and_security", "Data quality and security", "calibration data, poisoning, drift tests, adaptive attacks, membership inference, bit flips", True),
+    Lesson("10_llm_weight_quantization", "LLM weight quantization", "bytes per token, group-wise int4, outliers, RTN, GPTQ, NF4", True),
     Lesson("11_deployment_and_monitoring", "Deployment and monitoring", "real int8 kernels, export, range drift alarms", False),
 )
 

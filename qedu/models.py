@@ -1,4 +1,4 @@
-"""The two small networks every lesson quantizes, how to train them, and a cache of trained ones.
+"""The small networks the lessons quantize, how to train them, and a cache of trained ones.
 
 * :func:`make_mlp`: ``Flatten -> Linear 64->128 -> ReLU -> Linear 128->64 -> ReLU -> Linear 64->10``
   (17,226 parameters).
@@ -6,7 +6,13 @@
   between them and a ``Linear`` to 10 classes (9,978 parameters). The convolutions have no bias: the BatchNorm
   after each one supplies it, and folding the BatchNorm into the convolution creates it.
 
-Both take images of shape ``(N, 1, 8, 8)`` and return logits ``(N, 10)``. Building is seeded,
+* :class:`TinyGPT`: a GPT-style decoder (token + position embeddings, pre-LayerNorm blocks of
+  multi-head causal attention and a GELU MLP, tied output layer). ``pretrained("tinylm")``
+  (:func:`load_tinylm`) is one trained on Python's documentation, byte by byte
+  (:mod:`qedu.text`); its float16 weights ship with qedu and are checked against a recorded
+  sha256 before they are read.
+
+The digits models take images of shape ``(N, 1, 8, 8)`` and return logits ``(N, 10)``. Building is seeded,
 :func:`train` is seeded, so the same seed gives bitwise the same trained weights (on the same
 machine, torch version and thread count). :func:`pretrained` trains once and caches the weights
 on disk, so a lesson gets a trained model in milliseconds.
@@ -30,18 +36,21 @@ import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qedu._validation import check_int, check_module, check_seed
+from qedu._validation import as_float_tensor, check_bool, check_int, check_module, check_seed, to_model_dtype
 from qedu.data import Digits, batches, load_digits
 
 __all__ = [
     "make_mlp", "make_cnn", "count_params", "History", "train", "predict", "evaluate", "per_class_accuracy",
     "TrainConfig", "PRETRAINED", "pretrained", "pretrained_path", "default_cache_dir", "clear_memo", "CacheWarning",
+    "TinyGPT", "TINYLM_CONFIG", "TINYLM_SHA256", "WeightsMismatchError", "load_tinylm", "tinylm_path", "tinylm_info",
+    "sha256_file",
 ]
 
 MODEL_FORMAT_VERSION = 1  # bump when the saved file layout or the architectures change
@@ -138,6 +147,77 @@ def count_params(model: nn.Module) -> int:
     8
     """
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# --------------------------------------------------------------------------------------------
+# A small GPT (the language model of lesson 10; lesson 7 measures its training memory)
+# --------------------------------------------------------------------------------------------
+
+class _Block(nn.Module):
+    """One GPT layer, written out so every stored activation is visible (pre-norm, GELU MLP).
+
+    With ``fused_attention`` the attention runs as one ``F.scaled_dot_product_attention`` call
+    (FlashAttention-style kernels on GPUs): same result, but no ``s x s`` matrix is stored.
+    """
+
+    def __init__(self, hidden: int, n_heads: int, dropout: float, fused_attention: bool = False):
+        super().__init__()
+        self.n_heads, self.fused_attention = n_heads, fused_attention
+        self.ln1, self.ln2 = nn.LayerNorm(hidden), nn.LayerNorm(hidden)
+        self.qkv, self.proj = nn.Linear(hidden, 3 * hidden), nn.Linear(hidden, hidden)
+        self.fc1, self.fc2 = nn.Linear(hidden, 4 * hidden), nn.Linear(4 * hidden, hidden)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, s, h = x.shape
+        q, k, v = self.qkv(self.ln1(x)).split(h, dim=2)  # 3 x (b, s, h)
+        q, k, v = (t.view(b, s, self.n_heads, h // self.n_heads).transpose(1, 2) for t in (q, k, v))  # (b, a, s, h/a)
+        if self.fused_attention:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.drop.p if self.training else 0.0, is_causal=True)
+        else:
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(h // self.n_heads)  # (b, a, s, s)
+            causal = torch.ones(s, s, dtype=torch.bool, device=x.device).triu(1)
+            y = self.drop(att.masked_fill(causal, float("-inf")).softmax(dim=-1)) @ v
+        y = y.transpose(1, 2).reshape(b, s, h)  # (b, a, s, h/a) -> (b, s, h)
+        x = x + self.drop(self.proj(y))
+        return x + self.drop(self.fc2(F.gelu(self.fc1(self.ln2(x)))))
+
+
+class TinyGPT(nn.Module):
+    """A small GPT: token + position embeddings, ``n_layers`` blocks, final norm, tied output layer.
+
+    Weights start as in GPT-2 (normal, std 0.02; zero biases). Initial values come from torch's
+    global generator (seed it, e.g. with ``qedu.setup``). ``fused_attention=True`` computes
+    attention with ``F.scaled_dot_product_attention`` instead of writing it out (same result
+    up to rounding; stores no ``s x s`` attention matrix, so activation memory drops).
+
+    >>> model = TinyGPT(vocab_size=16, seq_len=8, hidden=32, n_layers=2, n_heads=4)
+    >>> tuple(model(torch.zeros(3, 8, dtype=torch.long)).shape), sum(p.numel() for p in model.parameters())
+    ((3, 8, 16), 26240)
+    """
+
+    def __init__(self, vocab_size: int = 256, seq_len: int = 64, hidden: int = 128, n_layers: int = 2,
+                 n_heads: int = 4, dropout: float = 0.0, fused_attention: bool = False):
+        super().__init__()
+        fused_attention = check_bool(fused_attention, "fused_attention")
+        if check_int(hidden, "hidden", 1) % check_int(n_heads, "n_heads", 1):
+            raise ValueError(f"hidden ({hidden}) must be a multiple of n_heads ({n_heads}).")
+        self.tok = nn.Embedding(check_int(vocab_size, "vocab_size", 2), hidden)
+        self.pos = nn.Embedding(check_int(seq_len, "seq_len", 1), hidden)
+        n_layers = check_int(n_layers, "n_layers", 1)
+        self.blocks = nn.ModuleList(_Block(hidden, n_heads, dropout, fused_attention) for _ in range(n_layers))
+        self.ln = nn.LayerNorm(hidden)
+        for m in self.modules():  # GPT-2's initialisation: small weights, so the first loss is ~ln(vocab)
+            if isinstance(m, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(m.weight, std=0.02)
+            if isinstance(m, nn.Linear):
+                nn.init.zeros_(m.bias)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1], device=idx.device))  # (b, s, h)
+        for block in self.blocks:
+            x = block(x)
+        return self.ln(x) @ self.tok.weight.T  # (b, s, vocab): the output layer shares the embedding
 
 
 _ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"mlp": make_mlp, "cnn": make_cnn}
@@ -253,7 +333,11 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
 
     Runs in eval mode without gradients and restores the model's train/eval mode afterwards.
     ``x`` is moved to the device and floating dtype of the model's parameters (so a ``.half()``
-    model takes float32 images).
+    model takes float32 images; float64 values must fit the model's dtype).
+
+    Raises:
+        TypeError / ValueError: ``model`` not an ``nn.Module``, ``x`` not a tensor, floating ``x``
+            holding NaN/inf or values beyond the model's dtype, ``batch_size < 1``.
 
     >>> predict(make_mlp(seed=0), torch.zeros(3, 1, 8, 8)).shape
     torch.Size([3])
@@ -264,7 +348,11 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
     batch_size = check_int(batch_size, "batch_size", 1)
     param = next((p for p in model.parameters() if p.is_floating_point()), None)
     if param is not None:
-        x = x.to(device=param.device, dtype=param.dtype)
+        x = x.to(device=param.device)
+        if x.is_floating_point():  # NaN/inf would give meaningless labels without a word; float64 must fit
+            x = to_model_dtype(as_float_tensor(x, "x", allow_empty=True), model, "x")
+        else:
+            x = x.to(param.dtype)
     was_training = model.training
     model.eval()
     try:
@@ -366,7 +454,7 @@ def default_cache_dir() -> Path:
 
 def _resolve(name, seed, epochs, data_seed) -> tuple[str, int, int, TrainConfig]:
     if not isinstance(name, str) or name.lower() not in PRETRAINED:
-        raise ValueError(f"name must be one of {sorted(PRETRAINED)}, got {name!r}.")
+        raise ValueError(f"name must be one of {sorted(PRETRAINED) + ['tinylm']}, got {name!r}.")
     name = name.lower()
     seed = check_seed(seed)
     data_seed = check_seed(data_seed, "data_seed")
@@ -407,6 +495,9 @@ def pretrained_path(
     """
     name, seed, data_seed, config = _resolve(name, seed, epochs, data_seed)
     digest = hashlib.sha256(_config_json(name, seed, data_seed, config).encode()).hexdigest()[:16]
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"cache_dir must be a folder path (a str or pathlib.Path) or None, got "
+                        f"{type(cache_dir).__name__} {cache_dir!r}.")
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return root / "models" / f"{name}-seed{seed}-{digest}.pt"
 
@@ -486,7 +577,8 @@ def pretrained(
     retrain: bool = False,
     return_history: bool = False,
 ):
-    """A trained ``"mlp"`` or ``"cnn"`` in eval mode, trained once and then loaded from a cache.
+    """A trained ``"mlp"`` or ``"cnn"`` in eval mode, trained once and then loaded from a cache;
+    or ``"tinylm"``, the small language model whose weights ship with qedu (:func:`load_tinylm`).
 
     The model is built and trained with ``seed`` (init and shuffling) on
     ``load_digits(seed=data_seed)``'s training images, with the settings in ``PRETRAINED[name]``
@@ -511,7 +603,8 @@ def pretrained(
 
     Raises:
         ValueError / TypeError: unknown name (the message lists the valid ones), bad seeds or
-            epochs.
+            epochs; for ``"tinylm"``, any training argument.
+        WeightsMismatchError: the shipped ``"tinylm"`` weights file does not match its sha256.
 
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as folder:
@@ -519,6 +612,13 @@ def pretrained(
     >>> model.training, count_params(model)
     (False, 17226)
     """
+    if isinstance(name, str) and name.lower() == "tinylm":  # shipped weights: nothing to train or cache
+        changed = {k: v for k, v in dict(seed=seed, epochs=epochs, data_seed=data_seed, retrain=retrain,
+                                         return_history=return_history).items() if v not in (0, None, False)}
+        if changed:
+            raise ValueError(f"pretrained('tinylm') loads the weights that ship with qedu; {sorted(changed)} do not apply. "
+                             "Call pretrained('tinylm') alone; tinylm_info() has its training record.")
+        return load_tinylm()
     name, seed, data_seed, config = _resolve(name, seed, epochs, data_seed)
     if not isinstance(retrain, bool):
         raise TypeError(f"retrain must be True or False, got {retrain!r}.")
@@ -560,3 +660,90 @@ def pretrained(
     if return_history:
         return model, copy.deepcopy(history)
     return model
+
+
+# --------------------------------------------------------------------------------------------
+# The small language model, whose weights ship with qedu (trained by scripts/train_tinylm.py)
+# --------------------------------------------------------------------------------------------
+
+TINYLM_CONFIG = MappingProxyType(  # read-only; TinyGPT(**TINYLM_CONFIG) builds the architecture
+    {"vocab_size": 256, "seq_len": 128, "hidden": 256, "n_layers": 2, "n_heads": 4, "fused_attention": True}
+)
+TINYLM_SHA256 = "e88723e3af6e7969871af50c6e8f33eede6fba2d50b363ffa0360b94adc3f32f"  # sha256 of qedu/weights/tinylm.safetensors
+
+
+class WeightsMismatchError(ValueError):
+    """A weights file is not the one qedu recorded (its sha256 differs): it is refused, never loaded."""
+
+
+def tinylm_path() -> Path:
+    """The weights file that ships with qedu: ``qedu/weights/tinylm.safetensors``."""
+    return Path(__file__).resolve().parent / "weights" / "tinylm.safetensors"
+
+
+def tinylm_info() -> dict:
+    """What ``scripts/train_tinylm.py`` recorded: sha256, config, training time, test perplexity...
+
+    >>> tinylm_info()["sha256"] == TINYLM_SHA256
+    True
+    """
+    return json.loads(tinylm_path().with_suffix(".json").read_text())
+
+
+def sha256_file(path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_TINYLM_MEMO: dict[str, tuple] = {}  # path -> (file signature, sha256 checked, state_dict)
+
+
+def load_tinylm(path=None, *, sha256: str | None = None) -> TinyGPT:
+    """The small byte-level GPT qedu ships, in eval mode, weights checked before they are read.
+
+    The file's sha256 must equal ``sha256`` (default :data:`TINYLM_SHA256`, recorded when the
+    weights were trained); otherwise a :class:`WeightsMismatchError` is raised and nothing is
+    loaded. The file is read with ``safetensors`` (tensors only, no pickle). The float16
+    weights are converted to float32, the dtype every lesson computes in. Each call returns a
+    new model: change it freely.
+
+    Args:
+        path: a ``.safetensors`` file (default :func:`tinylm_path`). sha256: the expected hash.
+
+    Raises:
+        FileNotFoundError: no file at ``path``. WeightsMismatchError: the hash differs.
+        ValueError: the file holds other tensor names or shapes than ``TinyGPT(**TINYLM_CONFIG)``.
+
+    >>> model = load_tinylm()
+    >>> model.training, count_params(model)
+    (False, 1678336)
+    """
+    path = Path(path) if path is not None else tinylm_path()
+    expected = TINYLM_SHA256 if sha256 is None else sha256
+    if not isinstance(expected, str):
+        raise TypeError(f"sha256 must be a hex string, got {type(expected).__name__}.")
+    if not path.is_file():
+        raise FileNotFoundError(f"no tinylm weights at {path}; reinstall qedu, or run scripts/train_tinylm.py --out {path.parent}.")
+    key, signature = str(path.resolve()), _signature(path)
+    memo = _TINYLM_MEMO.get(key)
+    if memo is None or memo[0] != signature or memo[1] != expected:
+        actual = sha256_file(path)
+        if actual != expected.lower():
+            raise WeightsMismatchError(
+                f"refusing to load {path}: its sha256 is {actual}, but the recorded one is {expected}. The file was "
+                "changed or damaged; reinstall qedu (or retrain with scripts/train_tinylm.py and record the new hash)."
+            )
+        from safetensors.torch import load_file
+
+        state = {k: v.to(torch.float32) for k, v in load_file(str(path)).items()}
+        _TINYLM_MEMO[key] = memo = (signature, expected, state)
+    model = _seeded_build(0, lambda: TinyGPT(**TINYLM_CONFIG))
+    try:
+        model.load_state_dict(memo[2], strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{path} does not hold the weights of TinyGPT(**TINYLM_CONFIG): {str(err).splitlines()[0]}") from None
+    return model.eval()

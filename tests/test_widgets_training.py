@@ -102,6 +102,25 @@ def test_memory_table_is_the_library_formula():
     assert math.isclose(table["fp32"]["weights"] * 2**30, 4 * n)
 
 
+def test_planner_recompute_control_shrinks_activations_only():
+    panel = memory_planner()
+    readout = {}
+    for mode in ("none", "selective", "full"):
+        panel.controls["recompute"].value = mode
+        assert panel.error is None and panel.message.value == ""
+        readout[mode] = panel.readout.value
+    assert "recomputation adds" in readout["full"] and "recomputation adds" not in readout["none"]
+    L, h, a, _V = MODEL_PRESETS["GPT-2 XL (1.6B)"]
+
+    def activations_gib(mode):
+        return transformer_activation_bytes(L, h, 1024, 8, a, RECIPES["mixed"].activation, recompute=mode) / 2**30
+
+    for mode in ("none", "selective", "full"):
+        assert f"activations {activations_gib(mode):.1f}" in readout[mode]
+    assert activations_gib("full") < activations_gib("selective") < activations_gib("none")
+    panel.controls["recompute"].value = "none"
+
+
 def test_lab_fp32_draws_no_region_at_all(lab):
     """Issue 15 item 7: fp32 showed an unexplained red line at log2 = 0 (an empty underflow span's edge)."""
     spans = [p for p in lab.figure.axes[0].patches if p.get_label() in ("underflow", "subnormal", "overflow")]

@@ -12,7 +12,7 @@ from matplotlib.patches import Rectangle
 from torch import nn
 
 from qedu.floats import BF16, FP8_E4M3, FP8_E5M2, FP16, FloatFormat
-from qedu.memory import RECIPES, gpt_param_count, training_memory, transformer_activation_bytes
+from qedu.memory import RECIPES, RECOMPUTE, gpt_param_count, recompute_flops_overhead, training_memory, transformer_activation_bytes
 from qedu.mixed_precision import Precision, train_simulated
 from qedu.widgets import LiveFigure, Panel, plain_log_ticks
 
@@ -254,8 +254,13 @@ def memory_planner() -> Panel:
     fig.animate(ax.xaxis, *segments.values(), outline, capacity_line, capacity_text, ax.title,
                 *part_bars, *part_values)
 
-    def update(model: str, batch: int, seq_len: int, recipe: str, gpu: str) -> str:
+    def update(model: str, batch: int, seq_len: int, recipe: str, gpu: str, recompute: str = "none") -> str:
         table = memory_table(model, batch, seq_len)
+        if recompute != "none":  # activation recomputation (Korthikanti et al. 2022) stores less
+            L, h, a, _vocab = MODEL_PRESETS[model]
+            for name, r in RECIPES.items():
+                table[name]["activations"] = transformer_activation_bytes(L, h, seq_len, batch, a, r.activation,
+                                                                          recompute=recompute) / 2**30
         for name in names:
             left = 0.0
             for kind in _KINDS:
@@ -271,7 +276,7 @@ def memory_planner() -> Panel:
         capacity_text.set_x(capacity)
         capacity_text.set_text(gpu)
         ax.set_xlim(0, 1.05 * max(capacity, *(sum(r.values()) for r in table.values())))
-        ax.set_title(f"{model}, batch {batch}, sequence {seq_len}", fontsize=9, pad=14)
+        ax.set_title(f"{model}, batch {batch}, sequence {seq_len}, recomputation: {recompute}", fontsize=9, pad=14)
         sizes = np.array([row[k] for k in _KINDS])
         floor = sizes[sizes > 0].min() / 4 if (sizes > 0).any() else 1e-3  # a part of 0 GiB: no bar, a "0"
         for bar, text, v in zip(part_bars, part_values, sizes):
@@ -282,7 +287,10 @@ def memory_planner() -> Panel:
         # the fixed axis (0.01 GiB .. 10^6 GiB) holds every preset's parts
         parts = ", ".join(f"{k} {row[k]:.1f}" for k in _KINDS)
         verdict = "fits" if total <= capacity else f"does not fit: {total / capacity:.1f}x the memory"
-        return f"<b>{recipe}</b> ({RECIPES[recipe].description}): {parts} GiB; total {total:.1f} GiB, {verdict} of {gpu}."
+        cost = (f"; recomputation adds {100 * recompute_flops_overhead(MODEL_PRESETS[model][1], seq_len, recompute):.0f} % "
+                "to the step's compute" if recompute != "none" else "")
+        return (f"<b>{recipe}</b> ({RECIPES[recipe].description}): {parts} GiB; total {total:.1f} GiB, "
+                f"{verdict} of {gpu}{cost}.")
 
     controls = {
         "model": W.Dropdown(options=list(MODEL_PRESETS), value="GPT-2 XL (1.6B)", description="model"),
@@ -290,6 +298,7 @@ def memory_planner() -> Panel:
         "seq_len": W.SelectionSlider(options=[256, 512, 1024, 2048, 4096, 8192], value=1024, description="sequence"),
         "recipe": W.Dropdown(options=list(RECIPES), value="mixed", description="recipe"),
         "gpu": W.Dropdown(options=list(GPUS), value="80 GiB (A100/H100)", description="GPU"),
+        "recompute": W.Dropdown(options=list(RECOMPUTE), value="none", description="recompute"),
     }
     return Panel(controls, update, fig, title="<b>Where training memory goes</b>: weights, gradients, fp32 master "
-                 "copy, Adam's states and activations (no recomputation), per recipe.")
+                 "copy, Adam's states and activations (none, selective or full recomputation), per recipe.")
