@@ -246,7 +246,7 @@ def memory_planner() -> Panel:
         label.set_color(colors[kind])
     ax_parts.set_ylim(len(_KINDS) - 0.5, -0.5)
     ax_parts.set_xscale("log")
-    ax_parts.set_xlim(1e-2, 1e6)
+    ax_parts.set_xlim(1e-3, 1e6)  # every part of every setting (tests/test_widgets_training.py)
     plain_log_ticks(ax_parts.xaxis, numticks=4)  # plain labels: mathtext (10^2) is slow to redraw
     ax_parts.set_xlabel("GiB (log scale)")
     ax_parts.set_title("the chosen recipe's parts", fontsize=9, pad=14)
@@ -284,7 +284,7 @@ def memory_planner() -> Panel:
             bar.set_visible(v > 0)
             text.set_x(max(v, floor) * 1.15)
             text.set_text("" if v > 0 else "0")  # the sizes are in the readout: text is slow to draw
-        # the fixed axis (0.01 GiB .. 10^6 GiB) holds every preset's parts
+        # the fixed axis (0.001 GiB .. 10^6 GiB) holds every part of every setting
         parts = ", ".join(f"{k} {row[k]:.1f}" for k in _KINDS)
         verdict = "fits" if total <= capacity else f"does not fit: {total / capacity:.1f}x the memory"
         cost = (f"; recomputation adds {100 * recompute_flops_overhead(MODEL_PRESETS[model][1], seq_len, recompute):.0f} % "
