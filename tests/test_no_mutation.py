@@ -760,7 +760,7 @@ def pending() -> str:
     return PENDING
 
 
-ENTRIES.update({
+_STILL_MISSING = {  # only names nobody else has given an entry (setdefault below)
 
     "qedu.bitflip.BitFlip": pending(),
     "qedu.bitflip.BitFlipResult": pending(),
@@ -825,9 +825,11 @@ ENTRIES.update({
     "qedu.text.load_text": pending(),
     "qedu.text.random_windows": pending(),
     "qedu.text.windows": pending(),
-})
+}
+for _name, _entry in _STILL_MISSING.items():
+    ENTRIES.setdefault(_name, _entry)
 
 
 def test_pending_entries_only_go_down():
     """pending() is a to-do list, not a way out: the count may only go down."""
-    assert sum(1 for v in ENTRIES.values() if v == PENDING) <= 44
+    assert sum(1 for v in ENTRIES.values() if v == PENDING) <= 27
