@@ -14,13 +14,18 @@ Parts (all written to ``results/evaluation.{json,md}``; ``--quick`` writes ``eva
   and per-tensor weights, min/max ranges: accuracy change, disagreement, worst class change and
   the number of classes that lost more than 5 points (``qedu.analysis.ablate``, mean ± std).
 * ``robustness``: the same models at W8A8 and W4A4 (per-channel): accuracy gap to float under
-  each corruption at severity 3, mean ± std over seeds.
+  each corruption at severity 3, mean ± std over 20 seeds (0-19: five seeds cannot make a sign
+  test significant, see ``qedu.stats.sign_flip_test``), with the sign-flip p-value per row.
+* ``null``: what chance alone does to the regression metrics. Float-vs-float churn: every
+  ordered pair of float models trained with different seeds (0-19), compared as if one were the
+  "quantized" version of the other; and, for every row of ``ablation``, random flips of the
+  same count as the quantized model's flips (``qedu.stats.worst_class_null``, 1000 trials).
 * ``widgets``: ``panel.last_update_ms`` of ``evaluation_explorer`` and ``calibration_explorer``
   over a sweep of every control (first pass: cache misses; second pass: cached).
 
 Usage::
 
-    python benchmarks/evaluation.py                  # everything (~3-6 min on 2 busy cores)
+    python benchmarks/evaluation.py                  # everything (~5-8 min on 2 busy cores)
     python benchmarks/evaluation.py --parts latency  # one part (the others are kept from the file)
     python benchmarks/evaluation.py --quick          # 2 seeds, few repeats: a smoke test
 """
@@ -44,11 +49,14 @@ import qedu  # noqa: E402
 from _common import RESULTS, machine, write  # noqa: E402
 from qedu.analysis import AblationTable, ablate  # noqa: E402
 from qedu.data import load_digits  # noqa: E402
-from qedu.evaluation import compare_models, dynamic_int8, int8_support, measure_latency, serialized_bytes  # noqa: E402
+from qedu.evaluation import (  # noqa: E402
+    compare_models, dynamic_int8, int8_support, logits, measure_latency, serialized_bytes,
+)
 from qedu.granularity import PerChannel, PerTensor  # noqa: E402
 from qedu.models import evaluate, pretrained  # noqa: E402
 from qedu.ptq import PTQConfig, model_size, quantize_model  # noqa: E402
 from qedu.robustness import CORRUPTIONS, corrupt  # noqa: E402
+from qedu.stats import sign_flip_test, worst_class_null  # noqa: E402
 
 GRANULARITY = {"per-channel": PerChannel(0), "per-tensor": PerTensor()}
 _MODELS: dict = {}
@@ -125,6 +133,61 @@ def robustness_run(model: str, bits: int, corruption: str, seed: int) -> dict:
     return {"float_acc": 100 * f, "quant_acc": 100 * q, "gap": 100 * (q - f)}
 
 
+def robustness_pvalues(table: dict) -> dict:
+    """Add ``gap_p``, the sign-flip p-value of the per-seed gaps, to every row."""
+    for row in table["rows"]:
+        row["gap_p"] = sign_flip_test(row["gap_values"])
+    return table
+
+
+# ----------------------------------------------------------------------------- part 3b: what chance does
+def part_null(ablation: dict, seeds: list, trials: int) -> dict:
+    """Float-vs-float churn over seed pairs, and random flips of each quantized model's flip count."""
+    data = load_digits(seed=0)
+    churn = []
+    for model in ("mlp", "cnn"):
+        for a in seeds:
+            for b in seeds:
+                if a != b:
+                    r = compare_models(model_for(model, a), model_for(model, b), data.x_test, data.y_test, threshold=0.05)
+                    churn.append({"model": model, "reference_seed": a, "other_seed": b, "change": 100 * r.accuracy_change,
+                                  "disagreement": 100 * r.disagreement, "worst_class": 100 * float(r.deltas.min()),
+                                  "flagged": len(r.flagged)})
+    flips = []
+    for row in ablation["rows"]:
+        for seed, disagreement, worst in zip(ablation["seeds"], row["disagreement_values"], row["worst_class_values"]):
+            net = model_for(row["model"], seed)
+            pred = logits(net, data.x_test).argmax(1)  # the float model's predictions
+            n_flips = round(disagreement / 100 * len(data.y_test))
+            null = 100 * worst_class_null(data.y_test, pred, n_flips, n_trials=trials, seed=seed)
+            flips.append({"model": row["model"], "bits": row["bits"], "granularity": row["granularity"], "seed": seed,
+                          "n_flips": n_flips, "worst_class": worst, "null_median": float(null.median()),
+                          "null_p05": float(torch.quantile(null, 0.05)),
+                          "p_value": float((null <= worst + 1e-9).double().mean())})
+    return {"seeds": seeds, "trials": trials, "churn": churn, "random_flips": flips}
+
+
+def null_markdown(result: dict) -> str:
+    lines = ["Float-vs-float churn: every ordered pair of float models trained with different seeds "
+             f"({len(result['seeds'])} seeds), mean ± std (median) in points:", "",
+             "| model | pairs | accuracy change | disagreement | worst class | flagged classes |", "|---|---|---|---|---|---|"]
+    for model in ("mlp", "cnn"):
+        rows = [r for r in result["churn"] if r["model"] == model]
+        cells = []
+        for k in ("change", "disagreement", "worst_class", "flagged"):
+            v = torch.tensor([r[k] for r in rows], dtype=torch.float64)
+            cells.append(f"{v.mean():.1f} ± {v.std():.1f} ({v.median():.1f})")
+        lines.append(f"| {model} | {len(rows)} | " + " | ".join(cells) + " |")
+    lines += ["", f"Random flips of the same count ({result['trials']} trials each): the quantized model's worst "
+              "class against the worst class of random flips (p: share of trials at least as bad):", "",
+              "| model | bits | granularity | seed | flips | worst class | null median | null 5th pct | p |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["random_flips"]:
+        lines.append(f"| {r['model']} | {r['bits']} | {r['granularity']} | {r['seed']} | {r['n_flips']} | "
+                     f"{r['worst_class']:.1f} | {r['null_median']:.1f} | {r['null_p05']:.1f} | {r['p_value']:.3f} |")
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------- part 4: widgets
 def part_widgets() -> dict:
     from widgets import measure
@@ -152,13 +215,14 @@ def widgets_markdown(result: dict) -> str:
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--parts", nargs="+", default=["latency", "ablation", "robustness", "widgets"],
-                        choices=["latency", "ablation", "robustness", "widgets"])
+    parser.add_argument("--parts", nargs="+", default=["latency", "ablation", "robustness", "null", "widgets"],
+                        choices=["latency", "ablation", "robustness", "null", "widgets"])
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     qedu.setup(seed=0)  # one thread, as the lessons
     stem = "evaluation_quick" if args.quick else "evaluation"
     seeds = [0, 1] if args.quick else [0, 1, 2, 3, 4]
+    many_seeds = [0, 1, 2] if args.quick else list(range(20))
     path = RESULTS / f"{stem}.json"
     result = json.loads(path.read_text()) if path.exists() else {}
     result.pop("machine", None), result.pop("seconds", None)  # older layout: one machine for all parts
@@ -166,15 +230,18 @@ def main(argv=None) -> None:
         "latency": lambda: part_latency(repeats=20 if args.quick else 200, warmup=5 if args.quick else 20),
         "ablation": lambda: ablate(regression_run, {"model": ["mlp", "cnn"], "bits": [8, 4, 3],
                                                     "granularity": list(GRANULARITY)}, seeds).to_dict(),
-        "robustness": lambda: ablate(robustness_run, {"model": ["mlp", "cnn"], "bits": [8, 4],
-                                                      "corruption": list(CORRUPTIONS)}, seeds).to_dict(),
+        "robustness": lambda: robustness_pvalues(ablate(robustness_run, {"model": ["mlp", "cnn"], "bits": [8, 4],
+                                                                         "corruption": list(CORRUPTIONS)},
+                                                        many_seeds).to_dict()),
+        "null": lambda: part_null(result["ablation"], many_seeds, trials=200 if args.quick else 1000),
         "widgets": part_widgets,
     }
     runs = result.setdefault("runs", {})  # each part keeps the machine, date and load it was measured under
     for name in args.parts:
         start = time.perf_counter()
         result[name] = parts[name]()
-        runs[name] = {"machine": machine(), "seconds": round(time.perf_counter() - start, 1), "seeds": seeds}
+        runs[name] = {"machine": machine(), "seconds": round(time.perf_counter() - start, 1),
+                      "seeds": many_seeds if name in ("robustness", "null") else seeds}
     md = [f"# {stem}", "", f"Generated by `python benchmarks/evaluation.py{' --quick' if args.quick else ''}`; "
           "lessons and ablations use 1 thread. Each part was run:", ""]
     for name, run in runs.items():
@@ -190,8 +257,13 @@ def main(argv=None) -> None:
                table.to_markdown(digits=1), ""]
     if "robustness" in result:
         table = AblationTable.from_dict(result["robustness"])
+        p_values = [f"{r['model']} {r['bits']} bits {r['corruption']}: p = {r['gap_p']:.4f}" for r in table.rows
+                    if "gap_p" in r]
         md += ["## Robustness: accuracy gap to float at severity 3, mean ± std over seeds (points)", "",
-               table.to_markdown(digits=1), ""]
+               table.to_markdown(digits=1), "", "Sign-flip test of the per-seed gaps (two-sided):", "",
+               "; ".join(p_values), ""]
+    if "null" in result:
+        md += ["## What chance does: float-vs-float churn and random flips", "", null_markdown(result["null"]), ""]
     if "widgets" in result:
         md += ["## Widget update time (kernel side, ms)", "", widgets_markdown(result["widgets"]), ""]
     write(stem, result, "\n".join(md))

@@ -19,15 +19,16 @@ not counted), which also counts allocator caching: read it as a rough size, not 
 
 With ``--accuracy`` it instead trains qedu's digits MLP over several seeds (lessons 06 and 07
 show the table; it takes minutes, too long for a lesson): fp32 Adam vs 8-bit Adam (dynamic
-map, blocks of 256 and 2048) vs linear 8-bit Adam; and, on the loss divided by 2**k (as a large
+map, blocks of 256 and 2048, with and without bitsandbytes' rule that tensors under 4096
+elements keep fp32 states) vs linear 8-bit Adam; and, on the loss divided by 2**k (as a large
 batch or gradient accumulation shrinks it, Adam's eps divided too), fp32 vs simulated fp16 with
-and without loss scaling vs bf16.
+and without loss scaling (dynamic with GradScaler's defaults, and growing every 10 steps) vs bf16.
 
 Usage::
 
     python benchmarks/mixed_precision.py            # normal run, a few minutes on a CPU without bf16 units
     python benchmarks/mixed_precision.py --quick    # CI-sized, < 60 s on a 2-core CPU
-    python benchmarks/mixed_precision.py --accuracy # digits accuracy over 3 seeds, ~5-10 minutes
+    python benchmarks/mixed_precision.py --accuracy # digits accuracy over 5 seeds, ~15-25 minutes
     python benchmarks/mixed_precision.py --device cuda --fused-attention  # attention by one fused kernel
 
 Writes ``benchmarks/results/mixed_precision_<device>[_fused][_quick].json`` and ``.md``, or
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import resource
@@ -193,12 +195,13 @@ def to_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def accuracy_tables(seeds=(0, 1, 2), epochs: int = 30) -> dict:
+def accuracy_tables(seeds=(0, 1, 2, 3, 4), epochs: int = 30) -> dict:
     """Final test accuracy of the digits MLP per recipe and seed (see the module docstring)."""
     import torch
 
     from qedu.data import load_digits
     from qedu.floats import BF16, FP16
+    from qedu.loss_scaling import DynamicLossScaler
     from qedu.mixed_precision import Precision, train_simulated
     from qedu.models import make_mlp
     from qedu.optim import train_adam
@@ -218,24 +221,35 @@ def accuracy_tables(seeds=(0, 1, 2), epochs: int = 30) -> dict:
         print(f"{table:14s} {name:44s} {statistics.mean(accs):.4f} +- {rows[-1]['std']:.4f}  "
               f"({rows[-1]['seconds']:.0f} s)", flush=True)
 
-    for states, block in (("fp32", 256), ("dynamic", 256), ("dynamic", 2048), ("linear", 256)):
-        def adam(seed, states=states, block=block):
+    # (states, block size, min_8bit_size): tensors with fewer elements keep fp32 states. 4096 is
+    # bitsandbytes' default; blocks of 2048 with that exemption is the rule of Dettmers et al. 2022.
+    for states, block, small in (("fp32", 256, 0), ("dynamic", 256, 0), ("dynamic", 2048, 0), ("linear", 256, 0),
+                                 ("dynamic", 2048, 4096), ("dynamic", 256, 4096)):
+        def adam(seed, states=states, block=block, small=small):
             run = train_adam(make_mlp(seed=seed), load_digits(seed=seed), states=states, block_size=block,
-                             epochs=epochs, seed=seed)
+                             epochs=epochs, seed=seed, min_8bit_size=small)
             return run.final_test_acc, {"bytes_per_param": run.bytes_per_param,
-                                        "max_v_zeroed": max(run.v_zeroed)}
-        add("adam_states", "fp32 Adam" if states == "fp32" else f"8-bit Adam, {states} map, blocks of {block}", adam)
+                                        "max_v_zeroed": max(run.v_zeroed), "max_train_loss": max(run.train_loss)}
+        name = "fp32 Adam" if states == "fp32" else f"8-bit Adam, {states} map, blocks of {block}"
+        add("adam_states", name + (f", tensors < {small} elements in fp32" if small else ""), adam)
 
+    # "dynamic": GradScaler's defaults (start 2**16, grow after 2000 clean steps: in 1,350 steps the
+    # scale never moves); "dynamic10": the same scaler growing after 10 clean steps, so it finds its
+    # scale by trial and error within the run (lesson 06 shows one such run step by step)
     for k, fmt_name, scale in ((0, "fp32", None), (0, "fp16", None), (16, "fp16", None), (16, "fp16", "dynamic"),
-                               (16, "bf16", None), (20, "fp16", None), (20, "fp16", "dynamic")):
+                               (16, "fp16", "dynamic10"), (16, "bf16", None), (20, "fp16", None),
+                               (20, "fp16", "dynamic"), (20, "fp16", "dynamic10")):
         fmt = {"fp32": None, "fp16": FP16, "bf16": BF16}[fmt_name]
 
         def mixed(seed, k=k, fmt=fmt, scale=scale):
+            scaler = DynamicLossScaler(growth_interval=10) if scale == "dynamic10" else scale
             run = train_simulated(make_mlp(seed=seed), load_digits(seed=seed), Precision(fmt, fmt), epochs=epochs,
-                                  seed=seed, loss_divisor=2.0**k, loss_scale=scale, backend="torch")
+                                  seed=seed, loss_divisor=2.0**k, loss_scale=scaler, backend="torch")
             return run.final_test_acc, {"lost_fraction": run.total_stats().lost_fraction,
-                                        "skipped_steps": sum(run.skipped)}
-        scaling = {None: "no loss scaling", "dynamic": "dynamic loss scaling"}[scale]
+                                        "skipped_steps": sum(run.skipped),
+                                        "min_scale": min(run.scales), "max_scale": max(run.scales)}
+        scaling = {None: "no loss scaling", "dynamic": "dynamic loss scaling (GradScaler defaults)",
+                   "dynamic10": "dynamic loss scaling, growth_interval=10"}[scale]
         add("loss_scaling", f"loss / 2^{k}: {fmt_name}" + ("" if fmt is None else f", {scaling}"), mixed)
     return {"seeds": list(seeds), "epochs": epochs, "rows": rows}
 
@@ -256,6 +270,10 @@ def accuracy_markdown(report: dict) -> str:
             else:
                 note = (f"{100 * statistics.mean(i['lost_fraction'] for i in r['per_seed']):.1f} % of nonzero grads lost, "
                         f"{statistics.mean(i['skipped_steps'] for i in r['per_seed']):.0f} skipped steps")
+                if "min_scale" in info:
+                    lo = min(i["min_scale"] for i in r["per_seed"])
+                    hi = max(i["max_scale"] for i in r["per_seed"])
+                    note += f", scale 2^{math.log2(lo):.0f} to 2^{math.log2(hi):.0f}" if hi > 1 else ""
             lines.append(f"| {r['recipe']} | {100 * r['mean']:.2f} +- {100 * r['std']:.2f} | {per_seed} | {note} |")
         lines.append("")
     return "\n".join(lines)
@@ -267,7 +285,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: steady timings)")
     parser.add_argument("--out", type=Path, default=RESULTS)
-    parser.add_argument("--accuracy", action="store_true", help="digits accuracy tables over 3 seeds instead of speed")
+    parser.add_argument("--accuracy", action="store_true", help="digits accuracy tables over 5 seeds instead of speed")
     parser.add_argument("--fused-attention", action="store_true",
                         help="TinyGPT with F.scaled_dot_product_attention (no s x s matrix stored); results file *_fused")
     args = parser.parse_args(argv)

@@ -4,10 +4,12 @@
 # Every exercise in qedu looks like this one: a short explanation, a function for you to
 # write, and a one-line **check** below it. Run the check at any time:
 #
-# * ⏳ "not implemented yet" - you have not replaced the `raise NotImplementedError` line;
-# * ✅ "all ... cases match" - done;
-# * ❌ a `CheckFailed` error - it shows the input, what was expected, what you returned and,
-#   when your answer matches a classic mistake, names it.
+# * ○ "not implemented yet" - you have not replaced the `raise NotImplementedError` line;
+# * ✓ "all ... cases match" - done;
+# * ✗ a `CheckFailed` error - it shows the input, what was expected and what you returned, then
+#   what differs: the classic mistake you made, when your answers match it on two different
+#   inputs, or otherwise where your answers go wrong ("only at exact ties", "only for negative
+#   inputs", "right values, but float64", "your function changed its input", ...).
 
 # %%
 import numpy as np
@@ -46,5 +48,5 @@ def snap_to_levels(x, levels):
 checks.check_snap_to_levels(snap_to_levels)
 
 # %% [markdown]
-# Well done. Try breaking it on purpose (e.g. use `np.floor`-like rounding) and re-run the
-# check to see how it names the mistake. Then head to `lessons/01_number_formats.ipynb`.
+# Well done. Try breaking it on purpose (e.g. send ties to the upper level, or forget to sort the
+# levels) and re-run the check to see what it tells you. Then head to `lessons/01_number_formats.ipynb`.

@@ -4,8 +4,8 @@
 # Four small functions that take a number format apart: the range of an integer code, the
 # value of a float's bit fields, the largest float a format holds, and rounding to a format.
 # Lesson `lessons/01_number_formats.ipynb` explains everything you need. Each check prints
-# ⏳ until you replace `raise NotImplementedError`, ✅ when your function is right, and names the
-# classic mistake when it recognises one.
+# ○ until you replace `raise NotImplementedError`, ✓ when your function is right, and otherwise
+# says what differs (naming the classic mistake when your answers match it on two inputs).
 
 # %%
 import torch

@@ -97,7 +97,7 @@ checks.check_dequantize(dequantize)
 # return the fake-quantized weight:
 #
 # $$\text{scale}_i = \max\Big(\frac{\max_j |w_{ij}|}{(q_{max} - q_{min})/2},\ 1.1920929\cdot 10^{-7}\Big), \qquad
-# \hat{w}_{ij} = \text{clamp}\big(\text{round}(w_{ij} / \text{scale}_i),\ q_{min},\ q_{max}\big) \cdot \text{scale}_i$$
+# \hat{w}_{ij} = \text{clamp}\big(\text{round}(w_{ij} \cdot (1/\text{scale}_i)),\ q_{min},\ q_{max}\big) \cdot \text{scale}_i$$
 #
 # Hints: `w.abs().amax(dim=1, keepdim=True)` has shape `(C_out, 1)` and broadcasts over the
 # columns; without `keepdim` a `(C_out,)` tensor lines up with the *columns*. Multiply by

@@ -20,12 +20,13 @@ qedu.setup(seed=0)
 # ## 1. Clip rate: what the monitor measures
 #
 # A quantizer with step `scale`, zero point `zero_point` and codes `qmin..qmax` turns `x` into
-# `clamp(round(x / scale) + zero_point, qmin, qmax)`. A value is **clipped** when the clamp
-# changes its code: its code would lie *below* `qmin` or *above* `qmax`. Write
+# `clamp(round(x * (1 / scale)) + zero_point, qmin, qmax)` (multiplying by `1 / scale`, as
+# torch's quantizers do). A value is **clipped** when the clamp changes its code: its code would
+# lie *below* `qmin` or *above* `qmax`. Write
 # `clip_rate(x, scale, zero_point, qmin, qmax)`: the fraction of the values of `x` that clip (a
 # Python float).
 #
-# $$\text{code} = \text{round}(x / \text{scale}) + \text{zero\_point} \qquad
+# $$\text{code} = \text{round}(x \cdot (1/\text{scale})) + \text{zero\_point} \qquad
 # \text{clip rate} = \frac{1}{N}\,\#\{\text{code} < q_{min} \;\text{or}\; \text{code} > q_{max}\}$$
 #
 # Hints: round first, then compare: a value half a step beyond the last level rounds onto it. A
@@ -35,7 +36,7 @@ qedu.setup(seed=0)
 def clip_rate(x, scale, zero_point, qmin, qmax):
     """Return the share of ``x`` whose code falls outside ``[qmin, qmax]``."""
     ### BEGIN SOLUTION
-    codes = torch.round(x / scale) + zero_point
+    codes = torch.round(x * (1 / scale)) + zero_point
     return ((codes < qmin) | (codes > qmax)).float().mean().item()
     ### END SOLUTION
 

@@ -29,7 +29,7 @@ from typing import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
-from qedu._validation import as_float_tensor, check_int
+from qedu._validation import as_float_tensor, check_int, check_module, run_model, to_model_dtype
 from qedu.models import evaluate
 from qedu.ptq import PTQConfig, fold_batchnorm, model_size, quantizable_layers, quantize_model
 
@@ -43,13 +43,29 @@ def output_error(reference: nn.Module, model: nn.Module, x) -> float:
     """Relative squared error of ``model``'s outputs against ``reference``'s on ``x``:
     ``sum((y - y_ref)^2) / sum(y_ref^2)`` (0 means identical). Needs no labels.
 
+    Both models run in eval mode without gradients; their train/eval modes are restored. ``x`` is
+    cast to each model's dtype (float64 accepted if it fits).
+
+    Raises:
+        TypeError / ValueError: a model that is not an ``nn.Module``; ``x`` empty, non-finite or
+            shaped so that a model cannot run on it.
+
     >>> m = nn.Linear(2, 1)
     >>> output_error(m, m, torch.ones(3, 2))
     0.0
     """
+    reference, model = check_module(reference, "reference"), check_module(model, "model")
     x = as_float_tensor(x, "x")
-    with torch.no_grad():
-        y_ref, y = reference.eval()(x).double(), model.eval()(x).double()
+    modes = reference.training, model.training
+    try:  # eval mode for the measurement, then the callers' modes back
+        reference.eval()
+        model.eval()
+        with torch.no_grad():
+            y_ref = run_model(reference, to_model_dtype(x, reference, "x"), "x").double()
+            y = run_model(model, to_model_dtype(x, model, "x"), "x").double()
+    finally:
+        reference.train(modes[0])
+        model.train(modes[1])
     return float(((y - y_ref) ** 2).sum() / (y_ref**2).sum().clamp_min(1e-30))
 
 
@@ -99,12 +115,17 @@ def layer_sensitivity(model: nn.Module, config: PTQConfig, x_calib, x_eval, y_ev
         One dict per layer, most sensitive first: ``layer``, ``metric``, ``float`` (the float
         model's score), ``quantized`` (the score with only this layer quantized), ``damage``.
 
+    Raises:
+        TypeError / ValueError: ``model`` not an ``nn.Module``, ``config`` not a PTQConfig, an
+            unknown metric or layer, and as :func:`qedu.ptq.quantize_model` and :func:`output_error`.
+
     >>> from qedu.models import make_mlp
     >>> x = torch.rand(32, 1, 8, 8, generator=torch.Generator().manual_seed(0))
     >>> rows = layer_sensitivity(make_mlp(seed=0), PTQConfig(weight_bits=2, act_bits=None), None, x)
     >>> [r["layer"] for r in rows]
     ['fc3', 'fc2', 'fc1']
     """
+    model = check_module(model)
     if not isinstance(config, PTQConfig):
         raise TypeError(f"config must be a PTQConfig, got {type(config).__name__}.")
     _check_metric(metric, y_eval)

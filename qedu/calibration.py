@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from qedu._validation import as_float_tensor, check_bool, check_int
+from qedu._validation import as_float32, as_float_tensor, check_bool, check_int, run_model, to_model_dtype
 from qedu.formats import UINT8, IntFormat
 from qedu.granularity import PerChannel, PerGroup, PerTensor
 from qedu.quantizers import choose_qparams_from_minmax, fake_quantize
@@ -52,7 +52,7 @@ __all__ = [
 
 # ----------------------------------------------------------------------------- input checks
 def _check_x(x, name: str = "x") -> torch.Tensor:
-    return as_float_tensor(x, name).detach().to(torch.float32)
+    return as_float32(as_float_tensor(x, name).detach(), name)  # float64 beyond float32's range: a clear error
 
 
 def _check_granularity(granularity, allow_group: bool = True):
@@ -122,8 +122,26 @@ def percentile_range(x, percentile: float = 99.99, granularity=PerTensor(), symm
 
 
 def _quantile(rows: torch.Tensor, q: float) -> torch.Tensor:
-    """Per-row quantile, interpolated in float64 (float32 loses the position between two values)."""
-    return torch.quantile(rows.double(), q, dim=1).to(torch.float32)
+    """Per-row quantile, interpolated in float64 (float32 loses the position between two values).
+
+    The same numbers as ``torch.quantile(rows.double(), q, dim=1)`` (linear interpolation), but
+    without its limit of 2**24 values per row, which percentile calibration of a large layer hits:
+    the lower neighbour comes from ``kthvalue`` (a selection, no full sort), the upper one is the
+    same value if it occurs often enough, else the smallest value above it; then
+    ``lerp(below, above, position - floor(position))`` with ``position = q * (n - 1)``.
+    """
+    n = rows.shape[1]
+    position = torch.tensor(q, dtype=torch.float64) * (n - 1)  # float64, as torch.quantile computes it
+    below_i = int(torch.floor(position))  # 0-based rank of the lower neighbour
+    below = rows.kthvalue(below_i + 1, dim=1, keepdim=True).values  # (n_slices, 1): the (below_i + 1)-th smallest
+    above = below
+    if below_i + 1 < n:  # the next rank: a tie with `below`, or the smallest value above it
+        n_at_most = (rows <= below).sum(dim=1, keepdim=True)  # how many ranks `below` covers
+        next_up = torch.where(rows > below, rows, torch.inf).amin(dim=1, keepdim=True)
+        above = torch.where(n_at_most > below_i + 1, below, next_up)
+    below, above = below.squeeze(1).double(), above.squeeze(1).double()
+    weight = position - below_i
+    return torch.lerp(below, above, weight).to(torch.float32)
 
 
 def mse_range(x, fmt: IntFormat, granularity=PerTensor(), symmetric: bool = False, n_grid: int = 100):
@@ -557,8 +575,9 @@ def observing(model: nn.Module, observer_factory: Callable[[], nn.Module] = MinM
     """
     if where not in ("input", "output"):
         raise ValueError(f"where must be 'input' or 'output', got {where!r}.")
-    if not callable(observer_factory):
-        raise TypeError(f"observer_factory must be callable (e.g. MinMaxObserver), got {observer_factory!r}.")
+    if isinstance(observer_factory, nn.Module) or not callable(observer_factory):
+        raise TypeError(f"observer_factory must make a new observer per layer: pass the class (MinMaxObserver) or "
+                        f"a function (lambda: PercentileObserver(percentile=99.9)), not {observer_factory!r}.")
     modules = _select_modules(model, names, layer_types)
     observers: dict[str, nn.Module] = {}
     handles = []
@@ -591,19 +610,29 @@ def record_activations(model: nn.Module, x: torch.Tensor, *, names=None, where: 
                        batch_size: int = 512) -> dict[str, torch.Tensor]:
     """Run ``x`` through ``model`` (eval mode, no gradients) and return each chosen layer's input (or output).
 
+    ``x`` is cast to the model's dtype (float64 accepted if it fits); the model's train/eval mode
+    is restored.
+
+    Raises:
+        TypeError / ValueError: ``model`` not an ``nn.Module``, unknown ``names``, ``x`` empty,
+            non-finite, a single number, or shaped so that the model cannot run on it.
+
     >>> model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1))
     >>> {k: tuple(v.shape) for k, v in record_activations(model, torch.ones(5, 2)).items()}
     {'0': (5, 2), '2': (5, 3)}
     """
     x = _check_x(x, "x")
+    if x.ndim == 0:
+        raise ValueError("x must be a batch of inputs (first dimension = samples), got a single number.")
     batch_size = check_int(batch_size, "batch_size", 1)
     was_training = model.training if isinstance(model, nn.Module) else False
     with observing(model, _Recorder, names=names, where=where) as recorders:
+        x = to_model_dtype(x, model, "x")
         model.eval()
         try:
             with torch.no_grad():
                 for i in range(0, len(x), batch_size):
-                    model(x[i:i + batch_size])
+                    run_model(model, x[i:i + batch_size], "x")
         finally:
             model.train(was_training)
     return {name: torch.cat(rec.batches) for name, rec in recorders.items()}

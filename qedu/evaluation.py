@@ -1,7 +1,7 @@
 """Evaluating a quantized model: is it faster, is it smaller, and does it still decide the same?
 
 Top-line accuracy is one number; a quantized model can keep it and still change its mind on
-many inputs, or lose one class while gaining on another (Hooker et al. 2019, 2021: compressed
+many inputs, or lose one class while gaining on another (Hooker et al. 2019, 2020: compressed
 models diverge on a narrow, often under-represented subset). This module measures:
 
 * **latency**: :func:`measure_latency` -- warm-up runs, then ``repeats`` timed runs on the same
@@ -22,7 +22,11 @@ models diverge on a narrow, often under-represented subset). This module measure
       flagged        = {c : -delta_c > threshold}            # lost more than threshold, whatever the total did
 
   :func:`regression_report` puts them together with the flipped examples and the shift in
-  confidence (the probability given to the true class).
+  confidence (the probability given to the true class);
+* **is it more than chance?** :func:`mcnemar_test` (exact, for two models on the same inputs)
+  and :func:`bootstrap_delta` (a paired confidence interval for the accuracy change) live in
+  :mod:`qedu.stats` with the other tests (sign flips over seeds, a null for the worst class,
+  calibration error) and are re-exported here.
 
 >>> y = torch.tensor([0, 0, 1, 1])
 >>> disagreement_rate(torch.tensor([0, 1, 1, 1]), torch.tensor([0, 0, 1, 0]))
@@ -44,12 +48,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from qedu._validation import check_int
+from qedu._validation import as_float_tensor, check_int, check_not_meta, run_model, to_model_dtype
+from qedu.stats import bootstrap_delta, mcnemar_test  # is a difference more than chance? (module qedu.stats)
 
 __all__ = [
-    "Latency", "measure_latency", "serialized_bytes", "int8_support", "dynamic_int8",
+    "Latency", "measure_latency", "serialized_bytes", "int8_support", "dynamic_int8", "dynamic_int8_reference",
     "logits", "disagreement_rate", "class_accuracy", "per_class_deltas", "Flips", "flipped",
-    "confidence_shift", "RegressionReport", "regression_report", "compare_models",
+    "confidence_shift", "RegressionReport", "regression_report", "compare_models", "mcnemar_test", "bootstrap_delta",
 ]
 
 
@@ -156,7 +161,8 @@ def int8_support() -> tuple[bool, str]:
     if not engines:
         return False, f"torch {torch.__version__} was built without a quantized engine"
     try:
-        tiny = dynamic_int8(nn.Sequential(nn.Linear(4, 4)), _checked=True)
+        with torch.random.fork_rng(devices=[]):  # building the probe layer must not draw from the caller's RNG
+            tiny = dynamic_int8(nn.Sequential(nn.Linear(4, 4)), _checked=True)
         tiny(torch.zeros(1, 4))
     except Exception as err:  # any failure means: no int8 kernels here
         return False, f"quantize_dynamic failed on torch {torch.__version__}: {type(err).__name__}: {err}"[:300]
@@ -167,9 +173,12 @@ def dynamic_int8(model: nn.Module, *, _checked: bool = False) -> nn.Module:
     """A copy of ``model`` whose ``Linear`` layers run torch's int8 kernels (dynamic quantization).
 
     Weights are stored as int8 (per tensor); each batch's activations are quantized on the fly
-    from their own min/max, multiplied in int8 with int32 accumulation, and dequantized. Other
-    layers (convolutions) stay float. Raises ``RuntimeError`` with the reason if the build has
-    no int8 kernels (see :func:`int8_support`).
+    from their own min/max to **uint8 codes 0..127**, not 0..255: torch's dynamic ``Linear``
+    calls its kernel with ``reduce_range=True`` (one bit kept spare so that the x86 multiply-add
+    instruction, which sums pairs of uint8 x int8 products into 16 bits, cannot overflow);
+    :func:`dynamic_int8_reference` reproduces it. Codes are multiplied in int8 with int32
+    accumulation and dequantized. Other layers (convolutions) stay float. Raises
+    ``RuntimeError`` with the reason if the build has no int8 kernels (see :func:`int8_support`).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}.")
@@ -182,16 +191,65 @@ def dynamic_int8(model: nn.Module, *, _checked: bool = False) -> nn.Module:
         return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8).eval()
 
 
+def dynamic_int8_reference(layer: nn.Module, x: torch.Tensor, *, reduce_range: bool = True) -> torch.Tensor:
+    """What one of torch's dynamic int8 ``Linear`` layers computes, from scratch::
+
+        lo, hi  = min(x.min(), 0), max(x.max(), 0)         # this batch's range, widened to hold 0
+        qmax    = 127 if reduce_range else 255             # uint8 codes 0..qmax
+        s_x     = (hi - lo) / qmax;  z_x = clamp(round(-lo / s_x), 0, qmax)
+        q_x     = clamp(round(x / s_x) + z_x, 0, qmax)
+        y       = s_x * s_w * ((q_x - z_x) @ (q_w - z_w)^T) + bias
+
+    With ``reduce_range=True`` it matches torch to float rounding (``tests/test_evaluation.py``);
+    with ``False`` (the full 0..255) it does not: that is how the lesson shows which one torch uses.
+
+    Args:
+        layer: a layer of :func:`dynamic_int8`'s model (``torch.ao.nn.quantized.dynamic.Linear``).
+        x: its float input, ``(N, in_features)``. reduce_range: 7-bit (torch's x86 default) or 8-bit codes.
+    """
+    if not (callable(getattr(layer, "weight", None)) and callable(getattr(layer, "bias", None))):
+        raise TypeError(f"layer must be a dynamic int8 Linear from dynamic_int8(model), got {type(layer).__name__}.")
+    if not isinstance(reduce_range, bool):
+        raise TypeError(f"reduce_range must be True or False, got {reduce_range!r}.")
+    x = torch.as_tensor(x, dtype=torch.float32)
+    w = layer.weight()  # a quantized qint8 tensor, one scale per tensor
+    q_w, s_w, z_w = w.int_repr().float(), float(w.q_scale()), int(w.q_zero_point())
+    qmax = 127 if reduce_range else 255
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)
+    s_x = (hi - lo) / qmax if hi > lo else 1.0
+    z_x = min(max(round(-lo / s_x), 0), qmax)
+    q_x = torch.clamp(torch.round(x / s_x) + z_x, 0, qmax)
+    y = (s_x * s_w) * ((q_x - z_x) @ (q_w - z_w).T)  # integer products, exact in float32 at this size
+    bias = layer.bias()
+    return y if bias is None else y + bias
+
+
 # ----------------------------------------------------------------------------- predictions
 def logits(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
-    """``model(x)`` in eval mode without gradients, float32 ``(N, n_classes)``; the mode is restored."""
+    """``model(x)`` in eval mode without gradients, float32 ``(N, n_classes)``; the mode is restored.
+
+    Floating-point ``x`` is cast to the model's dtype (float64 accepted if it fits, as
+    :func:`qedu.models.predict` does); integer ``x`` (token ids) passes unchanged.
+
+    Raises:
+        TypeError / ValueError: ``model`` not an ``nn.Module``; ``x`` not a tensor, empty, a
+            single number, non-finite, or shaped so the model cannot run; ``batch_size < 1``.
+    """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}.")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"x must be a torch.Tensor of inputs, got {type(x).__name__}.")
+    check_not_meta(x, "x")
+    batch_size = check_int(batch_size, "batch_size", 1)
+    if x.ndim == 0 or len(x) == 0:
+        raise ValueError(f"x must be a non-empty batch of inputs, got shape {tuple(x.shape)}.")
+    if x.is_floating_point():
+        x = to_model_dtype(as_float_tensor(x, "x"), model, "x")  # refuses NaN/inf, converts float64
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return torch.cat([model(x[i:i + batch_size]).float() for i in range(0, len(x), batch_size)])
+            return torch.cat([run_model(model, x[i:i + batch_size], "x").float() for i in range(0, len(x), batch_size)])
     finally:
         model.train(was_training)
 
@@ -297,6 +355,10 @@ def flipped(y, float_pred, quant_pred) -> Flips:
 def confidence_shift(y, float_logits: torch.Tensor, quant_logits: torch.Tensor) -> torch.Tensor:
     """Per input, the change in the probability given to the true class: ``softmax(quant)[y] - softmax(float)[y]``.
 
+    Raises:
+        TypeError / ValueError: labels that are not 1-D integers in ``0 .. n_classes - 1``, logits
+            that are not ``(N, n_classes)`` float tensors or hold NaN/inf.
+
     >>> confidence_shift(torch.tensor([0]), torch.tensor([[0.0, 0.0]]), torch.tensor([[0.0, 0.0]])).tolist()
     [0.0]
     """
@@ -305,6 +367,16 @@ def confidence_shift(y, float_logits: torch.Tensor, quant_logits: torch.Tensor) 
         if not isinstance(t, torch.Tensor) or t.ndim != 2 or len(t) != len(y):
             raise ValueError(f"{name} must be a (N, n_classes) tensor with N = {len(y)} rows, got "
                              f"{tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__}.")
+        if not t.is_floating_point():
+            raise TypeError(f"{name} must hold floating-point logits, got dtype {t.dtype}.")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} holds NaN or inf; softmax of them is NaN. Check the model that produced them.")
+    if float_logits.shape[1] != quant_logits.shape[1]:
+        raise ValueError(f"float_logits and quant_logits must have the same number of classes, got "
+                         f"{float_logits.shape[1]} and {quant_logits.shape[1]}.")
+    if int(y.min()) < 0 or int(y.max()) >= float_logits.shape[1]:
+        raise ValueError(f"y holds labels {int(y.min())}..{int(y.max())}, outside 0..{float_logits.shape[1] - 1} "
+                         "(the logits' columns); pass the labels that belong to these logits.")
     pick = lambda z: z.double().softmax(dim=1).gather(1, y[:, None]).squeeze(1)  # noqa: E731  (N,)
     return pick(quant_logits) - pick(float_logits)
 
@@ -400,7 +472,13 @@ def regression_report(y, float_pred, quant_pred, *, threshold: float = 0.05, n_c
 
 def compare_models(float_model: nn.Module, quant_model: nn.Module, x: torch.Tensor, y, *, threshold: float = 0.05,
                    n_classes: int = 10) -> RegressionReport:
-    """:func:`regression_report` for two models on the same inputs (each model runs once)."""
+    """:func:`regression_report` for two models on the same inputs (each model runs once).
+
+    Each model gets ``x`` in its own dtype (see :func:`logits`: float64 is accepted if it fits).
+
+    Raises:
+        TypeError / ValueError: as :func:`logits` and :func:`regression_report`.
+    """
     float_logits, quant_logits = logits(float_model, x), logits(quant_model, x)
     return regression_report(y, float_logits.argmax(1), quant_logits.argmax(1), threshold=threshold,
                              n_classes=n_classes, float_logits=float_logits, quant_logits=quant_logits)

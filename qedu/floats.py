@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from qedu._validation import as_float_tensor, check_int
+from qedu._validation import as_float_tensor, check_fits_format, check_int, check_real
 
 __all__ = ["FloatFormat", "FP32", "FP16", "BF16", "FP8_E4M3", "FP8_E5M2", "FP6_E3M2", "FP6_E2M3",
            "FP4_E2M1", "cast", "default_saturate", "grid", "encode", "decode", "fields", "Fields", "format_table",
@@ -404,7 +404,8 @@ def format_table(formats=(FP32, BF16, FP16, FP8_E5M2, FP8_E4M3, FP6_E3M2, FP4_E2
 
     "digits" is ``(M + 1) * log10(2)`` (M stored bits + the implicit 1): about how many
     significant decimal digits survive a cast;
-    "eps" is the gap after 1.0 (the relative gap everywhere in the normal range, within 2x).
+    "eps" is the gap after 1.0; inside each binade the relative gap falls from eps to about eps/2,
+    and rounding to nearest errs by at most eps/2 relative (the unit roundoff).
 
     >>> print(format_table([FP4_E2M1]))  # doctest: +NORMALIZE_WHITESPACE
     format      bits  E   M         max  min normal  min subnormal      eps  digits  inf  NaN
@@ -428,14 +429,23 @@ def repeated_add(start: float, step: float, n: int, fmt: FloatFormat) -> torch.T
     below half the gap around acc: it is *swamped*) every later addition is lost too, so the
     loop stops early and repeats that value.
 
+    A sum that grows beyond ``fmt.max`` overflows as the format's own addition does (inf, or
+    ``fmt.max`` where :func:`default_saturate` says so); that is the format speaking, not a bug.
+
     Returns:
         float32 tensor of n + 1 running sums, ``start`` first.
+
+    Raises:
+        TypeError / ValueError: ``start`` or ``step`` not a finite number that ``fmt`` can hold
+            (NaN would make every sum NaN), ``n`` not an int >= 0, ``fmt`` not a FloatFormat.
 
     >>> repeated_add(1.0, 1e-3, 10_000, BF16)[-1].item()  # the true sum is 11
     1.0
     """
     fmt = _check_format(fmt)
     n = check_int(n, "n", 0)
+    start = check_fits_format(check_real(start, "start", example="1.0"), "start", fmt)
+    step = check_fits_format(check_real(step, "step", example="1e-3"), "step", fmt)
     acc, step_ = cast(start, fmt), cast(step, fmt)
     history = [acc]
     for _ in range(n):

@@ -47,7 +47,7 @@ from typing import Callable, Union
 
 import torch
 
-from qedu._validation import check_axis, check_int
+from qedu._validation import check_axis, check_int, check_shape
 
 __all__ = ["PerTensor", "PerChannel", "PerGroup", "Granularity"]
 
@@ -120,7 +120,8 @@ class PerTensor(_Base):
         return stat.reshape(())  # (1,) -> ()
 
     def num_params(self, shape) -> int:
-        """Number of scales for a tensor of ``shape``: always 1."""
+        """Number of scales for a tensor of ``shape``: always 1 (``shape`` must be sizes >= 0)."""
+        check_shape(shape)
         return 1
 
 
@@ -168,7 +169,7 @@ class PerChannel(_Base):
 
     def num_params(self, shape) -> int:
         """Number of scales for a tensor of ``shape``: its size along ``axis``."""
-        shape = tuple(shape)
+        shape = check_shape(shape)
         return shape[self._axis(len(shape))]
 
 
@@ -176,7 +177,8 @@ class PerChannel(_Base):
 class PerGroup(_Base):
     """One scale and zero point per run of ``group_size`` consecutive values along ``axis``.
 
-    The usual choice for 4-bit LLM weights (GPTQ, AWQ, torchao ``int4_weight_only``): for a
+    The usual choice for 4-bit LLM weights (GPTQ, AWQ and torchao ``int4_weight_only`` default to
+    ``group_size=128``; llama.cpp's Q4_0 and the OCP MX formats use blocks of 32): for a
     Linear weight ``(C_out, C_in)`` with ``axis=-1`` each row is cut into ``C_in / group_size``
     groups. ``group_size`` must divide the length of ``axis``.
 
@@ -242,6 +244,7 @@ class PerGroup(_Base):
 
     def num_params(self, shape) -> int:
         """Number of scales for a tensor of ``shape``: ``numel / group_size``."""
+        shape = check_shape(shape)
         self._axis_len(shape)
         return math.prod(tuple(shape)) // self.group_size
 

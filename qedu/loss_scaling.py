@@ -32,16 +32,28 @@ from collections import deque
 
 import torch
 
-from qedu._validation import as_float_tensor, check_int
+from qedu._validation import FLOAT32_MAX, as_float_tensor, check_int, check_real
 from qedu.floats import FP8_E4M3, FloatFormat, cast
 
 __all__ = ["StaticLossScaler", "DynamicLossScaler", "DelayedScaling", "scale_from_amax"]
 
 
 def _positive(value, name: str, example: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number (e.g. {example}), got {type(value).__name__} {value!r}.")
+    if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite number > 0 (e.g. {example}), got {value!r}.")
     return float(value)
+
+
+# The usable loss scales: S itself and 1 / S must be finite normal float32 numbers (the scaler
+# multiplies the loss by S and the gradients by 1 / S, both in float32).
+_MIN_SCALE, _MAX_SCALE = 1 / FLOAT32_MAX, FLOAT32_MAX
+
+
+def _usable_scale(scale: torch.Tensor) -> bool:
+    s = float(scale)
+    return _MIN_SCALE <= s <= _MAX_SCALE and math.isfinite(float(torch.tensor(1.0 / s, dtype=torch.float32)))
 
 
 class StaticLossScaler:
@@ -55,11 +67,19 @@ class StaticLossScaler:
         scale: the loss scale ``S`` (> 0); powers of two keep the scaling exact.
 
     After :meth:`step`, ``found_inf`` says whether the step was skipped.
+
+    Raises:
+        TypeError / ValueError: a ``scale`` that is not a number, or that is not usable in
+            float32 (``S`` and ``1 / S`` must both be finite: about 2.9e-39 .. 3.4e38).
     """
 
     def __init__(self, scale: float = 2.0**16):
         # float32, like GradScaler's scale tensor, so multiplying by it rounds the same way
         self._scale = torch.tensor(_positive(scale, "scale", "2.**16"), dtype=torch.float32)
+        if not _usable_scale(self._scale):
+            raise ValueError(f"scale={scale!r} is {float(self._scale):.4g} in float32; the loss scale and its inverse "
+                             f"must both be finite float32 numbers, so S must lie in [{_MIN_SCALE:.3g}, {_MAX_SCALE:.3g}]. "
+                             "Use a power of two such as 2.**16.")
         self.found_inf = False
         self._unscaled = False
 
@@ -129,6 +149,12 @@ class DynamicLossScaler(StaticLossScaler):
         growth_factor: > 1, multiplies ``S`` after ``growth_interval`` clean steps.
         backoff_factor: in (0, 1), multiplies ``S`` after an overflow.
         growth_interval: clean steps in a row before growing.
+
+    Raises:
+        TypeError / ValueError: bad arguments (as :class:`StaticLossScaler`; ``growth_factor > 1``,
+            ``0 < backoff_factor < 1``); in :meth:`update`, a back-off that would take ``S`` below
+            the smallest usable float32 scale (the gradients overflow at every scale: something
+            upstream is NaN/inf).
     """
 
     def __init__(self, init_scale: float = 2.0**16, growth_factor: float = 2.0, backoff_factor: float = 0.5,
@@ -152,7 +178,16 @@ class DynamicLossScaler(StaticLossScaler):
         if not self._unscaled:
             raise RuntimeError("update() needs a step() (or unscale_()) first in this iteration.")
         if self.found_inf:
-            self._scale = self._times(self.backoff_factor)
+            backed_off = self._times(self.backoff_factor)
+            if not _usable_scale(backed_off):
+                self._unscaled = False
+                raise ValueError(
+                    f"the loss scale fell to {float(backed_off):.4g} (S = {float(self._scale):.4g} times "
+                    f"backoff_factor={self.backoff_factor}), below the smallest usable float32 scale {_MIN_SCALE:.3g}: "
+                    "the gradients are inf/NaN at every scale. Find where the NaN/inf come from (the loss, the "
+                    "model's weights), or use a backoff_factor closer to 1 such as 0.5."
+                )
+            self._scale = backed_off
             self.clean_steps = 0
         else:
             self.clean_steps += 1
@@ -171,13 +206,34 @@ def scale_from_amax(amax: float, fmt: FloatFormat, margin: int = 0, previous: fl
     headroom. When ``amax`` is 0 or not finite there is nothing to learn from, so ``previous``
     is kept (as Transformer Engine does).
 
+    Raises:
+        TypeError / ValueError: ``amax`` or ``previous`` not a number (``previous`` must be
+            finite and > 0), ``fmt`` not a FloatFormat, or a scale beyond float32.
+
     >>> scale_from_amax(2.0, FP8_E4M3), scale_from_amax(0.0, FP8_E4M3, previous=3.0)
     (224.0, 3.0)
     """
     margin = check_int(margin, "margin", 0)
+    if not isinstance(fmt, FloatFormat):
+        raise TypeError(f"fmt must be a FloatFormat such as qedu.formats.FP8_E4M3, got {fmt!r}.")
+    amax = check_real(amax, "amax", allow_inf=True, example="2.0") if not _is_nan(amax) else math.nan
+    previous = check_real(previous, "previous", 0, lo_open=True, example="1.0")
     if not (math.isfinite(amax) and amax > 0):
         return previous
-    return fmt.max / amax / 2.0**margin
+    scale = fmt.max / amax / 2.0**margin
+    if not FLOAT32_MAX >= scale >= 1 / FLOAT32_MAX:
+        raise ValueError(f"amax={amax:.4g} gives the scale {scale:.4g}, outside float32's usable range; amax must be a "
+                         f"magnitude that x * scale can reach (between {fmt.max / FLOAT32_MAX:.3g} and "
+                         f"{fmt.max * FLOAT32_MAX:.3g} for {fmt.name}).")
+    return scale
+
+
+def _is_nan(value) -> bool:
+    """NaN amax (a float NaN, or a one-element tensor holding NaN) means "nothing to learn from"."""
+    try:
+        return math.isnan(float(value)) and not isinstance(value, (str, bytes, bool))
+    except (TypeError, ValueError):
+        return False
 
 
 class DelayedScaling:

@@ -110,6 +110,10 @@ def init_step(x, fmt: IntFormat, granularity=PerTensor(), init: str = "mse") -> 
     Returns:
         float32 steps shaped to broadcast against ``x`` (0-d per tensor, keepdim per channel).
 
+    Raises:
+        TypeError / ValueError: ``x`` not a finite float tensor, a format without positive codes,
+            an unknown granularity or ``init``, or a step that overflows float32.
+
     >>> init_step(torch.tensor([-1.0, 0.5, 2.0]), IntFormat(2), init="lsq")  # 2 * (3.5 / 3) / 1
     tensor(2.3333)
     """
@@ -120,8 +124,12 @@ def init_step(x, fmt: IntFormat, granularity=PerTensor(), init: str = "mse") -> 
     if init not in INITS:
         raise ValueError(f"init={init!r} is not one of {', '.join(map(repr, INITS))}; pick one of those.")
     if init == "lsq":
-        step = granularity.reduce(x, lambda rows: rows.abs().mean(dim=1)) * (2 / math.sqrt(qp))
-        return torch.clamp(step, min=FLOAT32_EPS)
+        step = granularity.reduce(x.double(), lambda rows: rows.abs().mean(dim=1)) * (2 / math.sqrt(qp))  # no overflow
+        step = torch.clamp(step, min=FLOAT32_EPS).to(torch.float32)
+        if not bool(torch.isfinite(step).all()):
+            raise ValueError(f"x is so large that the step 2 * mean|x| / sqrt(Qp) overflows float32 "
+                             f"(mean|x| up to {float(x.double().abs().mean()):.4g}); scale x down.")
+        return step
     lo, hi = minmax_range(x, granularity) if init == "minmax" else mse_range(x, fmt, granularity, fmt.signed)
     return choose_qparams_from_minmax(lo, hi, fmt, symmetric=fmt.signed)[0]
 
@@ -136,6 +144,9 @@ class LSQQuantizer(nn.Module):
         init: ``"mse"``, ``"minmax"`` or ``"lsq"`` (see :func:`init_step`).
         n: values per step for the gradient scale (default: per slice of ``x_init``; pass the
             features per sample for activations).
+
+    Raises:
+        TypeError / ValueError: (in ``forward``) ``x`` that is not a float tensor, empty, or holds NaN/inf.
 
     >>> q = LSQQuantizer(torch.tensor([-1.0, 0.4, 1.0]), IntFormat(2), init="minmax")  # step 1 / 1.5
     >>> [round(v, 4) for v in q(torch.tensor([-1.0, 0.4, 1.0])).tolist()]  # -1.5 steps rounds to -2 (half to even)
@@ -156,6 +167,7 @@ class LSQQuantizer(nn.Module):
         return scale, torch.zeros(scale.shape, dtype=torch.int32)
 
     def forward(self, x):
+        _check_float(x, "x")  # NaN/inf would pass the fast path silently: refuse them, as fake_quantize_ste does
         s = torch.clamp(scale_grad(self.scale, self.g), min=FLOAT32_EPS)  # a step never reaches 0
         return _fake_quantize_ste(x, s, 0, self.fmt)  # qedu.qat.fake_quantize_ste, minus the input checks
 
@@ -222,6 +234,7 @@ class PACTQuantizer(nn.Module):
         return alpha / self.fmt.qmax, torch.tensor(0, dtype=torch.int32)
 
     def forward(self, x):
+        _check_float(x, "x")  # NaN in, NaN out would be silent: refuse it
         return PACTFunction.apply(x, torch.clamp(self.alpha, min=FLOAT32_EPS), self.fmt)
 
     def extra_repr(self) -> str:

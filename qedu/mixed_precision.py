@@ -1,14 +1,17 @@
 """Mixed-precision training, simulated on the CPU with qedu's own float rounding.
 
-Mixed-precision training (Micikevicius et al. 2018) rests on three ingredients:
+Mixed-precision training (Micikevicius et al. 2018) does the math in low precision: the inputs
+of every matmul (weights, activations) and the gradients are fp16 / bf16 / fp8, which halves
+(quarters) their memory and runs on fast units. Three ingredients make that work:
 
-1. **low-precision math**: the inputs of every matmul (weights, activations) and the gradients
-   are fp16 / bf16 / fp8, which halves (quarters) their memory and runs on fast units;
-2. **fp32 master weights**: the optimizer updates an fp32 copy of the weights. Without it an
+1. **fp32 master weights**: the optimizer updates an fp32 copy of the weights. Without it an
    update smaller than half a step of the low format is rounded away ("swamping", see
-   :func:`swamping`), unless the weights are rounded *stochastically* (:func:`stochastic_round`);
-3. **loss scaling** (:mod:`qedu.loss_scaling`): gradients smaller than the format's smallest
-   number underflow to zero unless the loss is scaled up first.
+   :func:`swamping`), unless the weights are rounded *stochastically* (:func:`stochastic_round`)
+   or carry a Kahan compensation (``weight_rounding="kahan"``, :mod:`qedu.accumulation`);
+2. **loss scaling** (:mod:`qedu.loss_scaling`): gradients smaller than the format's smallest
+   number underflow to zero unless the loss is scaled up first;
+3. **fp32 accumulation**: the products of a matmul are summed in fp32 (the simulation below does
+   so; :mod:`qedu.accumulation` shows what fp16 or bf16 sums would lose).
 
 :func:`simulate` returns a copy of a model whose ``Linear`` and ``Conv2d`` layers compute::
 
@@ -30,6 +33,7 @@ GradStats(n=40, zero=0, underflow=40, subnormal=0, overflow=0)
 from __future__ import annotations
 
 import copy
+import numbers
 import time
 from dataclasses import dataclass, field
 
@@ -38,7 +42,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
-from qedu._validation import check_int
+from qedu._validation import FLOAT32_MAX, FLOAT32_TINY, check_int, check_real
+from qedu.accumulation import kahan_add
 from qedu.data import batches
 from qedu.floats import FP16, FloatFormat, cast
 from qedu.loss_scaling import DelayedScaling, DynamicLossScaler, StaticLossScaler
@@ -46,10 +51,12 @@ from qedu.models import evaluate, make_mlp
 from qedu.rounding import ROUNDINGS, stochastic_round, swamping
 
 __all__ = ["Precision", "GradStats", "simulate", "SimulatedModel", "SimulatedRun", "train_simulated", "BACKENDS",
+           "WEIGHT_ROUNDINGS",
            # re-exported from qedu.loss_scaling and qedu.rounding, which hold their code
            "StaticLossScaler", "DynamicLossScaler", "DelayedScaling", "stochastic_round", "swamping", "ROUNDINGS"]
 
 BACKENDS = ("qedu", "torch")
+WEIGHT_ROUNDINGS = (*ROUNDINGS, "kahan")  # how weights without an fp32 master copy are rounded
 
 
 def _check_fmt(fmt, name: str = "fmt", allow_none: bool = False) -> FloatFormat | None:
@@ -81,8 +88,10 @@ class Precision:
         master_weights: True: the optimizer updates fp32 weights and the forward pass uses a
             rounded copy. False: after every step the weights themselves are rounded to
             ``compute`` (no fp32 copy exists, as in "pure bf16" training).
-        weight_rounding: "nearest" or "stochastic", how weights are rounded when
-            ``master_weights`` is False.
+        weight_rounding: "nearest", "stochastic" or "kahan", how weights are rounded when
+            ``master_weights`` is False. "kahan" rounds to nearest but keeps, per weight, a
+            ``compute``-format compensation that carries what rounding dropped into the next
+            step (:func:`qedu.accumulation.kahan_add`).
 
     >>> Precision(FP16, FP16).name
     'fp16 compute, fp16 grads, fp32 master weights'
@@ -98,7 +107,7 @@ class Precision:
         _check_fmt(self.grads, "grads", allow_none=True)
         if not isinstance(self.master_weights, bool):
             raise TypeError(f"master_weights must be True or False, got {self.master_weights!r}.")
-        _check_choice(self.weight_rounding, "weight_rounding", ROUNDINGS)
+        _check_choice(self.weight_rounding, "weight_rounding", WEIGHT_ROUNDINGS)
 
     @property
     def name(self) -> str:
@@ -245,6 +254,7 @@ class SimulatedModel(nn.Module):
             out = _Rounder(c, g, backend, self._recorder(f"{name}.output"))
             layer.register_forward_pre_hook(lambda _mod, args, r=into: (r(args[0]), *args[1:]))
             layer.register_forward_hook(lambda _mod, _args, y, r=out: r(y))
+        self._kahan: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (stored weights, compensation)
         if not precision.master_weights:
             self.round_weights_()
 
@@ -261,14 +271,26 @@ class SimulatedModel(nn.Module):
 
     @torch.no_grad()
     def round_weights_(self, generator: torch.Generator | None = None) -> None:
-        """Store every rounded layer's weights in ``precision.compute`` (nearest or stochastic)."""
+        """Store every rounded layer's weights in ``precision.compute`` (nearest, stochastic or Kahan).
+
+        With "kahan" the update since the last call is ``w - stored`` (what the optimizer added
+        in fp32) and the stored weights move by :func:`~qedu.accumulation.kahan_add`.
+        """
         fmt = self.precision.compute
         if fmt is None:
             return
-        for _name, layer in self.rounded_layers:
-            for param in layer.parametrizations.values():
+        for name, layer in self.rounded_layers:
+            for pname, param in layer.parametrizations.items():
                 w = param.original
-                if self.precision.weight_rounding == "stochastic":
+                if self.precision.weight_rounding == "kahan":
+                    key = f"{name}.{pname}"
+                    if key not in self._kahan:  # first call: round to nearest, no compensation yet
+                        stored, comp = _round(w, fmt, self.backend), torch.zeros_like(w)
+                    else:
+                        stored, comp = kahan_add(*self._kahan[key], w - self._kahan[key][0], fmt)
+                    self._kahan[key] = (stored, comp)
+                    w.copy_(stored)
+                elif self.precision.weight_rounding == "stochastic":
                     w.copy_(stochastic_round(w, fmt, generator))
                 else:
                     w.copy_(_round(w, fmt, self.backend))
@@ -330,9 +352,12 @@ def _make_scaler(loss_scale):
         return loss_scale
     if loss_scale == "dynamic":
         return DynamicLossScaler()
-    if isinstance(loss_scale, (int, float)) and not isinstance(loss_scale, bool):
-        return StaticLossScaler(loss_scale)
+    if isinstance(loss_scale, numbers.Real) and not isinstance(loss_scale, bool):  # numpy numbers too
+        return StaticLossScaler(float(loss_scale))
     raise TypeError(f"loss_scale must be None, a number such as 2.**16, 'dynamic' or a qedu loss scaler, got {loss_scale!r}.")
+
+
+_ADAM_EPS = 1e-8  # torch.optim.Adam's default; train_simulated divides it by loss_divisor
 
 
 def train_simulated(model: nn.Module, data, precision: Precision, *, epochs: int = 5, lr: float = 1e-3,
@@ -353,15 +378,23 @@ def train_simulated(model: nn.Module, data, precision: Precision, *, epochs: int
             batch or many accumulation steps shrinks it. Adam's ``eps`` is divided too, so in
             fp32 the run is exactly unchanged: only the gradients' magnitude moves.
         backend: "qedu" (:func:`~qedu.floats.cast`) or "torch" (torch's casts, same bits, faster).
+
+    Raises:
+        TypeError / ValueError: bad ``epochs``, ``batch_size``, ``seed``, ``loss_scale``, or a
+            ``loss_divisor`` that is not a finite number > 0 keeping ``1e-8 / loss_divisor`` a
+            normal float32 (``inf`` would make every weight NaN).
     """
     epochs, batch_size = check_int(epochs, "epochs", 1), check_int(batch_size, "batch_size", 1)
-    if not float(loss_divisor) > 0:
-        raise ValueError(f"loss_divisor must be > 0 (e.g. 2**16), got {loss_divisor!r}.")
+    loss_divisor = check_real(loss_divisor, "loss_divisor", 0, lo_open=True, example="2.**16")
+    if not _ADAM_EPS / FLOAT32_MAX <= loss_divisor <= _ADAM_EPS / FLOAT32_TINY:
+        raise ValueError(f"loss_divisor={loss_divisor:.4g} is outside [{_ADAM_EPS / FLOAT32_MAX:.3g}, "
+                         f"{_ADAM_EPS / FLOAT32_TINY:.3g}]: Adam's eps = {_ADAM_EPS:g} / loss_divisor must stay a normal "
+                         "float32 number (0 would turn a zero gradient into 0 / 0 = NaN). Use e.g. 2.**16.")
     scaler = _make_scaler(loss_scale)
     sim = simulate(model, precision, backend)
     order = torch.Generator().manual_seed(check_int(seed, "seed", 0, 2**32 - 1))  # batch order
     rounding = torch.Generator().manual_seed(seed + 1)  # stochastic rounding of the weights
-    optimizer = torch.optim.Adam(sim.parameters(), lr=lr, eps=1e-8 / loss_divisor)
+    optimizer = torch.optim.Adam(sim.parameters(), lr=lr, eps=_ADAM_EPS / loss_divisor)
     run = SimulatedRun(precision, sim)
     start = time.perf_counter()
     for _epoch in range(epochs):

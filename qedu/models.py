@@ -43,7 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qedu._validation import check_bool, check_int, check_module, check_seed
+from qedu._validation import as_float_tensor, check_bool, check_int, check_module, check_seed, to_model_dtype
 from qedu.data import Digits, batches, load_digits
 
 __all__ = [
@@ -333,7 +333,11 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
 
     Runs in eval mode without gradients and restores the model's train/eval mode afterwards.
     ``x`` is moved to the device and floating dtype of the model's parameters (so a ``.half()``
-    model takes float32 images).
+    model takes float32 images; float64 values must fit the model's dtype).
+
+    Raises:
+        TypeError / ValueError: ``model`` not an ``nn.Module``, ``x`` not a tensor, floating ``x``
+            holding NaN/inf or values beyond the model's dtype, ``batch_size < 1``.
 
     >>> predict(make_mlp(seed=0), torch.zeros(3, 1, 8, 8)).shape
     torch.Size([3])
@@ -344,7 +348,11 @@ def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 1024) -> torch.
     batch_size = check_int(batch_size, "batch_size", 1)
     param = next((p for p in model.parameters() if p.is_floating_point()), None)
     if param is not None:
-        x = x.to(device=param.device, dtype=param.dtype)
+        x = x.to(device=param.device)
+        if x.is_floating_point():  # NaN/inf would give meaningless labels without a word; float64 must fit
+            x = to_model_dtype(as_float_tensor(x, "x", allow_empty=True), model, "x")
+        else:
+            x = x.to(param.dtype)
     was_training = model.training
     model.eval()
     try:
@@ -487,6 +495,9 @@ def pretrained_path(
     """
     name, seed, data_seed, config = _resolve(name, seed, epochs, data_seed)
     digest = hashlib.sha256(_config_json(name, seed, data_seed, config).encode()).hexdigest()[:16]
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError(f"cache_dir must be a folder path (a str or pathlib.Path) or None, got "
+                        f"{type(cache_dir).__name__} {cache_dir!r}.")
     root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     return root / "models" / f"{name}-seed{seed}-{digest}.pt"
 

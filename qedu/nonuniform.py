@@ -28,7 +28,7 @@ import math
 
 import torch
 
-from qedu._validation import check_int
+from qedu._validation import as_float32, check_int
 from qedu.quantizers import _check_x
 
 __all__ = ["quantize_to_codebook", "dequantize_codebook", "kmeans_codebook", "nf4_levels",
@@ -220,7 +220,8 @@ def blockwise_absmax_dequantize(codes: torch.Tensor, absmax: torch.Tensor, level
         float32 tensor of ``codes``' shape.
 
     Raises:
-        ValueError: if ``absmax`` does not have one value per block, or codes are out of range.
+        ValueError: if ``absmax`` does not have one value per block, holds NaN, inf or negative
+            values, or codes are out of range.
 
     >>> blockwise_absmax_dequantize(torch.tensor([8, 0, 15, 15]), torch.tensor([2.0, 0.5]), nf4_levels(), 2)
     tensor([ 0.1592, -2.0000,  0.5000,  0.5000])
@@ -233,5 +234,9 @@ def blockwise_absmax_dequantize(codes: torch.Tensor, absmax: torch.Tensor, level
         got = tuple(absmax.shape) if isinstance(absmax, torch.Tensor) else type(absmax).__name__
         raise ValueError(f"absmax must hold one value per block of {block_size}: shape ({n_blocks},) for "
                          f"{values.numel()} codes, got {got}; pass the absmax that blockwise_absmax_quantize returned.")
-    blocks = _blocks(values.reshape(-1), block_size) * absmax.float()[:, None]  # (n_blocks, bs)
+    if absmax.is_complex() or absmax.dtype == torch.bool or not bool((torch.isfinite(absmax) & (absmax >= 0)).all()):
+        raise ValueError(f"absmax must hold finite values >= 0 (one block maximum |x| each), got {absmax.tolist()[:8]}; "
+                         "pass the absmax that blockwise_absmax_quantize returned.")
+    absmax = as_float32(absmax, "absmax") if absmax.is_floating_point() else absmax.float()
+    blocks = _blocks(values.reshape(-1), block_size) * absmax[:, None]  # (n_blocks, bs)
     return blocks.reshape(-1)[: values.numel()].reshape(codes.shape)

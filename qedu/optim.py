@@ -34,12 +34,13 @@ import copy
 import math
 import numbers
 import time
+import warnings
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from qedu._validation import check_int
+from qedu._validation import FLOAT32_TINY, check_int, check_module
 
 __all__ = ["dynamic_map", "linear_map", "Adam", "STATE_FORMATS", "AdamRun", "train_adam"]
 
@@ -151,38 +152,67 @@ class Adam(torch.optim.Optimizer):
         params, lr, betas, eps, weight_decay: as ``torch.optim.Adam``.
         states: "fp32" (no quantization), "dynamic" (:func:`dynamic_map`, signed for ``m``,
             unsigned for ``v``, as bitsandbytes' Adam8bit) or "linear" (:func:`linear_map`).
-        block_size: values per absmax block (bitsandbytes uses 256).
+        block_size: values per absmax block (bitsandbytes uses 256; Dettmers et al. 2022 used 2048).
+        min_8bit_size: tensors with fewer elements than this keep fp32 ``m`` and ``v`` (bitsandbytes'
+            ``min_8bit_size``, default 4096 there; 0 here quantizes every tensor). Small tensors
+            (biases, a small last layer) cost little memory, and a block that spans a whole small
+            tensor lets one large value set the scale of all of it.
 
     After each :meth:`step`, ``last_stats`` gives the fraction of nonzero ``m`` and ``v``
     entries that quantization turned into 0 (``"m_zeroed"``, ``"v_zeroed"``).
+
+    A step is all or nothing. When any gradient holds NaN or inf (or is so large that ``v``
+    overflows float32), :meth:`step` **skips** the step, as ``torch.amp.GradScaler`` does: no
+    weight and no state changes, ``last_stats["skipped"]`` is True, ``skipped_steps`` counts it
+    and a ``RuntimeWarning`` names the parameter. Updating anyway would be worse than in fp32:
+    with 8-bit states one inf sets its block's absmax to inf and turns all 256 values of the
+    block into NaN for good (fp32 Adam loses one value).
+
+    Raises:
+        TypeError / ValueError: bad hyper-parameters (``eps`` must be a normal float32 > 0, so a
+            zero gradient never gives 0 / 0; ``betas`` a pair); in :meth:`step`: a sparse
+            gradient, or a non-float32 parameter with 8-bit states.
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0, states: str = "dynamic", block_size: int = 256):
+                 weight_decay: float = 0.0, states: str = "dynamic", block_size: int = 256, min_8bit_size: int = 0):
+        if isinstance(betas, (str, bytes)) or not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair of numbers (beta1, beta2) such as (0.9, 0.999), got {betas!r}.")
         for name, value, lo, hi in (("lr", lr, 0, math.inf), ("eps", eps, 0, math.inf), ("weight_decay", weight_decay, 0, math.inf),
                                     ("betas[0]", betas[0], 0, 1), ("betas[1]", betas[1], 0, 1)):
-            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not lo <= value < hi:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise TypeError(f"{name} must be a number in [{lo}, {hi}), got {type(value).__name__} {value!r}.")
+            if not lo <= value < hi:
                 raise ValueError(f"{name} must be a number in [{lo}, {hi}), got {value!r}.")
+        if float(torch.tensor(float(eps), dtype=torch.float32)) < FLOAT32_TINY:
+            raise ValueError(f"eps must be at least {FLOAT32_TINY:.4g} (a normal float32), got {eps!r}: with a zero "
+                             "gradient m / (sqrt(v) + eps) would be 0 / 0 = NaN. Use the default 1e-8.")
         if states not in STATE_FORMATS:
             raise ValueError(f"states must be one of {STATE_FORMATS}, got {states!r}.")
         super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
         self.states = states
         self.block_size = check_int(block_size, "block_size", 1)
+        self.min_8bit_size = check_int(min_8bit_size, "min_8bit_size", 0)
         make = dynamic_map if states == "dynamic" else linear_map
         self.levels = {} if states == "fp32" else {"m": make(signed=True), "v": make(signed=False)}
         self._boundaries = {k: _float32_boundaries(lv) for k, lv in self.levels.items()}
         self._zero_code = {k: int(torch.bucketize(torch.zeros(()), b)) for k, b in self._boundaries.items()}
-        self.last_stats = {"m_zeroed": 0.0, "v_zeroed": 0.0}
+        self.last_stats = {"m_zeroed": 0.0, "v_zeroed": 0.0, "skipped": False}
+        self.skipped_steps = 0
+
+    def quantizes(self, p: torch.Tensor) -> bool:
+        """Whether ``p``'s states are stored in 8 bits: ``states`` is not "fp32" and ``p.numel() >= min_8bit_size``."""
+        return self.states != "fp32" and p.numel() >= self.min_8bit_size
 
     def _load(self, state: dict, key: str) -> torch.Tensor:
         """The fp32 value of state ``key`` ("m" or "v")."""
-        if self.states == "fp32":
+        if key in state:  # fp32 states (states="fp32", or a tensor below min_8bit_size)
             return state[key]
         return _dequantize(state[key + "_q"], state[key + "_absmax"], self.levels[key], self.block_size)
 
     def _store(self, state: dict, key: str, value: torch.Tensor, zeroed: dict) -> None:
-        if self.states == "fp32":
-            return  # updated in place
+        if key in state:
+            return  # fp32 state, updated in place
         q, absmax = _quantize(value, self._boundaries[key], self.block_size)
         state[key + "_q"], state[key + "_absmax"] = q, absmax
         zeroed[key][0] += int(((q == self._zero_code[key]) & (value != 0)).sum())  # nonzero -> level 0
@@ -196,9 +226,13 @@ class Adam(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         zeroed = {"m": [0, 0], "v": [0, 0]}  # [entries turned to 0, nonzero entries]
-        for group in self.param_groups:
+        skip = self._check_grads()  # all or nothing: decide before changing anything
+        if skip is not None:
+            return self._skip(skip, loss)
+        updates = []  # (p, state, m, v, step, lr / bias_correction1, denom): committed once all are finite
+        for gi, group in enumerate(self.param_groups):
             lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
-            for p in group["params"]:
+            for pi, p in enumerate(group["params"]):
                 if p.grad is None:
                     continue
                 state = self.state[p]
@@ -206,24 +240,63 @@ class Adam(torch.optim.Optimizer):
                     state["step"] = 0
                     for key in ("m", "v"):
                         zeros = torch.zeros_like(p, memory_format=torch.preserve_format)
-                        if self.states == "fp32":
+                        if not self.quantizes(p):
                             state[key] = zeros
                         else:
                             state[key + "_q"], state[key + "_absmax"] = _quantize(zeros, self._boundaries[key], self.block_size)
-                state["step"] += 1
-                t = state["step"]
+                t = state["step"] + 1
                 g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
                 m, v = self._load(state, "m"), self._load(state, "v")
+                if "m" in state:  # fp32 states (see _load): work on copies until the step commits
+                    m, v = m.clone(), v.clone()
                 m.lerp_(g, 1 - beta1)  # m + (1 - beta1) * (g - m), torch's formula for the same thing
                 v.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+                if not bool(torch.isfinite(v).all() and torch.isfinite(m).all()):
+                    return self._skip(f"the gradient of param_groups[{gi}]['params'][{pi}] (shape {tuple(p.shape)}) "
+                                      "is so large that Adam's v = g**2 overflows float32", loss)
                 bias_correction1 = 1 - beta1**t
                 bias_correction2_sqrt = (1 - beta2**t) ** 0.5
                 denom = (v.sqrt() / bias_correction2_sqrt).add_(eps)
-                p.addcdiv_(m, denom, value=-lr / bias_correction1)
-                self._store(state, "m", m, zeroed)
-                self._store(state, "v", v, zeroed)
+                updates.append((p, state, m, v, t, -lr / bias_correction1, denom))
+        for p, state, m, v, t, step_size, denom in updates:  # every update is finite: commit them
+            p.addcdiv_(m, denom, value=step_size)
+            state["step"] = t
+            if "m" in state:  # fp32 states
+                state["m"], state["v"] = m, v
+            self._store(state, "m", m, zeroed)
+            self._store(state, "v", v, zeroed)
         self.last_stats = {f"{k}_zeroed": z / n if n else 0.0 for k, (z, n) in zeroed.items()}
+        self.last_stats["skipped"] = False
         return loss
+
+    def _skip(self, reason: str, loss):
+        """Leave every weight and state as it is, and say so."""
+        self.skipped_steps += 1
+        self.last_stats = {"m_zeroed": 0.0, "v_zeroed": 0.0, "skipped": True}
+        warnings.warn(f"qedu.optim.Adam skipped a step: {reason}; weights and optimizer states are unchanged. "
+                      "Training has probably diverged: lower the learning rate, or find where the NaN/inf come from.",
+                      RuntimeWarning, stacklevel=3)
+        return loss
+
+    def _check_grads(self) -> str | None:
+        """Refuse sparse gradients (and non-float32 parameters with 8-bit states); return why the step must be
+        skipped (a non-finite gradient, named), or None."""
+        for gi, group in enumerate(self.param_groups):
+            for pi, p in enumerate(group["params"]):
+                if p.grad is None:
+                    continue
+                where = f"param_groups[{gi}]['params'][{pi}] (shape {tuple(p.shape)})"
+                if p.grad.is_sparse:
+                    raise TypeError(f"the gradient of {where} is sparse; qedu's Adam needs dense gradients. Use "
+                                    "nn.Embedding(..., sparse=False), or torch.optim.SparseAdam for sparse ones.")
+                if self.states != "fp32" and p.dtype != torch.float32:
+                    raise TypeError(f"{where} is {p.dtype}; states={self.states!r} computes the update in float32 "
+                                    "and needs float32 parameters (keep fp32 master weights, as mixed precision does), "
+                                    "or use states='fp32'.")
+                if not bool(torch.isfinite(p.grad).all()):
+                    n_nan, n_inf = int(torch.isnan(p.grad).sum()), int(torch.isinf(p.grad).sum())
+                    return f"the gradient of {where} holds {n_nan} NaN and {n_inf} inf values"
+        return None
 
     def state_bytes(self) -> int:
         """Bytes of all optimizer-state tensors (codes, absmax, or fp32 m and v)."""
@@ -245,6 +318,7 @@ class AdamRun:
     state_bytes: int = 0
     n_params: int = 0
     seconds: float = 0.0
+    skipped_steps: int = 0  # steps Adam skipped because a gradient was not finite (training diverged)
 
     @property
     def final_test_acc(self) -> float:
@@ -260,17 +334,28 @@ class AdamRun:
 
 
 def train_adam(model: torch.nn.Module, data, *, states: str = "dynamic", block_size: int = 256, lr: float = 1e-3,
-               epochs: int = 30, batch_size: int = 32, seed: int = 0) -> AdamRun:
+               epochs: int = 30, batch_size: int = 32, seed: int = 0, min_8bit_size: int = 0) -> AdamRun:
     """Train a copy of ``model`` on ``data`` (:class:`~qedu.data.Digits`) with :class:`Adam`.
 
     The same loop as :func:`qedu.models.train` (cross-entropy, batches in a seeded order), with
     this module's Adam, so ``states="fp32"`` gives the same weights as ``qedu.models.train``.
+    ``min_8bit_size`` keeps smaller tensors' states in fp32 (see :class:`Adam`).
+
+    Raises:
+        TypeError / ValueError: ``model`` not an ``nn.Module``, ``data`` not a
+            :class:`~qedu.data.Digits`, or bad hyper-parameters (as :class:`Adam`).
+            Steps whose gradients are not finite are skipped with a warning and counted in
+            ``skipped_steps`` (see :class:`Adam`).
     """
     from qedu.data import batches
     from qedu.models import evaluate
 
+    from qedu.models import _check_data
+
+    check_module(model)
+    data = _check_data(data)
     model = copy.deepcopy(model)  # never touch the caller's model
-    optimizer = Adam(model.parameters(), lr=lr, states=states, block_size=block_size)
+    optimizer = Adam(model.parameters(), lr=lr, states=states, block_size=block_size, min_8bit_size=min_8bit_size)
     order = torch.Generator().manual_seed(check_int(seed, "seed", 0, 2**32 - 1))
     run = AdamRun(states, optimizer.block_size, model, optimizer, n_params=sum(p.numel() for p in model.parameters()))
     start = time.perf_counter()
@@ -285,6 +370,7 @@ def train_adam(model: torch.nn.Module, data, *, states: str = "dynamic", block_s
             run.v_zeroed.append(optimizer.last_stats["v_zeroed"])
         run.test_acc.append(evaluate(model, data.x_test, data.y_test))
     run.seconds = time.perf_counter() - start
+    run.skipped_steps = optimizer.skipped_steps
     run.state_bytes = optimizer.state_bytes()
     model.eval()
     return run

@@ -34,7 +34,9 @@ from typing import Any, Mapping
 import torch
 from torch import nn
 
-from qedu._validation import as_float_tensor, check_bool, check_choice, check_int, check_module
+from qedu._validation import (
+    as_float_tensor, check_bool, check_choice, check_int, check_module, check_not_meta, run_model, to_model_dtype,
+)
 from qedu.calibration import OBSERVERS, make_observer, minmax_range, mse_range, percentile_range
 from qedu.formats import IntFormat
 from qedu.granularity import PerChannel, PerGroup, PerTensor
@@ -116,21 +118,33 @@ class PTQConfig:
     def _normalise_names(names) -> tuple[str, ...]:
         if isinstance(names, str):
             names = (names,)
-        names = tuple(names)
+        try:
+            names = tuple(names)
+        except TypeError:
+            raise TypeError(f"keep_float must be a list of layer names such as ['fc1'], got {type(names).__name__} "
+                            f"{names!r}.") from None
         if not all(isinstance(n, str) for n in names):
             raise TypeError(f"keep_float must be a list of layer names such as ['fc1'], got {names!r}.")
         return tuple(sorted(set(names)))
 
     @staticmethod
     def _normalise_overrides(overrides) -> tuple:
-        items = overrides.items() if isinstance(overrides, Mapping) else tuple(overrides)
+        try:
+            items = overrides.items() if isinstance(overrides, Mapping) else tuple(overrides)
+        except TypeError:
+            raise TypeError(f"overrides must map layer names to dicts, e.g. {{'fc1': {{'weight_bits': 8}}}}, got "
+                            f"{type(overrides).__name__} {overrides!r}.") from None
         normal = []
         for entry in items:
             if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)):
                 raise TypeError(f"overrides must map layer names to dicts, e.g. {{'fc1': {{'weight_bits': 8}}}}, "
                                 f"got the entry {entry!r}.")
             name, changes = entry
-            changes = dict(changes.items() if isinstance(changes, Mapping) else changes)
+            try:
+                changes = dict(changes.items() if isinstance(changes, Mapping) else changes)
+            except (TypeError, ValueError):
+                raise TypeError(f"overrides[{name!r}] must be a dict of settings such as {{'weight_bits': 8}}, got "
+                                f"{changes!r}.") from None
             unknown = sorted(set(changes) - set(_LAYER_FIELDS))
             if unknown:
                 raise ValueError(f"overrides[{name!r}] sets {unknown}, which a layer cannot override; "
@@ -183,16 +197,56 @@ def fold_bn_params(weight, bias, running_mean, running_var, gamma, beta, eps: fl
 
     Computed in float64, returned in ``weight``'s dtype.
 
+    Raises:
+        TypeError / ValueError: a non-tensor or non-finite argument, a vector that is not one value
+            per output channel (``weight.shape[0]``), a negative ``running_var`` or an ``eps`` that
+            is not a finite number >= 0 with ``var + eps > 0`` everywhere (``1 / sqrt(0)`` is inf), or a
+            folded weight/bias that overflows ``weight``'s dtype.
+
     >>> w, b = fold_bn_params(torch.ones(2, 3), None, torch.zeros(2), torch.full((2,), 3.0), torch.ones(2), torch.ones(2), 1.0)
     >>> w[:, 0].tolist(), b.tolist()
     ([0.5, 0.5], [1.0, 1.0])
     """
+    _check_bn_args(weight, bias, running_mean, running_var, gamma, beta, eps)
     s = gamma.double() / torch.sqrt(running_var.double() + eps)  # (C_out,)
     b = torch.zeros_like(running_mean, dtype=torch.float64) if bias is None else bias.double()
     shape = (-1,) + (1,) * (weight.ndim - 1)  # (C_out,) -> (C_out, 1, ...) to scale W along axis 0
     w_fold = weight.double() * s.reshape(shape)
     b_fold = beta.double() + (b - running_mean.double()) * s
-    return w_fold.to(weight.dtype), b_fold.to(weight.dtype)
+    w_out, b_out = w_fold.to(weight.dtype), b_fold.to(weight.dtype)
+    if not bool(torch.isfinite(w_out).all() and torch.isfinite(b_out).all()):
+        raise ValueError(f"the folded weight or bias overflows {weight.dtype} (largest |W'| {float(w_fold.abs().max()):.4g}, "
+                         f"|b'| {float(b_fold.abs().max()):.4g}): gamma / sqrt(running_var + eps) is too large for these "
+                         "weights. Check the BatchNorm's statistics (a variance near 0 with a tiny eps?).")
+    return w_out, b_out
+
+
+def _check_bn_args(weight, bias, running_mean, running_var, gamma, beta, eps) -> None:
+    """fold_bn_params' input checks: finite tensors, one value per output channel, var + eps > 0."""
+    if not isinstance(weight, torch.Tensor) or not weight.is_floating_point() or weight.ndim < 1:
+        raise TypeError(f"weight must be a floating-point tensor of shape (C_out, ...), got "
+                        f"{getattr(weight, 'shape', type(weight).__name__)}.")
+    c_out = weight.shape[0]
+    vectors = {"running_mean": running_mean, "running_var": running_var, "gamma": gamma, "beta": beta}
+    if bias is not None:
+        vectors["bias"] = bias
+    for name, t in {"weight": weight, **vectors}.items():
+        if not isinstance(t, torch.Tensor) or not t.is_floating_point():
+            raise TypeError(f"{name} must be a floating-point tensor, got {getattr(t, 'dtype', type(t).__name__)}.")
+        check_not_meta(t, name)
+        if name != "weight" and tuple(t.shape) != (c_out,):
+            raise ValueError(f"{name} must hold one value per output channel, shape ({c_out},) for a weight of shape "
+                             f"{tuple(weight.shape)}, got {tuple(t.shape)}; pass the BatchNorm that follows this layer.")
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} holds NaN or inf; the folded layer would too. Check the BatchNorm's statistics "
+                             "(a diverged run?) before folding.")
+    if bool((running_var < 0).any()):
+        raise ValueError(f"running_var must be >= 0 (it is a variance), got min {float(running_var.min()):.4g}.")
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real) or not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"eps must be a finite number >= 0 (BatchNorm's default is 1e-5), got {eps!r}.")
+    if not bool((running_var.double() + eps > 0).all()):
+        raise ValueError("running_var + eps is 0 for some channel, so 1 / sqrt(var + eps) is inf; use eps > 0 "
+                         "(BatchNorm's default is 1e-5).")
 
 
 def _out_features(layer: nn.Module) -> int:
@@ -283,11 +337,19 @@ class QuantLayer(nn.Module):
 
     Buffers ``weight_q`` (int32 codes), ``weight_scale`` and ``weight_zero_point`` hold the
     integer weight; ``layer.weight`` holds ``dequantize(weight_q, weight_scale, weight_zero_point)``
-    exactly. ``act`` is an :class:`ActQuant` or ``None`` (weight-only).
+    exactly. ``act`` is an :class:`ActQuant` or ``None`` (weight-only). ``layer`` is copied: the
+    caller's layer keeps its float weight.
+
+    Raises:
+        TypeError: ``layer`` is not a Linear/Conv1d/Conv2d, ``config`` not a :class:`PTQConfig`.
     """
 
     def __init__(self, layer: nn.Module, config: PTQConfig):
         super().__init__()
+        if not isinstance(layer, QUANTIZABLE):
+            raise TypeError(f"layer must be an nn.Linear, nn.Conv1d or nn.Conv2d, got {type(layer).__name__}.")
+        config = _check_config(config)
+        layer = copy.deepcopy(layer)  # never touch the caller's layer
         self.layer, self.config = layer, config
         fmt = config.weight_format()
         w = layer.weight.detach()
@@ -343,12 +405,15 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig()) -> nn.Module:
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, ``config`` not a :class:`PTQConfig`.
-        ValueError: ``config`` names layers the model does not have (the message lists them), or
-            ``model`` was prepared already.
+        ValueError: ``config`` names layers the model does not have (the message lists them),
+            ``model`` was prepared already, is itself a bare Linear/Conv (wrap it in
+            ``nn.Sequential``), or holds torch's ``nn.MultiheadAttention``/``nn.Transformer*`` modules,
+            which read their sub-layers' weights directly (refused up front, naming the layer).
     """
     model, config = check_module(model), _check_config(config)
     if hasattr(model, "qedu_config") or any(isinstance(m, QuantLayer) for m in model.modules()):
         raise ValueError("model is already prepared (it holds QuantLayers); pass the original float model.")
+    _check_supported(model)
     model = fold_batchnorm(model) if config.fold_bn else copy.deepcopy(model).eval()
     names = quantizable_layers(model)
     unknown = [n for n in config.layer_names if n not in names]
@@ -361,6 +426,27 @@ def prepare(model: nn.Module, config: PTQConfig = PTQConfig()) -> nn.Module:
             model.set_submodule(name, QuantLayer(model.get_submodule(name), layer_config))
     model.qedu_config = config  # marks the copy as prepared, and says how
     return model
+
+
+# torch modules that read their sub-layers' weights directly instead of calling them (their fast
+# paths and F.multi_head_attention_forward use `out_proj.weight`, `linear1.weight`...), so a
+# QuantLayer put in place of one of those sub-layers would break them.
+_READS_WEIGHTS = (nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.TransformerDecoderLayer,
+                  nn.TransformerEncoder, nn.TransformerDecoder, nn.Transformer)
+
+
+def _check_supported(model: nn.Module) -> None:
+    """Refuse, before any work, the models whose layers PTQ cannot replace."""
+    if isinstance(model, QUANTIZABLE):
+        raise ValueError(f"model is itself a bare {type(model).__name__}; PTQ replaces the layers inside a model, "
+                         "so wrap it: nn.Sequential(model). Supported: models holding Linear/Conv1d/Conv2d layers "
+                         "that they call (qedu.models.make_mlp, make_cnn, TinyGPT, your own nn.Sequential...).")
+    for name, m in model.named_modules():
+        if isinstance(m, _READS_WEIGHTS):
+            raise ValueError(f"layer {name or '(the model)'!r} is a torch {type(m).__name__}, which reads its "
+                             "sub-layers' weights directly (e.g. out_proj.weight), so qedu.ptq cannot put quantized "
+                             "layers in their place. Supported: models whose Linear/Conv1d/Conv2d layers are called "
+                             "as modules, e.g. qedu.models.TinyGPT (attention written with nn.Linear layers).")
 
 
 def _quant_layers(prepared) -> list[QuantLayer]:
@@ -380,10 +466,20 @@ def calibrate(prepared: nn.Module, x_calib, batch_size: int = 256) -> nn.Module:
 
     Raises:
         TypeError: ``prepared`` did not come from :func:`prepare`.
-        ValueError: ``x_calib`` is empty or holds NaN/inf (one NaN would poison every range).
+        ValueError: ``x_calib`` is empty or holds NaN/inf (one NaN would poison every range), holds
+            float64 values beyond the model's dtype, or has a shape the model cannot run on.
+
+    ``x_calib`` follows qedu's float64 policy: floating-point inputs are cast to the model's dtype
+    (float64 accepted, checked to fit); integer inputs (token ids for ``TinyGPT``) pass unchanged.
     """
     layers = _quant_layers(prepared)
-    x_calib = as_float_tensor(x_calib, "x_calib")
+    if isinstance(x_calib, torch.Tensor) and not x_calib.is_floating_point() and not x_calib.is_complex() \
+            and x_calib.dtype != torch.bool:
+        check_not_meta(x_calib, "x_calib")  # integer inputs (token ids) go to the model as they are
+        if x_calib.numel() == 0:
+            raise ValueError(f"x_calib is empty (shape {tuple(x_calib.shape)}); pass at least one input.")
+    else:
+        x_calib = to_model_dtype(as_float_tensor(x_calib, "x_calib"), prepared, "x_calib")
     if x_calib.ndim == 0:
         raise ValueError("x_calib must be a batch of inputs (first dimension = samples), got a single number.")
     batch_size = check_int(batch_size, "batch_size", 1)
@@ -395,7 +491,7 @@ def calibrate(prepared: nn.Module, x_calib, batch_size: int = 256) -> nn.Module:
     try:
         with torch.no_grad():
             for i in range(0, len(x_calib), batch_size):
-                prepared(x_calib[i:i + batch_size])
+                run_model(prepared, x_calib[i:i + batch_size], "x_calib")
     finally:
         prepared.train(was_training)
     for act in acts:

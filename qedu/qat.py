@@ -37,6 +37,7 @@ tensor([1., 1.])
 from __future__ import annotations
 
 import copy
+import numbers
 import sys
 from dataclasses import dataclass
 from typing import Callable
@@ -126,7 +127,7 @@ def round_clip_ste(v: torch.Tensor, lo, hi) -> torch.Tensor:
 
 def _check_scale(scale, x: torch.Tensor) -> torch.Tensor:
     """``scale`` as a tensor of x's dtype (gradient kept), positive and finite, broadcasting against x."""
-    if isinstance(scale, (int, float)) and not isinstance(scale, bool):
+    if isinstance(scale, numbers.Real) and not isinstance(scale, bool):  # numpy numbers too
         scale = torch.tensor(float(scale), dtype=x.dtype)
     if not isinstance(scale, torch.Tensor) or not scale.is_floating_point():
         raise TypeError(f"scale must be a float or a float tensor, got {getattr(scale, 'dtype', type(scale).__name__)}.")
@@ -134,7 +135,11 @@ def _check_scale(scale, x: torch.Tensor) -> torch.Tensor:
         raise ValueError(f"scale must be positive and finite everywhere, got min {scale.min().item()}; a learned scale "
                          "that went to 0 or below needs a clamp (LSQQuantizer clamps at float32 eps).")
     _broadcasts_to(scale, x.shape, "scale")
-    return scale.to(x.dtype)
+    scale = scale.to(x.dtype)
+    if not bool(torch.isfinite(1.0 / scale.detach()).all()):
+        raise ValueError(f"scale={float(scale.detach().min()):.4g} is so small that 1 / scale overflows {x.dtype}; "
+                         "use a larger scale (LSQQuantizer clamps at float32 eps).")
+    return scale
 
 
 def fake_quantize_ste(x: torch.Tensor, scale, zero_point, fmt: IntFormat) -> torch.Tensor:
@@ -153,7 +158,8 @@ def fake_quantize_ste(x: torch.Tensor, scale, zero_point, fmt: IntFormat) -> tor
         zero_point: int or integer tensor in ``[qmin, qmax]``. fmt: the :class:`IntFormat`.
 
     Raises:
-        TypeError / ValueError: naming the bad argument (non-float x, scale <= 0, NaN, bad shapes).
+        TypeError / ValueError: naming the bad argument (non-float x, scale <= 0, NaN, bad shapes, a
+            scale whose reciprocal or outermost grid level overflows x's dtype).
 
     >>> fake_quantize_ste(torch.tensor([0.26, -3.0]), 0.1, 0, IntFormat(4))
     tensor([ 0.3000, -0.8000])
@@ -162,6 +168,10 @@ def fake_quantize_ste(x: torch.Tensor, scale, zero_point, fmt: IntFormat) -> tor
     x = _check_float(x, "x")
     scale = _check_scale(scale, x)
     zero_point = _check_zero_point(zero_point, x.shape, fmt)
+    reach = torch.maximum((fmt.qmax - zero_point).abs(), (fmt.qmin - zero_point).abs()).to(x.dtype)
+    if not bool(torch.isfinite(scale.detach() * reach).all()):
+        raise ValueError(f"scale={float(scale.detach().max()):.4g} is too large for {fmt}: the grid's outermost level "
+                         f"scale * (q - zero_point) overflows {x.dtype}. Use a smaller scale.")
     return _fake_quantize_ste(x, scale, zero_point.to(x.dtype), fmt)
 
 
@@ -311,11 +321,14 @@ class QuantizedLayer(nn.Module):
     """What :func:`convert` makes of a :class:`QATLayer`: integer weight codes and their scales.
 
     Buffers ``weight_q`` (int32), ``weight_scale``, ``weight_zero_point`` (the names
-    :class:`qedu.ptq.QuantLayer` uses); ``layer.weight`` holds their dequantized values.
+    :class:`qedu.ptq.QuantLayer` uses); ``layer.weight`` holds their dequantized values. ``layer``
+    is copied: the caller's layer keeps its own weight.
     """
 
     def __init__(self, layer: nn.Module, weight_q, weight_scale, weight_zero_point, act: nn.Module | None):
         super().__init__()
+        check_module(layer, "layer")
+        layer = copy.deepcopy(layer)  # never touch the caller's layer
         self.register_buffer("weight_q", weight_q)
         self.register_buffer("weight_scale", weight_scale)
         self.register_buffer("weight_zero_point", weight_zero_point)

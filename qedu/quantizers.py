@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import torch
 
-from qedu._validation import as_float_tensor, check_choice
+from qedu._validation import FLOAT32_MAX, FLOAT32_TINY, as_float32, as_float_tensor, check_choice, check_real
 from qedu.formats import INT8, IntFormat
 from qedu.granularity import PerChannel, PerGroup, PerTensor
 
@@ -69,7 +69,7 @@ def _check_x(x, name: str = "x") -> torch.Tensor:
             f"(torch's kernels silently turn NaN into qmin or qmax, hiding the bug). Find where they come from, "
             f"or clean them with torch.nan_to_num({name})."
         )
-    return x.to(torch.float32)  # torch's kernels compute in float32; float64 input is rounded to float32 first
+    return as_float32(x, name)  # torch's kernels compute in float32; float64 input is rounded to float32 first
 
 
 def _broadcasts_to(t: torch.Tensor, shape, name: str) -> None:
@@ -99,8 +99,29 @@ def _check_scale(scale, shape) -> torch.Tensor:
             "(torch accepts it silently). Compute it with choose_qparams, which never returns less than "
             f"eps={FLOAT32_EPS:.8g}."
         )
+    inv_scale = 1.0 / scale
+    if not bool(torch.isfinite(inv_scale).all()):
+        bad = scale[~torch.isfinite(inv_scale)][0].item()
+        raise ValueError(
+            f"scale={bad:.4g} is so small that 1 / scale overflows float32 (it must be at least about "
+            f"{1 / FLOAT32_MAX:.3g}; choose_qparams never goes below {FLOAT32_EPS:.8g}); every code would be wrong. "
+            "Use a larger scale."
+        )
     _broadcasts_to(scale, shape, "scale")
     return scale
+
+
+def _check_grid_fits(scale: torch.Tensor, zero_point: torch.Tensor, fmt: IntFormat) -> None:
+    """Refuse a grid whose outermost level ``scale * (qmin - zero_point)`` or ``scale * (qmax - zero_point)``
+    overflows float32: fake-quantizing or dequantizing would return inf from finite input."""
+    zp = zero_point.to(torch.float32)
+    reach = torch.maximum((fmt.qmax - zp).abs(), (fmt.qmin - zp).abs())  # the largest |code - zero_point|
+    if not bool(torch.isfinite(scale * reach).all()):
+        raise ValueError(
+            f"scale={float(scale.max()):.4g} is too large for {fmt}: the grid's outermost level scale * "
+            f"(q - zero_point) overflows float32 (largest {FLOAT32_MAX:.4g}) and would dequantize to inf. "
+            "Use a smaller scale (choose_qparams picks one that fits)."
+        )
 
 
 def _check_zero_point(zero_point, shape, fmt: IntFormat | None) -> torch.Tensor:
@@ -161,7 +182,9 @@ def choose_qparams_from_minmax(min_val, max_val, fmt: IntFormat, symmetric: bool
 
     Raises:
         TypeError / ValueError: for a non-IntFormat ``fmt``, NaN or inf range, ``min_val > max_val``,
-            an unknown ``symmetric_rule`` or a non-positive ``eps``.
+            an unknown ``symmetric_rule``, an ``eps`` that is not a normal float32 whose grid fits in
+            float32, a symmetric 1-bit grid (its two codes cannot sit on both sides of 0), or a
+            range so wide that the scale or the grid's outermost level overflows float32.
 
     >>> choose_qparams_from_minmax(torch.tensor(-1.0), torch.tensor(2.0), INT8, symmetric=False)
     (tensor(0.0118), tensor(-43, dtype=torch.int32))
@@ -172,6 +195,18 @@ def choose_qparams_from_minmax(min_val, max_val, fmt: IntFormat, symmetric: bool
     check_choice(symmetric_rule, "symmetric_rule", SYMMETRIC_RULES)
     if not (isinstance(eps, numbers.Real) and eps > 0 and math.isfinite(eps)):
         raise ValueError(f"eps must be a positive finite float, got {eps!r}; the default is {FLOAT32_EPS:.8g}.")
+    eps32 = float(torch.tensor(float(eps), dtype=torch.float32))  # the eps really used
+    if not FLOAT32_TINY <= eps32 <= FLOAT32_MAX / (fmt.qmax - fmt.qmin):
+        raise ValueError(
+            f"eps={eps!r} is {eps32:.4g} in float32, outside [{FLOAT32_TINY:.4g}, {FLOAT32_MAX / (fmt.qmax - fmt.qmin):.4g}]: "
+            "a smaller scale has no finite 1 / scale, a larger one overflows the grid of "
+            f"{fmt}. Use the default eps={FLOAT32_EPS:.8g}."
+        )
+    if symmetric and symmetric_rule == "half_range" and fmt.bits == 1:
+        raise ValueError(
+            f"a symmetric grid needs at least 2 bits: {fmt} has the codes {fmt.qmin} and {fmt.qmax} only, so "
+            "every value on one side of 0 would land on 0. Use symmetric=False (an affine 1-bit grid), or 2 bits or more."
+        )
     min_val = _check_x(min_val, "min_val")
     max_val = _check_x(max_val, "max_val")
     if min_val.shape != max_val.shape:
@@ -197,9 +232,22 @@ def choose_qparams_from_minmax(min_val, max_val, fmt: IntFormat, symmetric: bool
         zero_point = torch.full_like(scale, zp, dtype=torch.int32)
     else:
         scale = (max_pos - min_neg) / float(qmax - qmin)
+        if not bool(torch.isfinite(scale).all()):
+            raise ValueError(
+                "the range max_val - min_val overflows float32 (largest "
+                f"{FLOAT32_MAX:.4g}): got min {float(min_neg.min()):.4g} and max {float(max_pos.max()):.4g}. "
+                "Scale the values down (check their units), or use symmetric=True."
+            )
         scale = torch.maximum(scale, eps_t)
         zero_point = qmin - torch.round(min_neg / scale).to(torch.int32)  # torch divides here (not * 1/scale)
         zero_point = torch.clamp(zero_point, qmin, qmax)
+    try:
+        _check_grid_fits(scale, zero_point, fmt)
+    except ValueError:
+        raise ValueError(
+            f"the range [{float(min_neg.min()):.4g}, {float(max_pos.max()):.4g}] is too close to float32's limit "
+            f"({FLOAT32_MAX:.4g}) for {fmt}: the grid's outermost level would overflow to inf. Scale the values down."
+        ) from None
     return scale, zero_point
 
 
@@ -268,12 +316,23 @@ def round_codes(v: torch.Tensor, rounding: str = "half_even", generator: torch.G
     then drops a whole step. The nearest modes have half a step of slack and map grid values to
     themselves.
 
+    ``v`` may be a tensor, array, list or number (float64 keeps its dtype). inf and NaN pass
+    through unchanged (:func:`quantize` clamps an inf code to ``qmin``/``qmax``).
+
+    Raises:
+        TypeError / ValueError: a non-numeric ``v``, an unknown ``rounding``, a ``generator``
+            that is not a ``torch.Generator``.
+
     >>> round_codes(torch.tensor([-2.5, -0.5, 0.5, 1.5, 2.5]))
     tensor([-2., -0.,  0.,  2.,  2.])
     >>> round_codes(torch.tensor([-2.5, -0.5, 0.5, 1.5, 2.5]), "half_away")
     tensor([-3., -1.,  1.,  2.,  3.])
     """
     check_choice(rounding, "rounding", ROUNDING_MODES)
+    if not isinstance(v, torch.Tensor):
+        v = as_float_tensor(v, "v", allow_empty=True, allow_nonfinite=True)
+    elif not v.is_floating_point():
+        v = as_float_tensor(v, "v", allow_empty=True, allow_nonfinite=True)  # integer codes: float32 (bool refused)
     if rounding == "half_even":
         return torch.round(v)
     if rounding == "half_away":
@@ -313,7 +372,8 @@ def quantize(x, scale, zero_point, fmt: IntFormat, rounding: str = "half_even",
         ``q - zero_point`` cannot overflow).
 
     Raises:
-        TypeError / ValueError: naming the bad argument (see the module's input checks).
+        TypeError / ValueError: naming the bad argument (see the module's input checks), also for
+            float64 ``x`` beyond float32's range and a ``scale`` whose ``1 / scale`` overflows float32.
 
     >>> quantize(torch.tensor([-12.15, 0.04, 0.05, 99.0]), 0.1, 0, INT8)
     tensor([-122,    0,    0,  127], dtype=torch.int32)
@@ -340,7 +400,8 @@ def dequantize(q, scale, zero_point) -> torch.Tensor:
 
     Raises:
         TypeError: if ``q`` is not an integer tensor, or scale/zero_point have the wrong type.
-        ValueError: for a non-positive scale or shapes that do not broadcast.
+        ValueError: for a non-positive scale, shapes that do not broadcast, or codes whose
+            ``(q - zero_point) * scale`` overflows float32 (it would be inf).
 
     >>> dequantize(torch.tensor([-122, 0, 127], dtype=torch.int32), 0.1, 0)
     tensor([-12.2000,   0.0000,  12.7000])
@@ -351,7 +412,14 @@ def dequantize(q, scale, zero_point) -> torch.Tensor:
                         "q = quantize(x, scale, zero_point, fmt).")
     scale = _check_scale(scale, q.shape)
     zero_point = _check_zero_point(zero_point, q.shape, None)
-    return (q.to(torch.int64) - zero_point.to(torch.int64)).to(torch.float32) * scale
+    x_hat = (q.to(torch.int64) - zero_point.to(torch.int64)).to(torch.float32) * scale
+    if not bool(torch.isfinite(x_hat).all()):
+        raise ValueError(
+            f"scale * (q - zero_point) overflows float32 (largest {FLOAT32_MAX:.4g}) for some codes: scale up to "
+            f"{float(scale.max()):.4g}, |q - zero_point| up to {int((q.to(torch.int64) - zero_point.to(torch.int64)).abs().max())}. "
+            "Use the scale that quantize() was given for these codes, or a smaller one."
+        )
+    return x_hat
 
 
 def fake_quantize(x, scale, zero_point, fmt: IntFormat, rounding: str = "half_even",
@@ -365,13 +433,19 @@ def fake_quantize(x, scale, zero_point, fmt: IntFormat, rounding: str = "half_ev
         float32 tensor of ``x``'s shape, every value ``scale * (k - zero_point)`` for an integer
         ``k`` in ``[qmin, qmax]``.
 
+    Raises:
+        TypeError / ValueError: as :func:`quantize`, and for a ``scale`` so large that the grid's
+            outermost level ``scale * (qmin - zero_point)`` or ``scale * (qmax - zero_point)`` overflows float32.
+
     >>> fake_quantize(torch.tensor([0.26, -3.0]), 0.1, 0, IntFormat(4))
     tensor([ 0.3000, -0.8000])
     """
     fmt = _check_fmt(fmt)
     x = _check_x(x)
     scale = _check_scale(scale, x.shape)
-    zero_point = _check_zero_point(zero_point, x.shape, fmt).to(torch.float32)
+    zero_point = _check_zero_point(zero_point, x.shape, fmt)
+    _check_grid_fits(scale, zero_point, fmt)
+    zero_point = zero_point.to(torch.float32)
     # The same arithmetic as dequantize(quantize(...)), kept in float32 (codes are small integers,
     # exact in float32) and done in place on one buffer: no int32 round trip, fewer passes
     # over memory. benchmarks/quantizer_throughput.py measures the difference.

@@ -4,9 +4,9 @@ Some tables take minutes to measure (multi-seed ablations, latency sweeps), too 
 lesson cell. The benchmark scripts write them to ``benchmarks/results/NAME.json`` and the
 lesson loads them with :func:`load_results`, saying where they came from.
 
-The folder is found, in order, from ``$QEDU_RESULTS_DIR``, next to the installed package (a
-clone or editable install: ``<repo>/benchmarks/results``), or from the current folder
-(``benchmarks/results`` or ``../benchmarks/results``, e.g. a notebook running in ``lessons/``).
+The folder is ``$QEDU_RESULTS_DIR`` if set, else the copy that ships inside the installed package
+(a wheel: ``qedu/_bundle/results``), else the checkout's ``benchmarks/results`` (a clone or an
+editable install). It never depends on the folder a notebook runs in.
 
 >>> 'machine' in load_results("ptq_ablation")
 True
@@ -17,29 +17,26 @@ import json
 import os
 from pathlib import Path
 
+from qedu.bundle import bundle_path
+
 __all__ = ["results_dir", "load_results", "results_markdown", "lesson_performance_table"]
 
 
-def _candidates() -> list[Path]:
-    found = []
-    if os.environ.get("QEDU_RESULTS_DIR"):
-        found.append(Path(os.environ["QEDU_RESULTS_DIR"]))
-    found.append(Path(__file__).resolve().parent.parent / "benchmarks" / "results")
-    found += [Path.cwd() / "benchmarks" / "results", Path.cwd().parent / "benchmarks" / "results"]
-    return found
-
-
 def results_dir() -> Path:
-    """The ``benchmarks/results`` folder, or a FileNotFoundError that says how to get one."""
-    for path in _candidates():
-        if path.is_dir():
-            return path
-    tried = ", ".join(str(p) for p in _candidates())
-    raise FileNotFoundError(
-        f"no benchmarks/results folder found (looked in {tried}). The measured tables ship with the "
-        "qedu repository: open the lessons from a clone, or set QEDU_RESULTS_DIR to a copy of "
-        "benchmarks/results."
-    )
+    """The results folder: ``$QEDU_RESULTS_DIR``, else the installed copy, else the checkout's.
+
+    Raises:
+        FileNotFoundError: ``$QEDU_RESULTS_DIR`` names no folder, or qedu's copy is missing.
+    """
+    override = os.environ.get("QEDU_RESULTS_DIR")
+    if override:
+        if not Path(override).is_dir():
+            raise FileNotFoundError(
+                f"QEDU_RESULTS_DIR={override!r} is not a folder: point it at a copy of benchmarks/results, "
+                "or unset it to use the tables that ship with qedu."
+            )
+        return Path(override)
+    return bundle_path("results")
 
 
 def _path(name, suffix: str) -> Path:

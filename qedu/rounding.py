@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from qedu._validation import as_float_tensor, check_int
+from qedu._validation import as_float_tensor, check_fits_format, check_int, check_real
 from qedu.floats import BF16, FP16, FP32, FloatFormat, cast
 
 __all__ = ["stochastic_round", "swamping", "ROUNDINGS"]
@@ -88,8 +88,15 @@ def swamping(fmt: FloatFormat, rounding: str = "nearest", n_steps: int = 10_000,
     :func:`stochastic_round` (and the same random numbers, drawn from ``generator`` up front);
     the tests prove the results equal theirs.
 
+    A sum that grows beyond ``fmt.max`` overflows as the format's own addition does (inf or
+    ``fmt.max``, see :func:`~qedu.floats.cast`).
+
     Returns:
         float32 tensor of ``n_runs`` final sums (independent random draws for "stochastic").
+
+    Raises:
+        TypeError / ValueError: ``increment`` or ``start`` not a finite number ``fmt`` can hold, ``n_steps < 0``,
+            ``n_runs < 1``, an unknown ``rounding``, ``fmt`` not a FloatFormat.
 
     >>> round(swamping(FP32).item(), 4)   # the true sum is 11
     11.0008
@@ -99,6 +106,10 @@ def swamping(fmt: FloatFormat, rounding: str = "nearest", n_steps: int = 10_000,
         raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}.")
     n_steps = check_int(n_steps, "n_steps", 0)
     n_runs = check_int(n_runs, "n_runs", 1)
+    increment = check_fits_format(check_real(increment, "increment", example="1e-3"), "increment", fmt)
+    start = check_fits_format(check_real(start, "start", example="1.0"), "start", fmt)
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator (e.g. torch.Generator().manual_seed(0)), got {generator!r}.")
     inc = float(cast(float(increment), fmt))
     total = cast(torch.full((n_runs,), float(start)), fmt).double().numpy()
     u = None

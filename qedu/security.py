@@ -44,11 +44,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qedu._validation import as_float_tensor, check_int
+from qedu._validation import as_float_tensor, check_int, check_real, run_model, to_model_dtype
 from qedu.calibration import record_activations
 from qedu.formats import IntFormat
 from qedu.models import evaluate
 from qedu.ptq import ActQuant, PTQConfig, QuantLayer, quantize_model
+from qedu.quantizers import _check_scale, _check_x, _check_zero_point
 
 __all__ = ["fgsm", "pgd", "straight_through", "attack_table", "poison_calibration", "clip_rate", "CalibrationReport",
            "calibration_report", "MonitorReport", "RangeMonitor"]
@@ -58,7 +59,13 @@ __all__ = ["fgsm", "pgd", "straight_through", "attack_table", "poison_calibratio
 def _check_attack(model, x, y, eps) -> tuple[torch.Tensor, torch.Tensor, float]:
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}.")
-    x = as_float_tensor(x, "x").detach()
+    x = to_model_dtype(as_float_tensor(x, "x").detach(), model, "x")
+    if x.ndim == 0:
+        raise ValueError("x must be a batch of images (N, C, H, W), got a single number.")
+    if bool((x < 0).any() or (x > 1).any()):
+        raise ValueError(f"x must hold pixels in [0, 1] (eps is a distance in those units), got values in "
+                         f"[{x.min().item():.3g}, {x.max().item():.3g}]; divide by the maximum pixel value first "
+                         "(digits: x = pixel / 16). Clamping to [0, 1] would move pixels by far more than eps.")
     if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point() or len(y) != len(x):
         raise ValueError(f"y must be a 1-D integer tensor with one label per image ({len(x)}), got "
                          f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}.")
@@ -74,7 +81,7 @@ def _loss_sign(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tens
     model.eval()
     try:
         x = x.clone().requires_grad_(True)
-        loss = F.cross_entropy(model(x), y)  # the mean over the batch: a positive factor, same signs
+        loss = F.cross_entropy(run_model(model, x, "x"), y)  # the mean over the batch: a positive factor, same signs
         (grad,) = torch.autograd.grad(loss, x)
     finally:
         model.train(was_training)
@@ -86,6 +93,12 @@ def fgsm(model: nn.Module, x, y, eps: float) -> torch.Tensor:
 
     ``x_adv = clamp(x + eps * sign(grad_x cross_entropy(model(x), y)), 0, 1)``. Every pixel moves
     by ``eps`` (or less, at the clamp): the attack spends its whole budget in the L-infinity ball.
+
+    Raises:
+        TypeError / ValueError: ``model`` not an ``nn.Module``; ``x`` empty, non-finite or outside
+            ``[0, 1]``; ``y`` not one integer label per image; ``eps`` not in ``[0, 1]``.
+
+    ``x`` is cast to the model's dtype (float64 accepted if it fits), and so is ``x_adv``.
 
     >>> model = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
     >>> x_adv = fgsm(model, torch.full((1, 1, 2, 2), 0.5), torch.tensor([0]), 0.1)
@@ -107,12 +120,17 @@ def pgd(model: nn.Module, x, y, eps: float, *, steps: int = 10, step_size: float
 
     Returns:
         ``x_adv`` with ``|x_adv - x| <= eps`` everywhere and values in ``[0, 1]``.
+
+    Raises:
+        TypeError / ValueError: as :func:`fgsm`, and ``steps < 1`` or a ``step_size`` that is not
+            a finite number >= 0.
     """
     x, y, eps = _check_attack(model, x, y, eps)
     steps = check_int(steps, "steps", 1)
-    step_size = 2.5 * eps / steps if step_size is None else float(step_size)
-    if step_size < 0:
-        raise ValueError(f"step_size must be >= 0, got {step_size}.")
+    if step_size is None:
+        step_size = 2.5 * eps / steps
+    else:
+        step_size = check_real(step_size, "step_size", 0, example="2.5 * eps / steps")
     x_adv = x.clone()
     if random_start:
         g = torch.Generator().manual_seed(check_int(seed, "seed", 0))
@@ -185,6 +203,10 @@ def poison_calibration(x_calib, fraction: float | None = None, *, n: int | None 
     first layer's range, and so its scale, by 20 times that image's maximum over the clean
     maximum: the grid gets about 20x coarser.
 
+    Raises:
+        ValueError: neither or both of ``fraction`` and ``n``, values out of range, a ``factor`` that
+            is not a finite number >= 0 or that makes the images overflow their dtype.
+
     >>> poison_calibration(torch.ones(4, 1, 2, 2), n=1, factor=20.0).flatten(1).amax(1).tolist()
     [20.0, 1.0, 1.0, 1.0]
     """
@@ -202,6 +224,9 @@ def poison_calibration(x_calib, fraction: float | None = None, *, n: int | None 
         raise ValueError(f"factor must be a finite number >= 0 (20 inflates, 0.1 fades), got {factor!r}.")
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(check_int(seed, "seed", 0)))[:n]
     x[idx] = x[idx] * factor
+    if not bool(torch.isfinite(x[idx]).all()):
+        raise ValueError(f"factor={factor!r} times these images overflows {x.dtype} (largest |x_calib| "
+                         f"{float(as_float_tensor(x_calib, 'x_calib').abs().max()):.4g}); use a smaller factor such as 20.")
     return x
 
 
@@ -214,18 +239,19 @@ def clip_rate(x, scale, zero_point, fmt: IntFormat) -> float:
     ``clipped_fraction`` (which works from the range instead of the codes) except at exact ties.
 
     Raises:
-        TypeError: ``fmt`` is not an ``IntFormat``. ValueError: ``scale <= 0``, empty or NaN ``x``.
+        TypeError: ``fmt`` is not an ``IntFormat``; ``zero_point`` is not an integer (NaN and 1.5
+            are not codes). ValueError: ``scale <= 0`` (or too small for float32), a zero point
+            outside ``[qmin, qmax]``, shapes that do not broadcast, empty or NaN ``x``.
 
     >>> clip_rate(torch.tensor([1.549, 1.551]), 0.1, 0, IntFormat(4, signed=False))  # codes 15 (qmax), 16
     0.5
     """
     if not isinstance(fmt, IntFormat):
         raise TypeError(f"fmt must be an IntFormat, e.g. IntFormat(8, signed=False), got {fmt!r}.")
-    x = as_float_tensor(x, "x").to(torch.float32)
-    scale = torch.as_tensor(scale, dtype=torch.float32)
-    if not bool((scale > 0).all()):
-        raise ValueError(f"scale must be > 0, got {scale.tolist()}.")
-    codes = torch.round(x * (1.0 / scale)) + torch.as_tensor(zero_point, dtype=torch.float32)
+    x = _check_x(x)  # float32, finite, not empty (float64 beyond float32 refused)
+    scale = _check_scale(scale, x.shape)  # positive, finite, 1 / scale finite, broadcasts against x
+    zero_point = _check_zero_point(zero_point, x.shape, fmt)  # an integer in [qmin, qmax], broadcasts
+    codes = torch.round(x * (1.0 / scale)) + zero_point.to(torch.float32)
     return float(((codes < fmt.qmin) | (codes > fmt.qmax)).double().mean())
 
 

@@ -23,6 +23,7 @@ NamesTask(train=171588, calib=512, test=42872, vocab=38, context=6, seed=0)
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 import unicodedata
 from collections import OrderedDict
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qedu._validation import check_int
+from qedu._validation import check_int, check_module
 
 __all__ = ["VOCAB", "NamesTask", "load_names_task", "decode", "OneHot", "make_char_mlp", "bits_per_char",
            "trained_char_mlp"]
@@ -157,9 +158,23 @@ def make_char_mlp(context: int = 6, hidden: tuple = (128, 128), *, seed: int = 0
 def bits_per_char(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 8192) -> float:
     """Mean cross-entropy of the next symbol in bits (``log2``); lower is better.
 
+    Runs in eval mode without gradients; the model's mode is restored.
+
+    Raises:
+        TypeError / ValueError: ``model`` not an ``nn.Module``, ``x``/``y`` not tensors of the same
+            non-zero length (``y`` integer labels), ``batch_size < 1``.
+
     >>> round(bits_per_char(make_char_mlp(seed=0), torch.zeros(4, 6, dtype=torch.long), torch.zeros(4, dtype=torch.long)), 1)
     5.3
     """
+    model = check_module(model)
+    batch_size = check_int(batch_size, "batch_size", 1)
+    for name, t in (("x", x), ("y", y)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor (e.g. task.{name}_test), got {type(t).__name__}.")
+    if y.ndim != 1 or y.is_floating_point() or len(y) == 0 or x.ndim == 0 or len(x) != len(y):
+        raise ValueError(f"x and y must hold the same number (>= 1) of windows and integer labels, got x of shape "
+                         f"{tuple(x.shape)} and y of shape {tuple(y.shape)} ({y.dtype}); pass e.g. task.x_test, task.y_test.")
     was_training = model.training
     model.eval()
     total = 0.0
@@ -176,17 +191,34 @@ def bits_per_char(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size
 _TRAINED: dict = {}
 
 
+def _fingerprint(task: NamesTask) -> str:
+    """A digest of what training reads from ``task`` (its training windows and labels)."""
+    h = hashlib.sha256()
+    for t in (task.x_train, task.y_train):
+        h.update(str((tuple(t.shape), t.dtype)).encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
 def trained_char_mlp(seed: int = 0, epochs: int = 3, *, task: NamesTask | None = None) -> nn.Module:
     """A :func:`make_char_mlp` trained on :func:`load_names_task` with :func:`qedu.models.train`
     (Adam, lr 3e-3, batches of 256): about 1.24 bits per character and 75 % top-1 after 3
-    epochs, 3-10 s on one CPU thread. Kept in memory per ``(seed, epochs)``; returns a new
-    model object in eval mode each call."""
+    epochs, 3-10 s on one CPU thread. Kept in memory per ``(seed, epochs, task)`` -- every
+    argument that changes the weights is in the key (a given ``task`` by a fingerprint of its
+    training tensors); returns a new model object in eval mode each call. The model's context
+    length is the task's.
+
+    Raises:
+        TypeError / ValueError: bad ``seed`` or ``epochs``; ``task`` not a :class:`NamesTask`.
+    """
     from qedu.models import train
 
     seed = check_int(seed, "seed", 0, 2**32 - 1)
     epochs = check_int(epochs, "epochs", 1)
-    key = (seed, epochs)
-    model = make_char_mlp(seed=seed)
+    if task is not None and not isinstance(task, NamesTask):
+        raise TypeError(f"task must be a NamesTask from load_names_task(), or None, got {type(task).__name__}.")
+    key = (seed, epochs, None if task is None else _fingerprint(task))
+    model = make_char_mlp(context=6 if task is None else task.context, seed=seed)
     if key not in _TRAINED:
         task = load_names_task(seed=seed) if task is None else task
         train(model, task, epochs=epochs, lr=3e-3, batch_size=256, seed=seed)

@@ -196,3 +196,14 @@ class LessonPage:
     def message(self, panel) -> str:
         """The panel's message line (the last HTML widget): red text when a setting is invalid."""
         return panel.locator(":scope > .widget-html").last.inner_text()
+
+    def toggles_fit(self, panel) -> list[str]:
+        """Problems with the panel's ToggleButtons: a label not on the line of its buttons, a button label cut off."""
+        problems = []
+        for toggles in panel.locator(".widget-toggle-buttons").all():
+            label, first = toggles.locator(".widget-label").first.bounding_box(), toggles.locator("button").first.bounding_box()
+            if abs((label["y"] + label["height"] / 2) - (first["y"] + first["height"] / 2)) >= first["height"] / 2:
+                problems.append(f"label {toggles.locator('.widget-label').first.inner_text()!r} is not beside its buttons")
+        problems += panel.locator(".widget-toggle-buttons button").evaluate_all(
+            "bs => bs.filter(b => b.scrollWidth > b.clientWidth).map(b => 'cut off: ' + b.innerText)")
+        return problems

@@ -142,3 +142,39 @@ def test_ablate_errors_name_the_problem():
         table.where(bit=8)
     with pytest.raises(ValueError, match="fixed value for every other factor"):
         table.pivot("bits", "seed")
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+from torch import nn  # noqa: E402
+
+from qedu.models import make_mlp  # noqa: E402
+
+
+def test_issue20_output_error_and_layer_sensitivity_restore_the_training_mode():
+    reference, model = make_mlp(seed=0).train(), make_mlp(seed=1).train()
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    output_error(reference, model, x)
+    assert reference.training and model.training
+    layer_sensitivity(reference, PTQConfig(weight_bits=4, act_bits=None), None, x)
+    assert reference.training
+    eval_model = make_mlp(seed=0).eval()
+    output_error(eval_model, eval_model, x)
+    assert not eval_model.training
+
+
+def test_issue20_output_error_casts_float64_inputs():
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    assert output_error(make_mlp(seed=0), make_mlp(seed=1), x.double()) == output_error(make_mlp(seed=0), make_mlp(seed=1), x)
+
+
+ISSUE20_BAD = {
+    "output-error-reference-str": (lambda: output_error("mlp", nn.Linear(2, 2), torch.ones(1, 2)), TypeError, r"reference must be a torch.nn.Module"),
+    "output-error-shape": (lambda: output_error(nn.Linear(2, 2), nn.Linear(2, 2), torch.ones(1, 3)), ValueError, r"cannot run on x of shape \(1, 3\)"),
+    "sensitivity-model-str": (lambda: layer_sensitivity("mlp", PTQConfig(), None, torch.ones(1, 2)), TypeError, r"model must be a torch.nn.Module"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

@@ -318,3 +318,61 @@ def test_observing_errors_name_the_problem():
         with observing("model"):
             pass
     assert _hook_count(model) == 0
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+from torch import nn  # noqa: E402
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 10, 101, 4096])
+def test_issue20_percentile_equals_torch_quantile_exactly(n):
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(3, n, generator=g) * torch.tensor([[1.0], [1e-3], [1e4]])
+    x[1, : n // 3] = 0.5  # ties
+    for p in (50.001, 90.0, 99.0, 99.99, 100.0):
+        for sym in (False, True):
+            lo, hi = percentile_range(x, p, PerChannel(0), symmetric=sym)
+            v = x.abs() if sym else x
+            expect_hi = torch.quantile(v.double(), p / 100, dim=1, keepdim=True).float()
+            assert torch.equal(hi, expect_hi), (n, p, sym)
+            if not sym:
+                assert torch.equal(lo, torch.quantile(v.double(), 1 - p / 100, dim=1, keepdim=True).float())
+
+
+@pytest.mark.slow
+def test_issue20_percentile_beyond_torch_quantiles_limit_agrees_with_numpy():
+    """torch.quantile refuses more than 2**24 values; percentile calibration of a large layer needs more."""
+    n = 2**24 + 1
+    x = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(RuntimeError):
+        torch.quantile(x, 0.5)  # the limit this function avoids
+    lo, hi = percentile_range(x, 99.9)
+    expect_lo, expect_hi = np.percentile(x.numpy().astype(np.float64), [0.1, 99.9])
+    assert lo.item() == pytest.approx(float(np.float32(expect_lo)), rel=1e-6)
+    assert hi.item() == pytest.approx(float(np.float32(expect_hi)), rel=1e-6)
+
+
+ISSUE20_BAD = {
+    "observer-instance": (lambda: observing(nn.Linear(2, 2), MinMaxObserver()).__enter__(), TypeError,
+                          r"observer_factory must make a new observer per layer: pass the class"),
+    "record-shape": (lambda: record_activations(nn.Sequential(nn.Linear(4, 2)), torch.ones(3, 5)), ValueError,
+                     r"cannot run on x of shape \(3, 5\)"),
+    "record-scalar": (lambda: record_activations(nn.Sequential(nn.Linear(4, 2)), torch.tensor(1.0)), ValueError,
+                      r"x must be a batch of inputs"),
+    "x-float64-beyond-float32": (lambda: minmax_range(torch.tensor([1e39], dtype=torch.float64)), ValueError,
+                                 r"x holds 1 finite value\(s\) beyond float32's range"),
+    "percentile-float64": (lambda: percentile_range(torch.tensor([0.0, -1e40], dtype=torch.float64)), ValueError, r"x holds 1 finite"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_record_activations_casts_float64_and_restores_the_mode():
+    model = nn.Sequential(nn.Linear(4, 2)).train()
+    x = torch.rand(3, 4, generator=torch.Generator().manual_seed(0))
+    acts = record_activations(model, x.double())
+    assert model.training and acts["0"].dtype == torch.float32 and torch.equal(acts["0"], x)

@@ -15,7 +15,7 @@ from qedu.evaluation import (
 )
 from qedu.granularity import PerTensor
 from qedu.models import evaluate, make_mlp, per_class_accuracy, predict, pretrained
-from qedu.ptq import PTQConfig, quantize_model
+from qedu.ptq import PTQConfig, model_size, quantize_model
 
 T = lambda *v: torch.tensor(v, dtype=torch.int64)  # noqa: E731
 
@@ -210,9 +210,159 @@ def test_lesson_08_claims_about_the_benchmark_results():
             (row,) = ablation.where(model=model, bits=bits, granularity="per-tensor")
             assert row["worst_class_mean"] < 3 * row["change_mean"] < 0
     gaps = AblationTable.from_dict(bench["robustness"])
-    assert all(r["gap_mean"] < 0 for r in gaps.where(model="cnn", bits=4))  # the direction holds over seeds
+    assert all(r["gap_mean"] < 0 for r in gaps.where(model="cnn", bits=4))  # "negative for all five corruptions"
     assert all(abs(r["gap_mean"]) <= 0.5 for r in gaps.where(bits=8))  # W8A8 follows float32
     sizes = {(r["case"].split()[0] + " " + r["case"].split()[1], r["variant"].split()[0]): r["file_bytes"]
              for r in bench["latency"]["rows"]}
     assert sizes["digits MLP", "fake-quant"] > 1.9 * sizes["digits MLP", "float32"]  # "twice as big as the float file"
     assert sizes["wide MLP", "int8"] < 0.26 * sizes["wide MLP", "float32"]  # "a file four times smaller"
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+from torch import nn  # noqa: E402
+
+_L = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+ISSUE20_BAD = {
+    "confidence-nan-logits": (lambda: confidence_shift(torch.tensor([0, 1]), _L, torch.tensor([[math.nan, 0.0], [0.0, 1.0]])),
+                              ValueError, r"quant_logits holds NaN or inf"),
+    "confidence-label-range": (lambda: confidence_shift(torch.tensor([0, 2]), _L, _L), ValueError, r"y holds labels 0..2, outside 0..1"),
+    "confidence-negative-label": (lambda: confidence_shift(torch.tensor([-1, 0]), _L, _L), ValueError, r"outside 0..1"),
+    "confidence-int-logits": (lambda: confidence_shift(torch.tensor([0, 1]), _L.long(), _L), TypeError, r"float_logits must hold floating-point"),
+    "confidence-classes": (lambda: confidence_shift(torch.tensor([0, 1]), _L, torch.zeros(2, 3)), ValueError, r"same number of classes"),
+    "logits-batch-zero": (lambda: logits(nn.Linear(2, 2), torch.ones(3, 2), batch_size=0), ValueError, r"batch_size must be between 1"),
+    "logits-empty": (lambda: logits(nn.Linear(2, 2), torch.ones(0, 2)), ValueError, r"x must be a non-empty batch"),
+    "logits-list": (lambda: logits(nn.Linear(2, 2), [[1.0, 2.0]]), TypeError, r"x must be a torch.Tensor"),
+    "logits-shape": (lambda: logits(nn.Linear(2, 2), torch.ones(3, 5)), ValueError, r"cannot run on x of shape \(3, 5\)"),
+    "logits-nan": (lambda: logits(nn.Linear(2, 2), torch.tensor([[math.nan, 0.0]])), ValueError, r"x contains 1 NaN"),
+    "compare-float64-beyond": (lambda: compare_models(make_mlp(seed=0), make_mlp(seed=1), torch.full((1, 1, 8, 8), 1e39, dtype=torch.float64),
+                                                      torch.tensor([0])), ValueError, r"x holds 64 finite value"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_compare_models_takes_float64_inputs():
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(8)
+    a = compare_models(make_mlp(seed=0), make_mlp(seed=1), x.double(), y)
+    b = compare_models(make_mlp(seed=0), make_mlp(seed=1), x, y)
+    assert a.disagreement == b.disagreement and torch.equal(a.confidence, b.confidence)
+# ----------------------------------------------------------------------------- torch's dynamic int8: codes 0..127
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+def test_dynamic_int8_activations_are_uint8_codes_0_to_127(mlp, digits):
+    if not int8_support()[0]:
+        pytest.skip("this torch build has no int8 kernels (int8_support says why)")
+    from qedu.evaluation import dynamic_int8_reference
+
+    int8 = dynamic_int8(mlp)
+    x = digits.x_test.flatten(1)
+    for name in ("fc1", "fc2", "fc3"):  # lesson 08: "activations are uint8 codes 0..127 (reduce_range)"
+        layer = getattr(int8, name)
+        with torch.no_grad():
+            torch_out = layer(x)
+            seven = dynamic_int8_reference(layer, x, reduce_range=True)
+            eight = dynamic_int8_reference(layer, x, reduce_range=False)
+        assert (torch_out - seven).abs().max() < 1e-4 * torch_out.abs().max()  # float rounding only
+        assert (torch_out - eight).abs().max() > 1e-3 * torch_out.abs().max()  # 0..255 is not what torch does
+        x = torch.relu(torch_out)
+
+
+def test_dynamic_int8_reference_bad_input():
+    from qedu.evaluation import dynamic_int8_reference
+
+    with pytest.raises(TypeError, match="dynamic int8 Linear"):
+        dynamic_int8_reference(torch.nn.Linear(2, 2), torch.zeros(1, 2))
+
+
+def test_lesson_08_chance_and_calibration_claims(mlp, digits):
+    from qedu.stats import bootstrap_delta, confidence_calibration, confidence_rank, mcnemar_test, worst_class_null
+
+    quant = quantize_model(mlp, PTQConfig(weight_bits=4, act_bits=4, weight_granularity=PerTensor()), digits.x_calib)
+    r = compare_models(mlp, quant, digits.x_test, digits.y_test, threshold=0.05)
+    float_logits = logits(mlp, digits.x_test)
+    assert (confidence_rank(float_logits)[r.flips.index] < 0.1).all()  # "every one among the least-sure tenth"
+    assert len(r.flips.index) == 5 and r.flagged == (1,)  # "five images changed", "class 1 lost 5.6 points"
+    assert round(100 * r.accuracy_change, 1) == -1.1 and round(100 * float(r.deltas.min()), 1) == -5.6
+    float_pred, quant_pred = float_logits.argmax(1), logits(quant, digits.x_test).argmax(1)
+    test = mcnemar_test(digits.y_test, float_pred, quant_pred)
+    assert (test.b, test.c, test.p_value) == (4, 0, 0.125)  # "four broken and none fixed ... p = 0.125"
+    ci = bootstrap_delta(digits.y_test, float_pred, quant_pred, n_resamples=2000, seed=0)
+    assert ci.high < 0  # "the bootstrap interval excludes zero all the same"
+    assert (1 - 4 / 360) ** 360 < 0.025  # "... about 2 %, less than the 2.5 % the upper end needs"
+    counts = torch.bincount(digits.y_test, minlength=10)
+    assert round(float(r.deltas.min()) * int(counts[1])) == -2 and 34 <= counts.min() and counts.max() <= 38  # "two images"
+    null = worst_class_null(digits.y_test, float_pred, 5, n_trials=1000, seed=0)
+    assert 0.35 < float((null <= float(r.deltas.min()) + 1e-9).double().mean()) < 0.65  # "about half of the trials"
+    eces = {name: confidence_calibration(logits(m, digits.x_test), digits.y_test, n_bins=15).ece
+            for name, m in [("float", mlp), ("w8a8", quantize_model(mlp, PTQConfig(), digits.x_calib)), ("w4a4", quant)]
+            + ([("int8", dynamic_int8(mlp))] if int8_support()[0] else [])}
+    assert all(e < 0.02 and abs(e - eces["float"]) < 0.005 for e in eces.values())  # "under 2 %, within half a point"
+
+
+def test_lesson_08_claims_about_chance_in_the_benchmark_results():
+    from qedu.analysis import AblationTable
+    from qedu.stats import sign_flip_test
+
+    bench = json.loads(RESULTS.read_text())
+    ablation, null = AblationTable.from_dict(bench["ablation"]), bench["null"]
+    mean = lambda rows, k: sum(r[k] for r in rows) / len(rows)  # noqa: E731
+    churn = {m: [r for r in null["churn"] if r["model"] == m] for m in ("mlp", "cnn")}
+    assert len(null["seeds"]) == 20 and all(len(v) == 20 * 19 for v in churn.values())  # "20 seeds, every ordered pair"
+    beyond = {}
+    for model, rows in churn.items():
+        assert 1.3 <= mean(rows, "disagreement") <= 1.7  # "about one and a half per cent"
+        assert -4.0 <= mean(rows, "worst_class") <= -3.0  # "their worst class differs by 3 to 4 points"
+        for bits in (4, 3):
+            (row,) = ablation.where(model=model, bits=bits, granularity="per-tensor")
+            runs = [r for r in null["random_flips"] if (r["model"], r["bits"], r["granularity"]) == (model, bits, "per-tensor")]
+            beyond[model, bits] = sum(r["p_value"] < 0.05 for r in runs)
+            if bits == 4:  # "W4A4 disagrees ... under one per cent, with a worst class of 3 to 4 points"
+                assert row["disagreement_mean"] < 1 < mean(rows, "disagreement")
+                assert -4.05 <= row["worst_class_mean"] <= -2.75
+            else:  # "loses 11 to 19 points, three to six times the churn"
+                assert -19.5 <= row["worst_class_mean"] <= -10.5
+                assert 2.8 <= row["worst_class_mean"] / mean(rows, "worst_class") <= 6.1
+    assert beyond["mlp", 4] + beyond["cnn", 4] == 1  # "all but one of the ten 4-bit runs"
+    assert beyond["mlp", 3] + beyond["cnn", 3] == 6  # "in 6 of the 10 runs"
+    gaps = AblationTable.from_dict(bench["robustness"])
+    assert list(gaps.seeds) == list(range(20))  # "the benchmark therefore trained 20 models"
+    cnn4 = {r["corruption"]: r for r in gaps.where(model="cnn", bits=4)}
+    assert sign_flip_test([-1.0] * 5) == 0.0625  # "never less than p = 0.0625 with five values"
+    assert sum(min(r["gap_values"][:5]) < 0 < max(r["gap_values"][:5]) for r in cnn4.values()) >= 3  # "mixed signs"
+    for name, r in cnn4.items():
+        assert r["gap_mean"] < 0 and r["gap_p"] < 0.01 and r["gap_p"] == sign_flip_test(r["gap_values"])  # "p below 0.01"
+        assert (r["gap_p"] < 0.05 / 20) == (name != "blur")  # "four of the five pass and blur does not"
+    assert 0.008 < cnn4["blur"]["gap_p"] < 0.0095  # "blur (p ≈ 0.009)"
+    spread = [v for k, r in cnn4.items() if k != "occlusion" for v in r["gap_values"]]
+    assert max(spread) >= -0.3 and min(spread) <= -10  # "one model may lose nothing and another ten points"
+    big = [r for k, r in cnn4.items() if k != "occlusion"]  # "about as large as the means (3 to 6 points for ...)"
+    assert all(2.8 <= r["gap_std"] <= 6.2 and r["gap_std"] >= 0.9 * abs(r["gap_mean"]) for r in big)
+    lat = {(r["case"].split()[1], r["variant"]): r["median_ms"] for r in bench["latency"]["rows"]
+           if r["threads"] == 1 and r["batch"] == 360}
+    assert 15 <= lat["CNN", "float32"] / lat["MLP", "float32"] <= 25  # "about 20 times"
+
+
+def test_lesson_08_pareto_claims(mlp, digits, tmp_path_factory):
+    from qedu.stats import pareto_front
+
+    cnn = pretrained("cnn", seed=0, cache_dir=tmp_path_factory.getbasetemp() / "qedu-models")
+    configs = {"MLP float32": (mlp, None), "MLP W8A8": (mlp, PTQConfig()),
+               "MLP W4A4 per-tensor": (mlp, PTQConfig(weight_bits=4, act_bits=4, weight_granularity=PerTensor())),
+               "CNN float32": (cnn, None), "CNN W8A8": (cnn, PTQConfig()), "CNN W4A4": (cnn, PTQConfig(weight_bits=4, act_bits=4)),
+               "CNN W4A4 percentile": (cnn, PTQConfig(weight_bits=4, act_bits=4, act_method="percentile", percentile=99.9)),
+               "MLP int8": (mlp, PTQConfig(weight_granularity=PerTensor(), act_bits=None))}
+    points = []
+    for name, (model, config) in configs.items():
+        run = model if config is None else quantize_model(model, config, digits.x_calib)
+        points.append(dict(name=name, accuracy=evaluate(run, digits.x_test, digits.y_test),
+                           bytes=model_size(model, config).total_bytes))
+    front = [p["name"] for p, on in zip(points, pareto_front(points, minimize=("bytes",))) if on]
+    assert front == ["CNN W4A4"]  # "with size alone one configuration beats every other"
+    best = points[5]
+    assert round(best["bytes"] / 1000, 1) == 5.4  # "about 5.4 kB"
+    runner_up = max(p["accuracy"] for p in points if p is not best)
+    assert round((best["accuracy"] - runner_up) * len(digits.y_test)) == 1  # "by one image the most accurate"

@@ -393,3 +393,29 @@ def test_format_table_lists_each_format():
     assert "65504" in lines[3] and "448" in lines[5]
     with pytest.raises(TypeError, match="fmt must be a FloatFormat"):
         format_table(["fp16"])
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+ISSUE20_BAD = {
+    "repeated-add-start-nan": (lambda: repeated_add(math.nan, 1e-3, 10, BF16), ValueError, r"start must be a finite number"),
+    "repeated-add-step-nan": (lambda: repeated_add(1.0, math.nan, 10, BF16), ValueError, r"step must be a finite number"),
+    "repeated-add-step-inf": (lambda: repeated_add(1.0, math.inf, 10, BF16), ValueError, r"step must be a finite number"),
+    "repeated-add-start-str": (lambda: repeated_add("1.0", 1e-3, 10, BF16), TypeError, r"start must be a number"),
+    "repeated-add-step-str": (lambda: repeated_add(1.0, "0.001", 10, BF16), TypeError, r"step must be a number"),
+    "cast-meta": (lambda: cast(torch.empty(2, device="meta"), FP16), ValueError, r"x is a meta tensor"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_repeated_add_overflow_is_the_formats_own():
+    """A sum beyond fmt.max overflows as fp16 itself does (documented), not as a silent NaN."""
+    sums = repeated_add(65000.0, 1000.0, 3, FP16)
+    expected = torch.tensor(65000.0, dtype=torch.float16)
+    for _ in range(3):
+        expected = expected + torch.tensor(1000.0, dtype=torch.float16)
+    assert sums[-1].item() == expected.float().item() == math.inf

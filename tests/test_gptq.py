@@ -5,7 +5,7 @@ from torch import nn
 
 from qedu.formats import IntFormat
 from qedu.gptq import _grid, _round_column, gptq_linear, gptq_quantize, hessian, layer_error
-from qedu.memory import TinyGPT
+from qedu.models import TinyGPT
 from qedu.quantizers import fake_quantize
 from qedu.rtn import rtn_qparams, rtn_quantize
 
@@ -39,6 +39,71 @@ def naive_obq(W, X, bits, group_size, symmetric=False, convention="gptq", act_or
     return Q[:, torch.argsort(perm)]
 
 
+def ist_daslab_fasterquant(W, H, bits, group_size=None, sym=False, actorder=False, blocksize=128, percdamp=0.01):
+    """A port of IST-DASLab/gptq GPTQ.fasterquant with quant.py's Quantizer(perchannel=True), in float32.
+
+    Group grids come from the global W at the group's first column (see gptq_quantize's docstring).
+    """
+    from tests.test_rtn import gptq_quant_py
+
+    def params(w):  # quant.py find_params: per row of w
+        _, scale, zero = gptq_quant_py(w, bits, None, sym)
+        return scale, zero
+
+    maxq = 2**bits - 1
+    W, H = W.clone().float(), H.clone().float()
+    scale, zero = params(W)
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    if actorder:
+        perm = torch.argsort(torch.diag(H), descending=True)
+        W, H = W[:, perm], H[perm][:, perm]
+    Q = torch.zeros_like(W)
+    H[range(H.shape[0]), range(H.shape[0])] += percdamp * torch.mean(torch.diag(H))
+    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    for i1 in range(0, W.shape[1], blocksize):
+        i2 = min(i1 + blocksize, W.shape[1])
+        W1, Q1, Err1, Hinv1 = W[:, i1:i2].clone(), torch.zeros(W.shape[0], i2 - i1), torch.zeros(W.shape[0], i2 - i1), Hinv[i1:i2, i1:i2]
+        for i in range(i2 - i1):
+            w, d = W1[:, i], Hinv1[i, i]
+            if group_size is not None and (i1 + i) % group_size == 0:
+                scale, zero = params(W[:, i1 + i:i1 + i + group_size])
+            q = (scale * (torch.clamp(torch.round(w.unsqueeze(1) / scale) + zero, 0, maxq) - zero)).flatten()
+            Q1[:, i] = q
+            err1 = (w - q) / d
+            W1[:, i:] -= err1.unsqueeze(1).matmul(Hinv1[i, i:].unsqueeze(0))
+            Err1[:, i] = err1
+        Q[:, i1:i2] = Q1
+        W[:, i2:] -= Err1.matmul(Hinv[i1:i2, i2:])
+    return Q[:, torch.argsort(perm)] if actorder else Q
+
+
+@pytest.mark.parametrize("bits,group_size,sym,actorder", [(4, None, False, False), (3, None, True, False),
+                                                          (4, 128, False, False), (3, 128, True, True),
+                                                          (4, None, False, True)])
+def test_gptq_equals_a_port_of_the_reference_implementation(bits, group_size, sym, actorder):
+    # groups of 128 = the lazy block, where the reference's group grids see fully updated weights too
+    for seed in range(2):
+        W, X = random_layer(seed, c_in=256)
+        W, H = W.float(), hessian(X.float())
+        ref = ist_daslab_fasterquant(W, H, bits, group_size, sym, actorder)
+        ours = gptq_quantize(W, H=H, bits=bits, group_size=group_size, symmetric=sym, act_order=actorder).weight
+        torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_reference_group_grids_miss_the_updates_inside_a_block():
+    # with groups of 32 inside blocks of 128 the reference picks grids from stale weights: results differ
+    W, X = random_layer(0)
+    W, H = W.float(), hessian(X.float())
+    ref = ist_daslab_fasterquant(W, H, 4, 32)
+    ours = gptq_quantize(W, H=H, bits=4, group_size=32).weight
+    assert not torch.allclose(ours, ref)
+    assert torch.allclose(ours[:, :32], ref[:, :32])  # the first group of each block starts fresh in both
+    # with lazy blocks of 32 the reference does what qedu does
+    torch.testing.assert_close(ours, ist_daslab_fasterquant(W, H, 4, 32, blocksize=32), rtol=1e-5, atol=1e-6)
+
+
 def random_layer(seed, c_out=48, c_in=128, n=256):
     g = torch.Generator().manual_seed(seed)
     W = torch.randn(c_out, c_in, generator=g, dtype=torch.float64) * 0.05
@@ -67,6 +132,20 @@ def test_gptq_equals_naive_column_by_column_obq(bits, group_size, symmetric, con
         # the grids are float32 (qedu's quantizer): a float64 rounding difference in W can move a group's
         # min or max by one float32 ulp, so the tolerance is float32's, not float64's
         torch.testing.assert_close(fast, slow, rtol=1e-6, atol=1e-9)
+
+
+def test_cholesky_rows_are_the_obq_rows_of_the_shrinking_inverse_hessian():
+    """The module docstring's claim: row i of U (H^-1 = U^T U) is Hinv_i[i, i:] / sqrt(Hinv_i[i, i]), where
+    Hinv_i is the inverse Hessian with columns 0..i-1 eliminated (Gaussian elimination, one per step)."""
+    from qedu.gptq import _inverse_hessian_factor
+    _, X = random_layer(0, c_in=24)
+    H = hessian(X)
+    U = _inverse_hessian_factor(H, 0.01)
+    Hinv = torch.linalg.inv(H + 0.01 * H.diagonal().mean() * torch.eye(24, dtype=H.dtype))
+    for i in range(24):
+        torch.testing.assert_close(U[i, i:], Hinv[i, i:] / Hinv[i, i].sqrt(), rtol=1e-9, atol=1e-12)
+        Hinv = Hinv - Hinv[:, i:i + 1] @ Hinv[i:i + 1, :] / Hinv[i, i]  # eliminate column i
+    assert torch.equal(U, U.triu())
 
 
 def test_lazy_batch_size_does_not_change_the_result():
@@ -166,6 +245,8 @@ def test_gptq_linear_returns_a_copy():
     (lambda: gptq_quantize(torch.randn(4, 8), torch.full((16, 8), float("nan")), group_size=None), "NaN"),
     (lambda: gptq_linear(torch.randn(4, 8), torch.randn(16, 8)), "nn.Linear"),
     (lambda: layer_error(torch.randn(4, 8), torch.randn(4, 7), torch.randn(2, 8)), "same shape"),
+    (lambda: hessian(torch.full((4, 8), 3e38)), "Hessian 2/n X\\^T X beyond the range"),
+    (lambda: gptq_quantize(torch.randn(4, 8), H=torch.full((8, 8), float("inf")), group_size=None), "H gives a Hessian"),
 ])
 def test_bad_input_raises_a_clear_error(call, match):
     with pytest.raises((TypeError, ValueError), match=match):

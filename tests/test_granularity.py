@@ -92,3 +92,26 @@ def test_bad_construction_raises(make, exc, match):
 def test_reduction_must_return_one_value_per_row():
     with pytest.raises(ValueError, match=r"one value per row.*dim=1"):
         PerChannel(0).reduce(torch.zeros(3, 4), lambda rows: rows.amax(dim=0))
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+ISSUE20_BAD = {
+    "per-channel-negative-size": (lambda: PerChannel(0).num_params((-3, 4)), ValueError, r"shape\[0\] must be between 0 and inf, got -3"),
+    "per-tensor-negative-size": (lambda: PerTensor().num_params((4, -1)), ValueError, r"shape\[1\] must be between 0"),
+    "per-group-negative-size": (lambda: PerGroup(2).num_params((-2, 4)), ValueError, r"shape\[0\]"),
+    "per-channel-float-size": (lambda: PerChannel(0).num_params((2.5, 4)), TypeError, r"shape\[0\] must be an int"),
+    "shape-not-a-tuple": (lambda: PerChannel(0).num_params("64x128"), TypeError, r"shape must be a tuple of sizes"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_num_params_takes_torch_sizes_and_numpy_ints():
+    import numpy as np
+
+    assert PerChannel(0).num_params(torch.Size([np.int64(3), 4])) == 3
+    assert PerGroup(2).num_params([4, 6]) == 12

@@ -99,6 +99,8 @@ def test_default_factor_is_one_over_127_squared():
     (lambda: int8_linear(torch.randn(2, 4), torch.zeros(3, 4), torch.ones(3)), "int8"),
     (lambda: int8_linear(torch.randn(2, 5), torch.zeros(3, 4, dtype=torch.int8), torch.ones(3)), "features"),
     (lambda: Int8Linear(torch.randn(3, 3)), "nn.Linear"),
+    (lambda: int8_linear(torch.full((2, 4), 3e38), *vectorwise_quantize(torch.full((3, 4), 3e38))[:2], threshold=0.0),
+     "beyond float32"),
     (lambda: llm_int8_model(nn.Linear(2, 2), threshold="6"), "threshold"),
 ])
 def test_bad_input_raises_a_clear_error(call, match):
@@ -107,7 +109,7 @@ def test_bad_input_raises_a_clear_error(call, match):
 
 
 # ------------------------------------------------------------------ bitsandbytes 0.50.2 cross-checks
-@pytest.mark.parametrize("dtype", [torch.float16, torch.float32], ids=["fp16", "fp32"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32], ids=["fp16", "bf16", "fp32"])
 @pytest.mark.parametrize("threshold", [0.0, 6.0, 3.0])
 @pytest.mark.parametrize("seed", [0, 1])
 def test_vectorwise_quantize_equals_bitsandbytes(dtype, threshold, seed):

@@ -166,3 +166,54 @@ def test_delayed_scaling_rejects_bad_arguments():
         DelayedScaling(history_len=0)
     with pytest.raises(ValueError, match="NaN"):
         DelayedScaling().quantize(torch.tensor([NAN]))
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+import numpy as np  # noqa: E402
+
+
+def _overflowing_step(scaler, opt, p):
+    p.grad = torch.tensor([math.inf, 1.0])
+    scaler.step(opt)
+    scaler.update()
+
+
+def test_issue20_backoff_that_underflows_float32_raises_naming_backoff_factor():
+    """Before: after two overflows S reached 0 in float32, then unscale_ died with ZeroDivisionError."""
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = torch.optim.SGD([p], lr=0.1)
+    scaler = DynamicLossScaler(backoff_factor=1e-30)
+    _overflowing_step(scaler, opt, p)  # 65536 * 1e-30: still a usable float32 scale
+    assert scaler.get_scale() == pytest.approx(65536e-30, rel=1e-6)
+    with pytest.raises(ValueError, match=r"loss scale fell to 0 .*backoff_factor=1e-30.*gradients are inf/NaN at every scale"):
+        _overflowing_step(scaler, opt, p)
+    assert scaler.get_scale() > 0  # the last usable scale is kept
+
+
+ISSUE20_BAD = {
+    "static-scale-overflows-float32": (lambda: StaticLossScaler(1e39), ValueError, r"scale=1e\+39 is inf in float32"),
+    "static-scale-underflows-float32": (lambda: StaticLossScaler(1e-46), ValueError, r"scale=1e-46 is 0 in float32"),
+    "static-scale-inverse-overflows": (lambda: StaticLossScaler(1e-39), ValueError, r"must lie in \[2.94e-39, 3.4e\+38\]"),
+    "static-scale-str": (lambda: StaticLossScaler("65536"), TypeError, r"scale must be a number"),
+    "dynamic-init-overflows": (lambda: DynamicLossScaler(init_scale=1e39), ValueError, r"is inf in float32"),
+    "amax-str": (lambda: scale_from_amax("2.0", FP8_E4M3), TypeError, r"amax must be a number"),
+    "previous-str": (lambda: scale_from_amax(2.0, FP8_E4M3, previous="1"), TypeError, r"previous must be a number"),
+    "previous-zero": (lambda: scale_from_amax(0.0, FP8_E4M3, previous=0.0), ValueError, r"previous must be in \(0, inf\)"),
+    "fmt-str": (lambda: scale_from_amax(2.0, "fp8"), TypeError, r"fmt must be a FloatFormat"),
+    "amax-subnormal": (lambda: scale_from_amax(1e-300, FP8_E4M3), ValueError, r"amax=1e-300 gives the scale .* outside float32"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_numpy_numbers_and_extreme_usable_scales_are_accepted():
+    assert StaticLossScaler(np.int64(1024)).get_scale() == 1024.0
+    assert StaticLossScaler(2.0**127).get_scale() == 2.0**127
+    assert StaticLossScaler(2.0**-126).get_scale() == 2.0**-126
+    assert scale_from_amax(np.float32(2.0), FP8_E4M3) == 224.0
+    assert scale_from_amax(torch.tensor(2.0), FP8_E4M3) == 224.0
+    assert scale_from_amax(math.nan, FP8_E4M3, previous=3.0) == 3.0  # nothing to learn from: keep previous

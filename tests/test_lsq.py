@@ -159,3 +159,24 @@ def test_pact_bad_input(args, error, fragment):
         pact_quantize(*args, IntFormat(3, signed=False))
     with pytest.raises(ValueError, match="must be unsigned"):
         pact_quantize(torch.tensor([1.0]), torch.tensor(1.0), IntFormat(3))
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+ISSUE20_BAD = {
+    "lsq-nan-input": (lambda: LSQQuantizer(torch.tensor([-1.0, 0.4, 1.0]), IntFormat(2))(torch.tensor([float("nan"), 1.0])),
+                      ValueError, r"x holds NaN or inf"),
+    "lsq-inf-input": (lambda: LSQQuantizer(torch.tensor([-1.0, 0.4, 1.0]), IntFormat(2))(torch.tensor([float("inf")])),
+                      ValueError, r"x holds NaN or inf"),
+    "lsq-int-input": (lambda: LSQQuantizer(torch.tensor([-1.0, 0.4, 1.0]), IntFormat(2))(torch.tensor([1, 2])),
+                      TypeError, r"x must be a floating-point torch.Tensor"),
+    "pact-nan-input": (lambda: PACTQuantizer(torch.tensor([0.0, 0.4, 1.0]), IntFormat(2, signed=False))(torch.tensor([float("nan")])),
+                       ValueError, r"x holds NaN or inf"),
+    "pact-nan-alpha": (lambda: pact_quantize(torch.ones(2), torch.tensor(float("nan")), IntFormat(2, signed=False)),
+                       ValueError, r"alpha holds NaN or inf"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

@@ -116,3 +116,126 @@ def test_measure_cuda_peak_says_what_it_needs():
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         measure_cuda_peak()
     assert math.isfinite(training_memory(1, "fp8").total)
+
+
+# --- activation recomputation (Korthikanti et al. 2022) and ZeRO (Rajbhandari et al. 2020) -------
+
+from qedu.memory import RECOMPUTE, ZERO_STAGES, recompute_flops_overhead, zero_memory  # noqa: E402
+
+
+def test_recompute_formulas_by_hand():
+    s, b, h, a, L = 2048, 4, 4096, 32, 3
+    none = transformer_activation_bytes(L, h, s, b, a)
+    assert none == L * s * b * h * (34 + 5 * a * s / h)  # the paper's eq. 1 (16-bit, 1-byte masks)
+    assert transformer_activation_bytes(L, h, s, b, a, recompute="selective") == L * 34 * s * b * h  # eq. 6
+    assert transformer_activation_bytes(L, h, s, b, a, recompute="full") == L * 2 * s * b * h  # "2sbhL"
+    with pytest.raises(ValueError, match="recompute must be one of"):
+        transformer_activation_bytes(1, 4, 2, 1, 1, recompute="some")
+
+
+class _Checkpointed(torch.nn.Module):
+    """A block run under torch.utils.checkpoint: autograd keeps only its input."""
+
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x):
+        return torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=False)
+
+
+def test_full_recomputation_equals_torch_checkpoint_exactly():
+    torch.manual_seed(0)
+    L, h, s, b, a = 2, 64, 32, 3, 4
+    gpt = TinyGPT(64, s, h, L, a).to(torch.bfloat16).train()
+    gpt.blocks = torch.nn.ModuleList(_Checkpointed(block) for block in gpt.blocks)
+    measured = measure_activation_bytes(gpt, torch.randint(64, (b, s)))
+    assert measured == transformer_activation_bytes(L, h, s, b, a, recompute="full", dropout=False)
+
+
+def test_selective_recomputation_stores_what_fused_attention_stores():
+    # a fused attention kernel keeps no s x s matrix either: the same tensors as selective recomputation,
+    # plus its per-row log-sum-exp and LayerNorm's statistics (under 2 % here)
+    torch.manual_seed(0)
+    L, h, s, b, a = 2, 64, 32, 3, 4
+    gpt = TinyGPT(64, s, h, L, a, fused_attention=True).to(torch.bfloat16).train()
+    measured = measure_activation_bytes(gpt, torch.randint(64, (b, s)))
+    formula = transformer_activation_bytes(L, h, s, b, a, recompute="selective", dropout=False)
+    assert 1.0 <= measured / formula < 1.02
+
+
+def test_recompute_flops_overhead():
+    assert recompute_flops_overhead(4096, 2048, "none") == 0
+    assert recompute_flops_overhead(4096, 2048, "full") == pytest.approx(1 / 3)
+    sel = recompute_flops_overhead(4096, 2048, "selective")
+    assert sel == pytest.approx(2048 / (3 * (6 * 4096 + 2048)))
+    assert sel < 0.05 < 0.3 < recompute_flops_overhead(4096, 2048, "full")
+    assert set(RECOMPUTE) == {"none", "selective", "full"}
+
+
+def test_zero_stages_reproduce_the_papers_figure_1():
+    # Rajbhandari et al. 2020, Figure 1: 7.5B parameters, 64 GPUs, mixed precision + Adam (K = 12)
+    expected_gb = {0: 120, 1: 31.4, 2: 16.6, 3: 1.9}
+    for stage, gb in expected_gb.items():
+        assert zero_memory(7.5e9, stage, 64).total / 1e9 == pytest.approx(gb, abs=0.05)
+    one = zero_memory(1e9, 3, 1)
+    assert one == training_memory(1e9, "mixed")  # one GPU: nothing to split
+    assert zero_memory(1e9, 2, 8).weights == training_memory(1e9, "mixed").weights  # stage 2 keeps full weights
+    assert sorted(ZERO_STAGES) == [0, 1, 2, 3]
+    for bad in (4, -1, True):
+        with pytest.raises(ValueError, match="stage must be"):
+            zero_memory(1e9, bad, 8)
+
+
+def test_lesson07_recomputation_and_zero_claims():
+    L, h, a, s, b = 48, 1600, 25, 1024, 8  # GPT-2 XL, batch 8 x 1024, as the lesson's cell
+    assert 5 * a * s / h == 80 and round(80 / 114, 2) == 0.70  # "80 of the 114 sbh per layer (70 %)"
+    none = transformer_activation_bytes(L, h, s, b, a)
+    assert none == L * s * b * h * 114
+    assert transformer_activation_bytes(L, h, s, b, a, recompute="full") == none * 2 / 114  # "keeps 2 of the 114"
+    assert 0.025 < recompute_flops_overhead(h, s, "selective") < 0.035  # "about 3 % more compute"
+    # "Stage 3 brings the 6.7B model's 100 GiB of states down to 12.5 GiB per GPU"
+    assert round(zero_memory(6.7e9, 0, 8).total / 2**30) == 100
+    assert round(zero_memory(6.7e9, 3, 8).total / 2**30, 1) == 12.5
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+import numpy as np  # noqa: E402
+
+ISSUE20_BAD = {
+    "n-params-inf": (lambda: training_memory(math.inf), ValueError, r"n_params must be a finite number"),
+    "n-params-negative": (lambda: training_memory(-1), ValueError, r"n_params must be in \[0, inf\)"),
+    "n-params-str": (lambda: training_memory("1e9"), TypeError, r"n_params must be a number"),
+    "activation-values-negative": (lambda: training_memory(10, activation_values=-5), ValueError, r"activation_values must be in \[0"),
+    "activation-values-str": (lambda: training_memory(10, activation_values="many"), TypeError, r"activation_values must be a number"),
+    "bytes-per-value-negative": (lambda: transformer_activation_bytes(1, 4, 2, 1, 1, bytes_per_value=-2), ValueError, r"bytes_per_value must be in \(0"),
+    "bytes-per-value-inf": (lambda: transformer_activation_bytes(1, 4, 2, 1, 1, bytes_per_value=math.inf), ValueError, r"bytes_per_value must be a finite"),
+    "mask-bytes-negative": (lambda: transformer_activation_bytes(1, 4, 2, 1, 1, mask_bytes=-1), ValueError, r"mask_bytes must be in \[0"),
+    "batch-zero": (lambda: transformer_activation_bytes(1, 4, 2, 0, 1), ValueError, r"batch must be between 1"),
+    "gpt-negative": (lambda: gpt_param_count(-1, 768, 50257, 1024), ValueError, r"n_layers must be between 1"),
+    "gpt-str": (lambda: gpt_param_count(12, "768", 50257, 1024), TypeError, r"hidden must be an int"),
+    "gpt-float": (lambda: gpt_param_count(12, 768, 50257.5, 1024), TypeError, r"vocab_size must be an int"),
+    "allocate-model-str": (lambda: allocate_training_state("mlp"), TypeError, r"model must be a torch.nn.Module"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_numpy_counts_are_numbers():
+    assert training_memory(np.int64(1000), "fp32").total == 16000.0
+    assert gpt_param_count(np.int64(12), 768, 50257, 1024) == 124439808
+    assert transformer_activation_bytes(np.int64(1), 4, 2, 1, 1) == 292.0
+
+
+def test_issue20_allocate_training_state_leaves_the_global_rng_alone_and_is_seeded():
+    state = torch.random.get_rng_state()
+    a = allocate_training_state(make_mlp(seed=0), "mixed", seed=1)
+    assert torch.equal(torch.random.get_rng_state(), state)
+    b = allocate_training_state(make_mlp(seed=0), "mixed", seed=1)
+    c = allocate_training_state(make_mlp(seed=0), "mixed", seed=2)
+    assert all(torch.equal(x, y) for x, y in zip(a["grads"], b["grads"]))
+    assert not torch.equal(a["grads"][0], c["grads"][0])

@@ -169,3 +169,145 @@ def test_stochastic_rounding_keeps_the_small_updates_round_to_nearest_loses():
         moved[name] = sum(float((p.detach() - q).abs().sum()) for p, q in zip(run.model.parameters(), init))
     assert moved["nearest"] < 0.5 * moved["master"]
     assert abs(moved["stochastic"] / moved["master"] - 1) < 0.15
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+import math  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from qedu.mixed_precision import _make_scaler  # noqa: E402
+
+
+def _tiny_run(**kwargs):
+    return train_simulated(make_mlp(seed=0), _small_data(), Precision(FP16, FP16), epochs=1, **kwargs)
+
+
+ISSUE20_BAD = {
+    "loss-divisor-inf": (lambda: _tiny_run(loss_divisor=math.inf), ValueError, r"loss_divisor must be a finite number"),
+    "loss-divisor-nan": (lambda: _tiny_run(loss_divisor=math.nan), ValueError, r"loss_divisor must be a finite number"),
+    "loss-divisor-zero": (lambda: _tiny_run(loss_divisor=0.0), ValueError, r"loss_divisor must be in \(0, inf\)"),
+    "loss-divisor-huge": (lambda: _tiny_run(loss_divisor=1e40), ValueError, r"loss_divisor=1e\+40 is outside.*eps = 1e-08 / loss_divisor"),
+    "loss-divisor-str": (lambda: _tiny_run(loss_divisor="65536"), TypeError, r"loss_divisor must be a number"),
+    "loss-scale-overflows": (lambda: _tiny_run(loss_scale=1e39), ValueError, r"scale=1e\+39 is inf in float32"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_numpy_loss_scales_are_numbers():
+    assert _make_scaler(np.int64(1024)).get_scale() == 1024.0
+    assert _make_scaler(np.float32(0.5)).get_scale() == 0.5
+# --- pure-bf16 weights with Kahan compensation --------------------------------------------------
+
+def test_kahan_weights_stay_in_bf16_and_keep_the_small_updates():
+    data = _small_data()
+    kwargs = dict(epochs=2, lr=1e-4, backend="torch")
+    master = train_simulated(make_mlp(seed=0), data, Precision(BF16, BF16, master_weights=True), **kwargs)
+    nearest = train_simulated(make_mlp(seed=0), data, Precision(BF16, BF16, False, "nearest"), **kwargs)
+    kahan = train_simulated(make_mlp(seed=0), data, Precision(BF16, BF16, False, "kahan"), **kwargs)
+    for _name, layer in kahan.model.rounded_layers:
+        for param in layer.parametrizations.values():
+            assert torch.equal(param.original, cast(param.original, BF16))  # stored weights are bf16 values
+    def distance(a, b):  # summed |difference| over all parameters
+        return sum(float((p - q).detach().abs().sum()) for p, q in zip(a.parameters(), b.parameters()))
+
+    # master weights keep every update (in fp32); Kahan follows them closely, round-to-nearest does not
+    assert distance(kahan.model, master.model) < distance(nearest.model, master.model) / 3
+    start = make_mlp(seed=0)
+    assert distance(kahan.model, start) > 2 * distance(nearest.model, start)  # nearest drops most small updates
+
+
+def test_weight_rounding_choices():
+    assert Precision(BF16, BF16, False, "kahan").weight_rounding == "kahan"
+    with pytest.raises(ValueError, match="weight_rounding"):
+        Precision(BF16, BF16, False, "kahn")
+
+
+# --- what lesson 06 says about its own runs (same seeds and arguments as its cells) ---------------
+
+import math  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import nbformat  # noqa: E402
+
+from qedu.loss_scaling import DynamicLossScaler  # noqa: E402
+
+LESSON06 = Path(__file__).resolve().parent.parent / "lessons" / "06_mixed_precision_training.ipynb"
+
+
+def _lesson06_code() -> str:
+    return "\n".join(c.source for c in nbformat.read(LESSON06, 4).cells if c.cell_type == "code")
+
+
+@functools.lru_cache(maxsize=1)
+def _lesson06_runs():
+    data = load_digits(seed=0)
+    runs = {"fp32": train_simulated(make_mlp(seed=0), data, Precision(None, None), epochs=10, backend="torch")}
+    for name, precision in (("master", Precision(BF16, BF16, master_weights=True)),
+                            ("nearest", Precision(BF16, BF16, master_weights=False)),
+                            ("kahan", Precision(BF16, BF16, False, "kahan"))):
+        runs[name] = train_simulated(make_mlp(seed=0), data, precision, epochs=10, lr=1e-4, backend="torch")
+    for name, fmt, scale in (("fp16", FP16, None), ("dynamic", FP16, DynamicLossScaler(growth_interval=10)),
+                             ("bf16", BF16, None)):
+        runs[name] = train_simulated(make_mlp(seed=0), data, Precision(fmt, fmt), epochs=10, loss_divisor=2.0**16,
+                                     loss_scale=scale, backend="torch")
+    return runs
+
+
+def test_lesson06_runs_what_these_tests_check():
+    code = _lesson06_code()
+    for call in ('("fp16, dynamic loss scaling", FP16, DynamicLossScaler(growth_interval=10))',
+                 'Precision(BF16, BF16, False, "kahan")', "epochs=10, loss_divisor=2.0**k", "k = 16",
+                 "summation_errors(lengths=(256, 1024, 4096, 16384), n_rows=4, seed=0)"):
+        assert call in code, f"lesson 06 no longer contains {call!r}: update this test and the prose"
+
+
+def test_lesson06_the_dynamic_scaler_moves_and_skips():
+    run = _lesson06_runs()["dynamic"]
+    assert len(run.scales) == 450 < torch.amp.GradScaler("cpu").get_growth_interval() == 2000  # "longer than this run"
+    assert run.scales[0] == 2.0**16 == torch.amp.GradScaler("cpu").get_scale()
+    assert min(run.scales) < max(run.scales)  # the scale changes
+    assert sum(run.skipped) >= 1  # at least one step is skipped
+    assert 33 <= math.log2(max(run.scales)) <= 37  # "near 2^35"
+    assert 0.025 < run.skipped_fraction < 0.08  # "about one step in twenty"
+    first = run.skipped.index(True)
+    assert all(run.scales[i + 1] == 2 * run.scales[i] for i in range(9, first, 10))  # doubles after every 10 clean steps
+    assert all(run.scales[i + 1] == run.scales[i] / 2 for i, s in enumerate(run.skipped[:-1]) if s)  # halves on overflow
+
+
+def test_lesson06_loss_scaling_claims():
+    runs = _lesson06_runs()
+    assert 0.2 < runs["fp16"].total_stats().lost_fraction < 0.3  # "about a quarter of its nonzero gradients"
+    assert runs["fp16"].final_test_acc < runs["fp32"].final_test_acc - 0.02  # "and accuracy with them"
+    assert abs(runs["dynamic"].final_test_acc - runs["fp32"].final_test_acc) <= 0.01  # "trains like fp32"
+    assert runs["bf16"].total_stats().lost_fraction == 0 and sum(runs["bf16"].skipped) == 0
+    assert abs(runs["bf16"].final_test_acc - runs["fp32"].final_test_acc) <= 0.01
+
+
+def test_lesson06_master_weight_and_kahan_claims():
+    runs = _lesson06_runs()
+    assert runs["nearest"].final_test_acc < runs["master"].final_test_acc - 0.2  # "learns a fraction"
+    assert abs(runs["kahan"].final_test_acc - runs["master"].final_test_acc) <= 0.01  # "matches the master-weight run"
+
+
+def test_lesson06_a_larger_batch_does_not_divide_the_gradient():
+    data, model = load_digits(seed=0), make_mlp(seed=0)
+    medians = []
+    for batch in (32, 1024):
+        model.zero_grad()
+        F.cross_entropy(model(data.x_train[:batch]), data.y_train[:batch]).backward()
+        g = torch.cat([p.grad.flatten() for p in model.parameters()]).abs()
+        medians.append(g[g > 0].median().item())
+    assert 1.5 < medians[0] / medians[1] < 3  # "about 2 times smaller, not 32"
+
+
+def test_lesson06_e5m2_shares_only_fp16s_normal_range():
+    assert FP8_E5M2.min_normal == FP16.min_normal == 2.0**-14
+    assert FP8_E5M2.min_subnormal == 2.0**-16 and FP16.min_subnormal == 2.0**-24
+    assert FP8_E5M2.min_subnormal / FP16.min_subnormal == 256  # "gradients underflow 256 times sooner"
+    assert cast(torch.tensor(2.0**-20), FP8_E5M2).item() == 0 < cast(torch.tensor(2.0**-20), FP16).item()

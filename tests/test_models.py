@@ -401,3 +401,11 @@ def test_default_cache_dir(monkeypatch, tmp_path):
     assert default_cache_dir() == pathlib.Path.home() / ".cache" / "qedu"
     monkeypatch.setattr(models.sys, "platform", "darwin")
     assert default_cache_dir() == pathlib.Path.home() / "Library" / "Caches" / "qedu"
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+def test_issue20_cache_dir_must_be_a_path():
+    with pytest.raises(TypeError, match=r"cache_dir must be a folder path \(a str or pathlib.Path\) or None, got int 5"):
+        models.pretrained("mlp", epochs=1, cache_dir=5)
+    with pytest.raises(TypeError, match=r"cache_dir must be a folder path"):
+        models.pretrained_path("mlp", cache_dir=5)

@@ -38,6 +38,7 @@ def test_code_is_the_computed_nf4_table_to_float32_rounding():
 def test_round_trip_error_and_structure(name, absmax_rounding):
     w = WEIGHTS[name]
     state = nf4_quantize(w, absmax_rounding=absmax_rounding)
+    assert isinstance(state, NF4Weight) and state.shape == tuple(w.shape)
     assert state.packed.dtype == torch.uint8 and state.packed.numel() == (w.numel() + 1) // 2
     assert state.absmax.dtype == torch.uint8 and state.absmax.numel() == -(-w.numel() // 64)
     w_hat = nf4_dequantize(state)
@@ -128,6 +129,16 @@ def test_equals_bitsandbytes_quantize_4bit_with_double_quant(name):
     assert torch.equal(bnb.state2.absmax, ours.absmax_scale)
     assert torch.equal(bnb.state2.code, dynamic_map(signed=True))
     assert torch.equal(F.dequantize_4bit(packed, bnb), nf4_dequantize(ours))  # the weights, bit for bit
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_equals_bitsandbytes_on_half_precision_weights(dtype):
+    F = pytest.importorskip("bitsandbytes.functional", reason=REASON)
+    w = WEIGHTS["normal_256x512"].to(dtype)
+    packed, bnb = F.quantize_4bit(w, blocksize=64, quant_type="nf4", compress_statistics=True)
+    ours = nf4_quantize(w, absmax_rounding="lut")  # computed in float32, as bitsandbytes does
+    assert torch.equal(packed.reshape(-1), ours.packed) and torch.equal(bnb.absmax, ours.absmax)
+    assert torch.equal(F.dequantize_4bit(packed, bnb), nf4_dequantize(ours).to(dtype))
 
 
 @pytest.mark.parametrize("name", list(WEIGHTS))

@@ -148,3 +148,20 @@ BAD = {
 def test_bad_input_raises_clear_errors(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+_CODES, _ABSMAX = torch.tensor([8, 0, 15, 15]), torch.tensor([2.0, 0.5])
+ISSUE20_BAD = {
+    "absmax-nan": (lambda: blockwise_absmax_dequantize(_CODES, torch.tensor([float("nan"), 0.5]), nf4_levels(), 2), ValueError, r"absmax must hold finite values >= 0"),
+    "absmax-negative": (lambda: blockwise_absmax_dequantize(_CODES, torch.tensor([-2.0, 0.5]), nf4_levels(), 2), ValueError, r"absmax must hold finite values >= 0"),
+    "absmax-inf": (lambda: blockwise_absmax_dequantize(_CODES, torch.tensor([float("inf"), 0.5]), nf4_levels(), 2), ValueError, r"absmax must hold finite"),
+    "absmax-float64-beyond-float32": (lambda: blockwise_absmax_dequantize(_CODES, torch.tensor([1e39, 0.5], dtype=torch.float64), nf4_levels(), 2), ValueError, r"absmax holds 1 finite value"),
+    "x-float64-beyond-float32": (lambda: blockwise_absmax_quantize(torch.tensor([1e39], dtype=torch.float64), nf4_levels()), ValueError, r"x holds 1 finite value"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

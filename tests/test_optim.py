@@ -260,3 +260,126 @@ def test_linear_8bit_adam_blows_up_and_dynamic_trains():
     assert linear.final_test_acc < 0.5
     assert max(linear.v_zeroed) > 10 * max(dynamic.v_zeroed)
     assert dynamic.bytes_per_param == pytest.approx(2.03, abs=0.01)
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+import warnings  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def test_issue20_one_inf_gradient_skips_the_step_and_poisons_no_block():
+    """Before: one inf entry, then a clean step, left its whole 256-value block NaN (fp32 Adam: 1 value)."""
+    w = torch.nn.Parameter(torch.linspace(-1, 1, 1024))
+    opt = Adam([w], lr=1e-2, states="dynamic")
+    w.grad = torch.linspace(-1, 1, 1024)
+    opt.step()
+    before_w, before_state = w.detach().clone(), {k: v.clone() for k, v in opt.state[w].items() if torch.is_tensor(v)}
+    w.grad = torch.ones(1024)
+    w.grad[5] = math.inf
+    with pytest.warns(RuntimeWarning, match=r"skipped a step: the gradient of param_groups\[0\]\['params'\]\[0\] .*1 inf"):
+        opt.step()
+    assert opt.last_stats["skipped"] and opt.skipped_steps == 1 and opt.state[w]["step"] == 1
+    assert torch.equal(w.detach(), before_w)
+    assert all(torch.equal(opt.state[w][k], v) for k, v in before_state.items())
+    w.grad = torch.ones(1024)
+    opt.step()  # a clean step afterwards: every value finite
+    assert bool(torch.isfinite(w).all()) and not opt.last_stats["skipped"]
+    for key in ("m", "v"):
+        assert bool(torch.isfinite(opt._load(opt.state[w], key)).all())
+
+
+@pytest.mark.parametrize("states", ["fp32", "dynamic", "linear"])
+def test_issue20_nan_gradient_is_skipped_in_every_mode(states):
+    a, b = torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(3))
+    opt = Adam([a, b], lr=0.1, states=states)
+    a.grad, b.grad = torch.ones(3), torch.tensor([1.0, math.nan, 1.0])
+    with pytest.warns(RuntimeWarning, match=r"\['params'\]\[1\].*1 NaN"):
+        opt.step()
+    assert torch.equal(a.detach(), torch.ones(3)) and not opt.state  # all or nothing: a was not updated either
+
+
+def test_issue20_zero_gradient_with_the_smallest_eps_stays_finite():
+    w = torch.nn.Parameter(torch.ones(4))
+    opt = Adam([w], eps=float(torch.finfo(torch.float32).tiny), states="dynamic")
+    w.grad = torch.zeros(4)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        opt.step()
+    assert torch.equal(w.detach(), torch.ones(4))
+
+
+ISSUE20_BAD = {
+    "eps-zero": (lambda: Adam([torch.nn.Parameter(torch.ones(2))], eps=0.0), ValueError, r"eps must be at least 1.175e-38.*0 / 0 = NaN"),
+    "eps-underflows": (lambda: Adam([torch.nn.Parameter(torch.ones(2))], eps=1e-50), ValueError, r"eps must be at least"),
+    "betas-one": (lambda: Adam([torch.nn.Parameter(torch.ones(2))], betas=(0.9,)), TypeError, r"betas must be a pair of numbers"),
+    "betas-str": (lambda: Adam([torch.nn.Parameter(torch.ones(2))], betas="ab"), TypeError, r"betas must be a pair"),
+    "lr-str": (lambda: Adam([torch.nn.Parameter(torch.ones(2))], lr="0.1"), TypeError, r"lr must be a number"),
+    "train-adam-data-str": (lambda: train_adam(make_mlp(seed=0), "data"), TypeError, r"data must be a Digits"),
+    "train-adam-model-str": (lambda: train_adam("mlp", None), TypeError, r"model must be a torch.nn.Module"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_sparse_gradients_and_fp16_parameters_are_refused_by_name():
+    emb = torch.nn.Embedding(10, 4, sparse=True)
+    emb(torch.tensor([1, 2])).sum().backward()
+    with pytest.raises(TypeError, match=r"param_groups\[0\]\['params'\]\[0\] \(shape \(10, 4\)\) is sparse.*SparseAdam"):
+        Adam(emb.parameters(), states="dynamic").step()
+    half = torch.nn.Parameter(torch.ones(4, dtype=torch.float16))
+    half.grad = torch.ones(4, dtype=torch.float16)
+    with pytest.raises(TypeError, match=r"is torch.float16; states='dynamic'.*float32 parameters"):
+        Adam([half], states="dynamic").step()
+    Adam([half], states="fp32").step()  # fp32 states follow torch.optim.Adam, which takes fp16 parameters
+    assert half.dtype == torch.float16 and bool(torch.isfinite(half).all())
+    assert Adam([torch.nn.Parameter(torch.ones(2))], lr=np.float64(0.1), betas=(np.float32(0.9), 0.999)).defaults["lr"] == 0.1
+# --- the small-tensor rule: tensors under min_8bit_size keep fp32 states (bitsandbytes, Dettmers et al. 2022)
+
+def test_min_8bit_size_keeps_small_tensors_in_fp32():
+    params = [nn.Parameter(torch.randn(512, 16)), nn.Parameter(torch.randn(100)), nn.Parameter(torch.randn(64, 64))]
+    for p in params:
+        p.grad = torch.randn_like(p)
+    opt = Adam(params, states="dynamic", block_size=2048, min_8bit_size=4096)
+    opt.step()
+    kinds = [sorted(k for k in opt.state[p] if k != "step") for p in params]
+    assert kinds[0] == ["m_absmax", "m_q", "v_absmax", "v_q"]  # 8192 >= 4096: 8 bits
+    assert kinds[1] == ["m", "v"]  # 100 < 4096: fp32
+    assert kinds[2] == ["m_absmax", "m_q", "v_absmax", "v_q"]  # exactly 4096: 8 bits, as bitsandbytes
+    assert [opt.quantizes(p) for p in params] == [True, False, True]
+    assert opt.state_bytes() == 2 * (8192 + 4096) + 2 * 4 * (4 + 2) + 8 * 100
+
+
+def test_min_8bit_size_above_every_tensor_is_fp32_adam_bit_for_bit():
+    ours_model, torch_model = _two_models()
+    ours = Adam(ours_model.parameters(), states="dynamic", min_8bit_size=10**6)
+    theirs = torch.optim.Adam(torch_model.parameters())
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):
+        x, y = torch.randn(32, 6, generator=g), torch.randint(3, (32,), generator=g)
+        for model, opt in ((ours_model, ours), (torch_model, theirs)):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    assert all(torch.equal(p, q) for p, q in zip(ours_model.parameters(), torch_model.parameters()))
+    with pytest.raises(ValueError, match="min_8bit_size"):
+        Adam([nn.Parameter(torch.ones(1))], min_8bit_size=-1)
+
+
+def test_min_8bit_size_picks_the_same_tensors_as_bitsandbytes_adam8bit():
+    bnb = pytest.importorskip("bitsandbytes")  # a test-only peer (the `ref` extra), never a dependency
+    model = make_mlp(seed=0)
+    ours = Adam(model.parameters(), states="dynamic", min_8bit_size=4096)
+    theirs = bnb.optim.Adam8bit(model.parameters(), min_8bit_size=4096)
+    nn.functional.cross_entropy(model(torch.zeros(4, 1, 8, 8)), torch.arange(4)).backward()
+    ours.step()
+    theirs.step()
+    for p in model.parameters():
+        bnb_8bit = theirs.state[p]["state1"].dtype == torch.uint8
+        assert ours.quantizes(p) == bnb_8bit, f"tensor of {p.numel()} elements"
+    # the MLP: fc1 and fc2 weights (8192 each) in 8 bits; fc3's 640 weights and every bias in fp32
+    assert sorted(p.numel() for p in model.parameters() if ours.quantizes(p)) == [8192, 8192]

@@ -14,7 +14,7 @@ else:  # pragma: no cover
 
 ROOT = Path(__file__).resolve().parent.parent
 # conda-forge names that differ from PyPI names
-CONDA_TO_PYPI = {"pytorch-cpu": "torch", "pytorch": "torch"}
+CONDA_TO_PYPI = {"pytorch-cpu": "torch", "pytorch": "torch", "python-build": "build"}
 _REQ = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*(?:\[[^\]]*\])?\s*(.*)$")
 
 
@@ -56,10 +56,24 @@ def test_environment_lists_every_pyproject_dependency_with_the_same_pin():
         assert env[name] == spec, f"{name}: pyproject pins {spec!r}, environment.yml pins {env[name]!r}"
 
 
+def _build_requirements() -> dict[str, str]:
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    return dict(_parse(r) for r in data["build-system"]["requires"])
+
+
 def test_environment_has_nothing_pyproject_lacks():
     core, test = _pyproject()
-    extra = set(_environment()) - set(core) - set(test) - {"python", "pip"}
+    extra = set(_environment()) - set(core) - set(test) - set(_build_requirements()) - {"python", "pip"}
     assert not extra, f"environment.yml lists {extra} which pyproject.toml does not"
+
+
+def test_binder_has_the_build_requirements_postbuild_needs():
+    """postBuild builds qedu with --no-build-isolation: setuptools must be in Binder's environment,
+    at the version pyproject.toml's build-system asks for."""
+    assert "--no-build-isolation" in (ROOT / "postBuild").read_text()
+    env = _environment()
+    for name, spec in _build_requirements().items():
+        assert env.get(name) == spec, f"environment.yml must list {name}{spec} (postBuild builds without isolation)"
 
 
 def test_binder_uses_cpu_pytorch_from_conda_forge():

@@ -411,3 +411,83 @@ def test_lesson04_multi_seed_ablation_results():
 
     assert bpc(4, "per-tensor", "minmax") > float_bpc + 0.3 and bpc(4, "per-channel", "minmax") < float_bpc + 0.15
     assert bpc(2, "per-channel", "mse") > float_bpc + 0.5
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+from torch import nn  # noqa: E402
+
+from qedu.memory import TinyGPT  # noqa: E402
+
+
+def _bn_args(**changes):
+    args = dict(weight=torch.ones(2, 3), bias=None, running_mean=torch.zeros(2), running_var=torch.full((2,), 3.0),
+                gamma=torch.ones(2), beta=torch.ones(2), eps=1e-5)
+    args.update(changes)
+    return args
+
+
+ISSUE20_BAD = {
+    "bn-var-nan": (lambda: fold_bn_params(**_bn_args(running_var=torch.tensor([float("nan"), 1.0]))), ValueError, r"running_var holds NaN or inf"),
+    "bn-var-negative": (lambda: fold_bn_params(**_bn_args(running_var=torch.tensor([-1.0, 1.0]))), ValueError, r"running_var must be >= 0"),
+    "bn-var-zero-eps-zero": (lambda: fold_bn_params(**_bn_args(running_var=torch.zeros(2), eps=0.0)), ValueError, r"running_var \+ eps is 0"),
+    "bn-eps-nan": (lambda: fold_bn_params(**_bn_args(eps=float("nan"))), ValueError, r"eps must be a finite number >= 0"),
+    "bn-gamma-inf": (lambda: fold_bn_params(**_bn_args(gamma=torch.tensor([1.0, float("inf")]))), ValueError, r"gamma holds NaN or inf"),
+    "bn-shape": (lambda: fold_bn_params(**_bn_args(running_mean=torch.zeros(3))), ValueError, r"running_mean must hold one value per output channel, shape \(2,\)"),
+    "bn-bias-shape": (lambda: fold_bn_params(**_bn_args(bias=torch.zeros(5))), ValueError, r"bias must hold one value per output channel"),
+    "bn-weight-list": (lambda: fold_bn_params(**_bn_args(weight=[[1.0]])), TypeError, r"weight must be a floating-point tensor"),
+    "keep-float-int": (lambda: PTQConfig(keep_float=5), TypeError, r"keep_float must be a list of layer names such as \['fc1'\], got int 5"),
+    "overrides-int": (lambda: PTQConfig(overrides=5), TypeError, r"overrides must map layer names to dicts.*got int 5"),
+    "overrides-value-int": (lambda: PTQConfig(overrides={"fc1": 8}), TypeError, r"overrides\['fc1'\] must be a dict of settings"),
+    "bare-linear": (lambda: prepare(nn.Linear(4, 2)), ValueError, r"model is itself a bare Linear.*nn.Sequential\(model\)"),
+    "transformer-layer": (lambda: prepare(nn.TransformerEncoderLayer(8, 2, dim_feedforward=16)), ValueError,
+                          r"layer '\(the model\)' is a torch TransformerEncoderLayer.*Supported: models whose"),
+    "attention-inside": (lambda: prepare(nn.Sequential(nn.Linear(8, 8), nn.MultiheadAttention(8, 2))), ValueError,
+                         r"layer '1' is a torch MultiheadAttention"),
+    "quantlayer-not-a-layer": (lambda: QuantLayer(nn.ReLU(), PTQConfig()), TypeError, r"layer must be an nn.Linear"),
+    "calib-shape": (lambda: quantize_model(make_mlp(seed=0), PTQConfig(), torch.rand(4, 3)), ValueError,
+                    r"cannot run on x_calib of shape \(4, 3\)"),
+    "calib-float64-beyond-float32": (lambda: quantize_model(make_mlp(seed=0), PTQConfig(), torch.full((2, 1, 8, 8), 1e39, dtype=torch.float64)),
+                                     ValueError, r"x_calib holds 128 finite value"),
+    "calib-empty-ids": (lambda: quantize_model(TinyGPT(16, 8, 16, 1, 2), PTQConfig(), torch.zeros(0, 8, dtype=torch.long)),
+                        ValueError, r"x_calib is empty"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_quant_layer_copies_the_callers_layer():
+    layer = nn.Linear(8, 4)
+    before = copy.deepcopy(layer.state_dict())
+    q = QuantLayer(layer, PTQConfig(weight_bits=2))
+    assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())
+    assert q.layer is not layer and q.layer.weight.unique().numel() <= 4 * 4  # 2-bit codes per channel
+
+
+def test_issue20_calibrate_casts_float64_inputs_to_the_models_dtype():
+    x = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    q64 = quantize_model(make_mlp(seed=0), PTQConfig(act_bits=8), x.double())
+    q32 = quantize_model(make_mlp(seed=0), PTQConfig(act_bits=8), x)
+    assert torch.equal(q64(x), q32(x))
+
+
+def test_issue20_tiny_gpt_with_token_ids_is_quantized():
+    model = TinyGPT(vocab_size=16, seq_len=8, hidden=16, n_layers=1, n_heads=2)
+    ids = torch.randint(16, (6, 8), generator=torch.Generator().manual_seed(0))
+    q = quantize_model(model, PTQConfig(weight_bits=8, act_bits=8), ids)
+    assert set(quantizable_layers(model)) <= {n for n, m in q.named_modules() if isinstance(m, QuantLayer)}
+    with torch.no_grad():
+        ref, out = model(ids), q(ids)
+    assert out.shape == ref.shape and float((out - ref).abs().max()) < 0.1 * float(ref.abs().max()) + 1e-3
+
+
+def test_issue20_transformer_refusal_names_a_fix_that_works():
+    """A model holding nn.MultiheadAttention is refused before any work (no partial copy is made)."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.MultiheadAttention(8, 2))
+    state = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="qedu.models.TinyGPT"):
+        quantize_model(model, PTQConfig(act_bits=None))
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

@@ -352,3 +352,37 @@ def test_lsq_starts_matter_at_epoch_0_and_w2a2_qat_beats_w2a2_ptq(mlp, data):
     w2a2 = prepare_qat(mlp, QATConfig(weight_bits=2, act_bits=2, act_method="pact"), data.x_calib)
     train_qat(w2a2, data, epochs=3, progress=False)
     assert evaluate(convert(w2a2), data.x_test, data.y_test) > ptq + 0.05
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+import copy  # noqa: E402
+
+from torch import nn  # noqa: E402
+
+
+def test_issue20_quantized_layer_copies_the_callers_layer():
+    layer = nn.Linear(4, 2)
+    before = copy.deepcopy(layer.state_dict())
+    w = layer.weight.detach()
+    scale, zero_point = choose_qparams(w, INT8, PerChannel(0))
+    from qedu.quantizers import quantize
+
+    q = QuantizedLayer(layer, quantize(w, scale, zero_point, INT8), scale, zero_point, None)
+    assert all(torch.equal(before[k], v) for k, v in layer.state_dict().items())
+    assert isinstance(layer.weight, nn.Parameter) and layer.weight.requires_grad  # not replaced
+    assert torch.equal(q.layer.weight, dequantize(q.weight_q, scale, zero_point))
+
+
+ISSUE20_BAD = {
+    "ste-scale-1/scale-inf": (lambda: fake_quantize_ste(torch.ones(2), 1e-40, 0, INT8), ValueError, r"1 / scale overflows"),
+    "ste-grid-overflow": (lambda: fake_quantize_ste(torch.ones(2), 3e38, 0, INT8), ValueError, r"too large for int8"),
+    "ste-nan": (lambda: fake_quantize_ste(torch.tensor([float("nan")]), 0.1, 0, INT8), ValueError, r"x holds NaN or inf"),
+    "quantized-layer-not-module": (lambda: QuantizedLayer("fc1", torch.zeros(1), torch.ones(1), torch.zeros(1), None),
+                                   TypeError, r"layer must be a torch.nn.Module"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

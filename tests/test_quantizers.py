@@ -420,3 +420,49 @@ def test_inputs_are_not_mutated_and_float64_is_rounded_to_float32():
     x_hat = fake_quantize(x, 0.01, 0, INT8)
     assert torch.equal(x, before) and x_hat.dtype == torch.float32
     assert torch.equal(x_hat, fake_quantize(x.float(), 0.01, 0, INT8))
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+# Values that passed the old checks but broke in float32, and arguments that failed deep inside.
+BIG64 = torch.tensor([1.0, 1e39], dtype=torch.float64)  # finite in float64, inf in float32
+ISSUE20_BAD = {
+    "scale-1/scale-inf": (lambda: quantize([0.0, 1.0], 1e-40, 0, INT8), ValueError, r"scale=1e-40 is so small that 1 / scale overflows float32"),
+    "fake-scale-1/scale-inf": (lambda: fake_quantize([0.0, 1.0], 1e-40, 0, INT8), ValueError, r"1 / scale overflows"),
+    "dequantize-overflow": (lambda: dequantize(torch.tensor([127]), 3e38, 0), ValueError, r"scale \* \(q - zero_point\) overflows float32"),
+    "fake-grid-overflow": (lambda: fake_quantize([1.0], 3e38, 0, INT8), ValueError, r"scale=3e\+38 is too large for int8"),
+    "eps-underflows": (lambda: choose_qparams(torch.zeros(4), INT8, symmetric=False, eps=1e-50), ValueError, r"eps=1e-50 is 0 in float32"),
+    "eps-overflows": (lambda: choose_qparams(torch.zeros(4), INT8, symmetric=False, eps=1e39), ValueError, r"eps=1e\+39 is inf in float32"),
+    "eps-subnormal": (lambda: choose_qparams(torch.zeros(4), INT8, eps=1e-40), ValueError, r"eps=1e-40.*outside"),
+    "range-overflows": (lambda: choose_qparams([-3e38, 3e38], INT8, symmetric=False), ValueError, r"range max_val - min_val overflows float32"),
+    "symmetric-grid-overflows": (lambda: choose_qparams([-3.4e38, 3.4e38], INT8), ValueError, r"too close to float32's limit"),
+    "symmetric-1bit-unsigned": (lambda: choose_qparams([1.0, 2.0], BINARY), ValueError, r"symmetric grid needs at least 2 bits"),
+    "symmetric-1bit-signed": (lambda: choose_qparams_from_minmax(-1.0, 1.0, IntFormat(1)), ValueError, r"symmetric grid needs at least 2 bits"),
+    "x-float64-beyond-float32": (lambda: quantize(BIG64, 0.1, 0, INT8), ValueError, r"x holds 1 finite value\(s\) beyond float32's range"),
+    "choose-float64-beyond-float32": (lambda: choose_qparams(BIG64, INT8), ValueError, r"x holds 1 finite value"),
+    "max_val-float64": (lambda: choose_qparams_from_minmax(0.0, BIG64[1], INT8), ValueError, r"max_val holds 1 finite value"),
+    "x-meta": (lambda: quantize(torch.empty(3, device="meta"), 0.1, 0, INT8), ValueError, r"x is a meta tensor"),
+    "round-codes-str": (lambda: round_codes("2.5"), TypeError, r"v must be a torch.Tensor, numpy array or number"),
+    "round-codes-bool": (lambda: round_codes(torch.tensor([True])), TypeError, r"v must hold real numbers"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_extreme_but_valid_scales_still_work():
+    """The new limits are the float32 ones, not tighter: the smallest scale with a finite 1 / scale
+    and float32 data near its maximum (affine halves of the range) still quantize exactly."""
+    tiny = float(torch.finfo(torch.float32).tiny)
+    assert torch.equal(quantize([0.0, tiny], tiny, 0, INT8), torch.tensor([0, 1], dtype=torch.int32))
+    scale, zero_point = choose_qparams([-1e38, 1e38], INT8, symmetric=False)
+    assert bool(torch.isfinite(fake_quantize([-1e38, 0.0, 1e38], scale, zero_point, INT8)).all())
+    assert choose_qparams(torch.zeros(3), INT8, eps=tiny)[0].item() == tiny
+
+
+def test_issue20_round_codes_accepts_lists_and_numbers():
+    assert round_codes([2.5, -2.5], "half_away").tolist() == [3.0, -3.0]
+    assert round_codes(2.5).item() == 2.0
+    assert round_codes(torch.tensor([3, -2])).tolist() == [3.0, -2.0]  # integer codes become float32

@@ -152,3 +152,18 @@ def test_swamping_stochastic_rounding_is_right_on_average():
     sem = finals.std().item() / math.sqrt(200)
     assert abs(finals.mean().item() - expected) < 4 * sem
     assert 0.4 < finals.std().item() < 0.9
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+ISSUE20_BAD = {
+    "swamping-increment-nan": (lambda: swamping(BF16, increment=math.nan), ValueError, r"increment must be a finite number"),
+    "swamping-start-inf": (lambda: swamping(BF16, start=math.inf), ValueError, r"start must be a finite number"),
+    "swamping-increment-str": (lambda: swamping(BF16, increment="0.001"), TypeError, r"increment must be a number"),
+    "swamping-generator": (lambda: swamping(BF16, "stochastic", generator=0), TypeError, r"generator must be a torch.Generator"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

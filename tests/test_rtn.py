@@ -1,8 +1,11 @@
 """qedu.rtn: round-to-nearest, both conventions against ports of the reference code."""
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
+from qedu.quantizers import fake_quantize
 from qedu.rtn import bits_per_weight, rtn_linear, rtn_qparams, rtn_quantize
 
 
@@ -154,6 +157,22 @@ def test_every_weight_lies_on_its_group_grid(convention, sym):
     k = rtn_quantize(w, 3, 32, sym, convention) / scale + zp
     assert torch.allclose(k, k.round(), atol=1e-3)
     assert fmt.qmin <= int(k.round().min()) and int(k.round().max()) <= fmt.qmax
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**31), st.sampled_from([2, 3, 4, 8]), st.sampled_from([None, 4, 8]), st.booleans(),
+       st.sampled_from(["gptq", "awq"]), st.floats(1e-3, 1e3))
+def test_properties_codes_in_range_grid_points_fixed_error_within_half_a_step(seed, bits, group_size, sym, convention, size):
+    w = torch.randn(3, 16, generator=torch.Generator().manual_seed(seed)) * size
+    scale, zp, fmt = rtn_qparams(w, bits, group_size, sym, convention)
+    w_hat = rtn_quantize(w, bits, group_size, sym, convention)
+    k = torch.round(w_hat * (1.0 / scale)) + zp  # the codes
+    assert bool((k >= fmt.qmin).all()) and bool((k <= fmt.qmax).all())
+    lo, hi = scale * (fmt.qmin - zp), scale * (fmt.qmax - zp)  # the grid's range
+    inside = (w >= lo) & (w <= hi)
+    assert bool(((w - w_hat).abs() <= scale / 2 + 1e-6 * w.abs())[inside].all())  # + float32 rounding of w
+    # the grid's own points are fixed points of rounding to it
+    assert torch.equal(fake_quantize(w_hat, scale, zp, fmt), w_hat)
 
 
 def test_per_channel_params_shape_and_constant_rows():

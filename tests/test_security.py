@@ -168,7 +168,7 @@ def test_clip_rate_exact_cases_and_both_bounds():
     assert clip_rate(torch.tensor([1.549]), 0.1, 0, UINT4) == 0.0  # rounds onto qmax: represented, not clipped
     assert clip_rate(torch.tensor([1.551]), 0.1, 0, UINT4) == 1.0
     assert clip_rate(torch.tensor([-0.8, 0.2, 0.74]), 0.1, 3, IntFormat(4)) == pytest.approx(1 / 3)  # codes -5, 5, 10
-    with pytest.raises(ValueError, match="scale must be > 0"):
+    with pytest.raises(ValueError, match="scale must be positive"):
         clip_rate(x, 0.0, 0, UINT4)
     with pytest.raises(TypeError, match="IntFormat"):
         clip_rate(x, 0.1, 0, "uint4")
@@ -248,3 +248,136 @@ def test_lesson_09_attack_claims(mlp, w4a4, digits):
     through = evaluate(w4a4, fgsm(straight_through(w4a4), x, y, 0.1), y)
     transfer = evaluate(w4a4, fgsm(mlp, x, y, 0.1), y)
     assert abs(through - transfer) < 0.05  # "works as well as the transferred one"
+
+
+def test_lesson_09_shift_versus_quantization_loss(mlp, digits):
+    deployed = quantize_model(mlp, PTQConfig(weight_bits=8, act_bits=4), digits.x_calib)
+    x, y = digits.x_test, digits.y_test
+    clean = evaluate(mlp, x, y)
+
+    def split(stream):  # (lost to the shift, lost to quantization on top), in points
+        f, q = evaluate(mlp, stream, y), evaluate(deployed, stream, y)
+        return 100 * (clean - f), 100 * (f - q)
+
+    noisy, faded = split(corrupt(x, "gaussian_noise", 3)), split(corrupt(x, "contrast", 4))
+    for shift, quant in (noisy, faded):  # "almost all of it is the shift: the float model loses as much"
+        assert shift > 15 and abs(quant) < 0.15 * shift
+    assert noisy[1] < 0  # "on the noisy stream the W8A4 model is even slightly better"
+    shift, quant = split(x * 16)  # "the float model loses under a point ... about 15 points go to quantization"
+    assert shift < 1 and 14 <= quant <= 16
+
+
+def test_lesson_09_drift_test_claims(mlp, digits):
+    from qedu.drift import DriftMonitor, false_alarm_rate
+
+    deployed = quantize_model(mlp, PTQConfig(weight_bits=8, act_bits=4), digits.x_calib)
+    monitor, drift = RangeMonitor(deployed, digits.x_calib), DriftMonitor(deployed, digits.x_calib, threshold=0.1)
+    x = digits.x_test
+    noisy, faded = corrupt(x, "gaussian_noise", 3), corrupt(x, "contrast", 4)
+    for stream in (noisy, faded):  # "the drift test sees both streams the range monitor missed"
+        assert drift.check(stream).alarm and not monitor.check(stream).alarm
+    assert round(max(drift.check(noisy).psi.values()), 2) == 0.19 and round(max(drift.check(faded).psi.values()), 1) == 7.5
+    for stream in (x * 1.5, x * 16, x * 0.2):
+        assert drift.check(stream).alarm and monitor.check(stream).alarm
+    for m in (monitor, drift):  # "neither monitor alarmed on any of the 200 batches"
+        assert false_alarm_rate(m, x, batch_size=32, n_batches=200, seed=0) == 0.0
+    assert round(1 - 0.05 ** (1 / 200), 3) == 0.015  # rule of three: "about 3 / n, here 1.5 %"
+    mild = corrupt(x, "contrast", 1)  # "a PSI above 6, while the float model loses a single image"
+    assert max(drift.check(mild).psi.values()) > 6
+    assert round((evaluate(mlp, x, digits.y_test) - evaluate(mlp, mild, digits.y_test)) * 360) == 1
+
+
+def test_lesson_09_bpda_claims(mlp, w4a4, digits):
+    from qedu.models import predict
+
+    x, y = digits.x_test, digits.y_test
+    assert round(100 * evaluate(w4a4, fgsm(mlp, x, y, 0.1), y), 1) == 50.8  # "leaves W4A4 at 50.8 %"
+    assert round(100 * evaluate(mlp, fgsm(mlp, x, y, 0.1), y), 1) == 38.9  # "the float model keeps 38.9 %"
+    through = straight_through(w4a4)
+    table = {}
+    for eps in (0.05, 0.1, 0.15, 0.2):
+        on_float = [fgsm(mlp, x, y, eps), pgd(mlp, x, y, eps, steps=10)]
+        bpda = pgd(through, x, y, eps, steps=10)
+        table[eps] = (100 * float(torch.stack([predict(mlp, a) == y for a in on_float]).all(0).double().mean()),
+                      100 * evaluate(w4a4, bpda, y),
+                      100 * float(torch.stack([predict(w4a4, a) == y for a in on_float + [bpda]]).all(0).double().mean()))
+        assert evaluate(w4a4, bpda, y) >= evaluate(w4a4, on_float[1], y) - 0.02  # "gets no further than the transferred"
+    assert (round(table[0.1][2], 1), round(table[0.1][0], 1)) == (43.6, 34.7)
+    assert (round(table[0.05][2], 1), round(table[0.05][0], 1)) == (71.7, 80.0)  # "the less robust one"
+    assert all(v < 7 for eps in (0.15, 0.2) for v in (table[eps][0], table[eps][2]))  # "from eps 0.15 both below 7 %"
+    assert abs(float(w4a4.fc1.act.scale) - 1 / 15) < 1e-6  # "a step of 1/15"
+
+
+def test_lesson_09_membership_claims(mlp, digits):
+    from qedu.evaluation import dynamic_int8, int8_support
+    from qedu.membership import loss_threshold_attack
+
+    members = torch.randperm(len(digits.x_train), generator=torch.Generator().manual_seed(0))[:360]
+    targets = [mlp, quantize_model(mlp, PTQConfig(), digits.x_calib),
+               quantize_model(mlp, PTQConfig(weight_bits=4, act_bits=4), digits.x_calib)]
+    targets += [dynamic_int8(mlp)] if int8_support()[0] else []
+    results = [loss_threshold_attack(m, digits.x_train[members], digits.y_train[members], digits.x_test, digits.y_test)
+               for m in targets]
+    f = results[0]
+    assert (round(f.member_loss, 3), round(f.nonmember_loss, 3)) == (0.023, 0.121)
+    assert round(100 * f.tpr) == 85 and round(100 * f.fpr) == 81 and round(f.auc, 2) == 0.53
+    assert all(0.027 <= r.advantage <= 0.04 and 0.532 <= r.auc <= 0.536 for r in results)  # "2.8 to 3.9", "0.533 to 0.535"
+    se = (f.tpr * (1 - f.tpr) / 360 + f.fpr * (1 - f.fpr) / 360) ** 0.5
+    assert 0.025 < se < 0.03 and max(r.advantage for r in results) - min(r.advantage for r in results) < se
+
+
+def test_lesson_09_bit_flip_claims(mlp, digits):
+    from qedu.bitflip import bit_flip_attack
+
+    x_attack, y_attack = digits.x_train[:128], digits.y_train[:128]
+    runs = {}
+    for bits, config in ((8, PTQConfig()), (4, PTQConfig(weight_bits=4, act_bits=8))):
+        runs[bits] = bit_flip_attack(quantize_model(mlp, config, digits.x_calib), x_attack, y_attack, n_flips=10,
+                                     top_k=20, x_eval=digits.x_test, y_eval=digits.y_test)
+    n_weights = sum(p.numel() for n, p in mlp.named_parameters() if n.endswith("weight"))
+    assert (n_weights, n_weights * 8) == (17_024, 136_192)  # "ten flipped bits out of 136,192"
+    eight, four = runs[8], runs[4]
+    assert round(100 * eight.accuracies[0]) == 97 and round(100 * eight.accuracies[-1]) == 37  # "from 97 % to 37 %"
+    first = eight.flips[0]  # "the first is a sign bit: code -1 becomes +127"
+    assert (first.bit, first.old_code, first.new_code) == (7, -1, 127)
+    assert sum(f.bit == 7 for f in eight.flips) == 9  # "nine of the ten are sign bits"
+    assert all(f.layer == "fc3" for f in eight.flips)  # "all ten sit in the last layer"
+    assert round(100 * four.accuracies[-1]) == 36  # "falls just as fast (36 % after ten flips)"
+    assert all(a >= b for a, b in zip(eight.accuracies, eight.accuracies[1:]))  # each flip does more damage
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+import math  # noqa: E402
+
+from torch import nn  # noqa: E402
+
+_TINY = nn.Sequential(nn.Flatten(), nn.Linear(4, 2))
+_X, _Y = torch.full((2, 1, 2, 2), 0.5), torch.tensor([0, 1])
+ISSUE20_BAD = {
+    "fgsm-pixels-0-16": (lambda: fgsm(_TINY, _X * 16, _Y, 0.1), ValueError, r"x must hold pixels in \[0, 1\].*x = pixel / 16"),
+    "fgsm-negative-pixels": (lambda: fgsm(_TINY, _X - 1, _Y, 0.1), ValueError, r"x must hold pixels in \[0, 1\]"),
+    "pgd-pixels-0-16": (lambda: pgd(_TINY, _X * 16, _Y, 0.1), ValueError, r"x must hold pixels in \[0, 1\]"),
+    "pgd-step-nan": (lambda: pgd(_TINY, _X, _Y, 0.1, step_size=math.nan), ValueError, r"step_size must be a finite number"),
+    "pgd-step-inf": (lambda: pgd(_TINY, _X, _Y, 0.1, step_size=math.inf), ValueError, r"step_size must be a finite number"),
+    "pgd-step-str": (lambda: pgd(_TINY, _X, _Y, 0.1, step_size="0.01"), TypeError, r"step_size must be a number"),
+    "fgsm-shape": (lambda: fgsm(_TINY, torch.full((2, 1, 3, 3), 0.5), _Y, 0.1), ValueError, r"cannot run on x of shape \(2, 1, 3, 3\)"),
+    "clip-rate-zp-nan": (lambda: clip_rate(torch.ones(3), 0.1, math.nan, UINT4), TypeError, r"zero_point must be an integer"),
+    "clip-rate-zp-fraction": (lambda: clip_rate(torch.ones(3), 0.1, 1.5, UINT4), TypeError, r"zero_point must be an integer"),
+    "clip-rate-zp-range": (lambda: clip_rate(torch.ones(3), 0.1, 16, UINT4), ValueError, r"zero_point must lie in \[qmin, qmax\]"),
+    "clip-rate-scale-shape": (lambda: clip_rate(torch.ones(3), torch.full((4,), 0.1), 0, UINT4), ValueError, r"scale has shape \(4,\)"),
+    "clip-rate-scale-nan": (lambda: clip_rate(torch.ones(3), math.nan, 0, UINT4), ValueError, r"scale must be positive and finite"),
+    "clip-rate-x-nan": (lambda: clip_rate(torch.tensor([math.nan]), 0.1, 0, UINT4), ValueError, r"x contains 1 NaN"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_issue20_attacks_take_float64_images_and_move_each_pixel_by_eps():
+    x_adv = fgsm(_TINY, _X.double(), _Y, 0.1)
+    assert x_adv.dtype == torch.float32
+    assert torch.allclose((x_adv - _X).abs(), torch.full_like(_X, 0.1))
+    assert float((pgd(_TINY, _X.double(), _Y, 0.1) - _X).abs().max()) <= 0.1 + 1e-6

@@ -66,3 +66,41 @@ def test_bad_arguments():
         load_names_task(context=0)
     with pytest.raises(ValueError, match="test_fraction must be a float"):
         load_names_task(test_fraction=1.5)
+
+
+# ----------------------------------------------------------------------------- issue 20: nothing silently wrong
+from qedu.tasks import NamesTask, trained_char_mlp  # noqa: E402
+
+
+def _tiny_task(start: int) -> NamesTask:
+    full = load_names_task(seed=0)
+    sl = slice(start, start + 256)
+    return dataclasses.replace(full, x_train=full.x_train[sl].clone(), y_train=full.y_train[sl].clone())
+
+
+def test_issue20_trained_char_mlp_cache_key_includes_the_task():
+    """Before: (seed=123, epochs=1, task=A) then (..., task=B) returned the model trained on A."""
+    task_a, task_b = _tiny_task(0), _tiny_task(5000)
+    a = trained_char_mlp(seed=123, epochs=1, task=task_a)
+    b = trained_char_mlp(seed=123, epochs=1, task=task_b)
+    a_again = trained_char_mlp(seed=123, epochs=1, task=_tiny_task(0))  # equal content: served from the cache
+    assert not torch.equal(a.fc1.weight, b.fc1.weight)
+    assert torch.equal(a.fc1.weight, a_again.fc1.weight) and a is not a_again
+
+
+ISSUE20_BAD = {
+    "bpc-empty": (lambda: bits_per_char(make_char_mlp(seed=0), torch.zeros(0, 6, dtype=torch.long), torch.zeros(0, dtype=torch.long)),
+                  ValueError, r"x and y must hold the same number \(>= 1\)"),
+    "bpc-lengths": (lambda: bits_per_char(make_char_mlp(seed=0), torch.zeros(3, 6, dtype=torch.long), torch.zeros(2, dtype=torch.long)),
+                    ValueError, r"same number"),
+    "bpc-list": (lambda: bits_per_char(make_char_mlp(seed=0), [[0] * 6], torch.zeros(1, dtype=torch.long)), TypeError, r"x must be a torch.Tensor"),
+    "bpc-batch-zero": (lambda: bits_per_char(make_char_mlp(seed=0), torch.zeros(1, 6, dtype=torch.long), torch.zeros(1, dtype=torch.long), 0),
+                       ValueError, r"batch_size must be between 1"),
+    "trained-task-str": (lambda: trained_char_mlp(task="names"), TypeError, r"task must be a NamesTask"),
+}
+
+
+@pytest.mark.parametrize("call, exc, match", list(ISSUE20_BAD.values()), ids=list(ISSUE20_BAD))
+def test_issue20_bad_input_raises_clear_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

@@ -27,9 +27,9 @@ def _toy_panel():
 def test_panel_updates_and_moving_back_restores_identical_png():
     panel = _toy_panel()
     first = panel.figure.png
-    assert first.startswith(b"\x89PNG") and panel.readout.value == "k = 1"
+    assert first.startswith(b"\x89PNG") and "k = 1" in panel.readout.value
     panel.controls["k"].value = 3
-    assert panel.figure.png != first and panel.readout.value == "k = 3"
+    assert panel.figure.png != first and "k = 3" in panel.readout.value
     panel.controls["k"].value = 1
     assert panel.figure.png == first
     assert panel.figure.image.value == first
@@ -43,6 +43,93 @@ def test_panel_shows_errors_in_the_widget_instead_of_raising():
     assert isinstance(panel.error, ValueError)
     panel.controls["k"].value = 2
     assert panel.message.value == "" and panel.error is None
+
+
+def test_a_failed_update_marks_the_figure_and_readout_not_current():
+    """Issue 15 item 1: an error kept the old picture and numbers as if they were current."""
+    from qedu.widgets import decode_png
+
+    panel = _toy_panel()
+    panel.controls["k"].value = 3
+    good_png, good_text = panel.figure.png, panel.readout.value
+    assert panel.current and panel.figure.image.value == good_png
+    panel.controls["k"].value = 0
+    assert not panel.current
+    shown = bytes(panel.figure.image.value)
+    assert shown != good_png and shown.startswith(b"\x89PNG")
+    # the picture shown is the old one faded (no dark pixels left: the black axes turned light grey)
+    # with a red label across it
+    dark = lambda rgb: int((rgb.max(axis=-1) < 100).sum())  # noqa: E731
+    old, new = decode_png(good_png)[..., :3], decode_png(shown)[..., :3]
+    assert dark(old) > 1000 and dark(new) == 0
+    assert int(((new[..., 0] == 176) & (new[..., 1] == 0)).sum()) > 100
+    text = panel.readout.value
+    assert "Not current" in text and "<s>k = 3</s>" in text and text != good_text
+    panel.controls["k"].value = 3  # a valid setting again: exactly the picture and numbers of before
+    assert panel.current and panel.figure.image.value == good_png and panel.readout.value == good_text
+
+
+def test_an_error_while_drawing_is_caught_too():
+    """Issue 20: Panel.update() called figure.render() outside its try block."""
+    fig = LiveFigure()
+    (line,) = fig.axes.plot([0, 1], [0, 1])
+
+    def update(k):
+        line.set_ydata([0, k])
+        fig.axes.set_title("ok" if k < 2 else r"$\frac{1$")  # broken mathtext: fails only when drawn
+        return f"k = {k}"
+
+    panel = Panel({"k": W.IntSlider(value=1, min=0, max=4)}, update, fig)
+    assert panel.current
+    panel.controls["k"].value = 3
+    assert panel.error is not None and not panel.current and "Not current" in panel.readout.value
+    panel.controls["k"].value = 1
+    assert panel.current and panel.error is None
+
+
+def test_inactive_controls_are_disabled_with_a_hint():
+    """Issue 15 item 3: controls that do nothing in the current state are disabled, with a hint."""
+    panel = Panel({"method": W.Dropdown(options=["a", "b"], value="a"), "p": W.IntSlider(value=1, description="p")},
+                  lambda method, p: f"{method} {p}",
+                  inactive=lambda method, p: {"p": "only used by method b"} if method == "a" else {})
+    assert panel.controls["p"].disabled and "only used by method b" in panel.hint.value
+    panel.controls["method"].value = "b"
+    assert not panel.controls["p"].disabled and panel.hint.value == ""
+    assert not panel.controls["method"].disabled
+
+
+def test_hold_updates_once_for_several_changes():
+    panel = _toy_panel()
+    n = panel.n_updates
+    with panel.hold():
+        panel.controls["k"].value = 2
+        panel.controls["k"].value = 4
+    assert panel.n_updates == n + 1 and "k = 4" in panel.readout.value
+    with panel.hold(update=False):
+        panel.controls["k"].value = 3
+    assert panel.n_updates == n + 1
+
+
+def test_every_update_sends_a_busy_sign_that_shows_after_300_ms():
+    """Issue 15 item 7: updates over ~300 ms showed no busy sign. The sign is sent at the start of
+    every update and cleared at its end; its CSS fades it in only after 0.3 s, so quick updates
+    never flicker."""
+    from qedu.widgets import BUSY_HTML
+
+    panel = _toy_panel()
+    seen = []
+    panel.busy.observe(lambda change: seen.append(change["new"]), names="value")
+    panel.controls["k"].value = 2
+    assert seen == [BUSY_HTML, ""]
+    assert "0.3s both" in BUSY_HTML and "computing" in BUSY_HTML
+    panel.controls["k"].value = 0  # a failing update clears it too
+    assert seen[-2:] == [BUSY_HTML, ""]
+
+
+def test_readout_is_not_double_spaced():
+    """Issue 15 item 9: ipywidgets gives HTML a 28 px line height, double-spacing multi-line readouts."""
+    panel = _toy_panel()
+    assert panel.readout.value.startswith("<div style='line-height:1.35'>")
 
 
 def test_bits_demo_responds_to_every_bit_width():

@@ -117,3 +117,54 @@ def test_calibration_explorer_poisoning_raises_an_alarm_and_costs_accuracy(panel
     assert "ALARM" in panel_09.readout.value and "under" not in panel_09.message.value
     panel_09.controls["poison"].value = "none"
     assert "no alarm" in panel_09.readout.value
+
+
+def test_evaluation_explorer_disables_severity_without_a_corruption(panel_08):
+    """Issue 15 item 3: severity did nothing with corruption "none"."""
+    panel_08.controls["corruption"].value = "none"
+    assert panel_08.controls["severity"].disabled and "pick a corruption" in panel_08.hint.value
+    panel_08.controls["corruption"].value = "blur"
+    assert not panel_08.controls["severity"].disabled and panel_08.hint.value == ""
+    panel_08.controls["corruption"].value = "none"
+
+
+def test_evaluation_explorer_axes_follow_the_data(panel_08):
+    """Issue 15 item 5: per-class bars were clipped at -30 while the worst class lost 88.6 points;
+    the robustness curves could leave the frame, and float32 hid under W8A8."""
+    ax_d, ax_c = panel_08.figure.axes
+    panel_08.controls["bits"].value = 2
+    deltas = [bar.get_height() for bar in ax_d.patches]
+    worst = min(deltas)
+    assert worst < -30  # the case of the issue: the bar now has its true height...
+    assert ax_d.get_ylim()[0] < worst and ax_d.get_ylim()[1] > max(deltas)  # ...and the axis shows all of it
+    assert f"worst class {worst:+.1f} points" in panel_08.readout.value
+    panel_08.controls["corruption"].value = "blur"
+    for bits in (8, 4, 2):
+        panel_08.controls["bits"].value = bits
+        line_f, line_q = ax_c.lines[:2]
+        lowest = min(min(line_f.get_ydata()), min(line_q.get_ydata()))
+        assert ax_c.get_ylim()[0] <= lowest and ax_c.get_ylim()[1] >= 100
+    assert line_f.get_linewidth() > 2 * line_q.get_linewidth() and line_f.get_zorder() <= line_q.get_zorder()
+    panel_08.controls["corruption"].value = "none"
+    panel_08.controls["bits"].value = 4
+
+
+def test_calibration_explorer_disables_the_poison_factor_without_poison(panel_09):
+    """Issue 15 item 3: "poison x" did nothing with poisoning "none"."""
+    assert panel_09.controls["poison"].value == "none"
+    assert panel_09.controls["factor"].disabled and "poison some images first" in panel_09.hint.value
+    panel_09.controls["poison"].value = "5 %"
+    assert not panel_09.controls["factor"].disabled
+    panel_09.controls["poison"].value = "none"
+
+
+def test_calibration_explorer_clipping_axis_follows_the_data(panel_09):
+    """Issue 15 item 5: the clipping chart was fixed at 0-30 % for values of 0.2-0.4 %."""
+    _, ax_c = panel_09.figure.axes
+    for calibration_set in ("balanced, 256 images", "1 image", "faded (contrast 3)"):
+        panel_09.controls["calibration_set"].value = calibration_set
+        heights = [bar.get_height() for bar in ax_c.patches]
+        top = ax_c.get_ylim()[1]
+        assert max(heights) <= top <= max(1.0, 1.25 * max(heights) + 1e-9)
+        assert [t.get_text() for t in ax_c.texts] == [f"{h:.2g} %" if h else "0" for h in heights]
+    panel_09.controls["calibration_set"].value = "balanced, 256 images"

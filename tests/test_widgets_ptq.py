@@ -75,7 +75,7 @@ def test_calibrate_activations_reports_the_observed_ranges(mlp, data):
 def test_calibration_explorer_drives_every_control(mlp, data):
     panel = calibration_explorer(mlp, data)
     first = panel.figure.png
-    assert panel.error is None and "A4 minmax, 256 calibration image(s)" in panel.readout.value
+    assert panel.error is None and "A4 minmax, 256 calibration images" in panel.readout.value
     clean = panel.readout.value
     panel.controls["outlier"].value = True
     assert "one corrupted" in panel.readout.value and panel.readout.value != clean
@@ -94,3 +94,38 @@ def test_with_corrupted_image_and_calibration_images_copy(data):
     assert torch.equal(bad[0], 3 * x[0]) and torch.equal(bad[1:], x[1:]) and torch.equal(x, data.x_calib[:4])
     assert torch.equal(calibration_images(data, len(data.x_calib)), data.x_calib)
     assert len(calibration_images(data, 10)) == 10
+
+
+def test_calibration_explorer_disables_percentile_unless_it_is_the_method(mlp, data):
+    """Issue 15 item 3: the percentile control silently did nothing for the other methods."""
+    panel = calibration_explorer(mlp, data)
+    for method in ("minmax", "mse", "kl"):
+        panel.controls["method"].value = method
+        assert panel.controls["percentile"].disabled and "percentile method only" in panel.hint.value
+    panel.controls["method"].value = "percentile"
+    assert not panel.controls["percentile"].disabled and panel.hint.value == ""
+    panel.controls["n_calib"].value = 1
+    assert "1 calibration image</b>" in panel.readout.value  # issue 15 item 9: not "1 calibration image(s)"
+
+
+def test_calibration_explorer_writes_a_zero_clipping_error_on_its_bar(mlp, data):
+    """Issue 15 item 5: a zero "clipping" bar was invisible on the log axis."""
+    panel = calibration_explorer(mlp, data)  # min/max on clean images: no test value of fc2 beyond the range
+    texts = [t.get_text() for t in panel.figure.axes[1].texts]
+    assert "clipped 0.00 %" in panel.readout.value
+    assert texts[0] == "0\n(none)" and float(texts[1].split()[0]) > 0  # clipping: none; rounding: its MSE
+    panel.controls["method"].value = "percentile"  # now some values are clipped: the bar shows its value
+    clip = [t.get_text() for t in panel.figure.axes[1].texts][0]
+    assert clip != "0\n(none)" and float(clip.split()[0]) > 0
+
+
+def test_ptq_explorer_disables_keep_8bit_where_it_does_nothing(mlp, data):
+    """Issue 15 item 3: "keep 8-bit" did nothing at 8-bit weights."""
+    panel = ptq_explorer(model=mlp, data=data)
+    assert panel.controls["keep_8bit"].disabled and "already at 8 bits" in panel.hint.value
+    panel.controls["act_bits"].value = 4  # 8-bit weights, 4-bit activations: keeping a layer at 8 bits matters
+    assert not panel.controls["keep_8bit"].disabled
+    panel.controls["act_bits"].value = "none"
+    assert panel.controls["keep_8bit"].disabled
+    panel.controls["weight_bits"].value = 4
+    assert not panel.controls["keep_8bit"].disabled and panel.hint.value == ""

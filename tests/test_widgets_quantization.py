@@ -41,27 +41,88 @@ def test_every_option_of_every_dropdown_draws_without_error(panel):
         panel.controls[name].value = start[name]
     for bits in range(2, 9):
         panel.controls["bits"].value = bits
-        assert f"of {2**bits}" in panel.readout.value
+        assert f"of {2**bits}" in panel.readout.value and panel.current
     panel.controls["bits"].value = start["bits"]
 
 
-def test_invalid_settings_show_a_message_not_an_exception(panel):
+def test_the_bits_slider_cannot_reach_symmetric_1_bit(panel):
+    """Issue 15 item 1: at 1 bit the figure and readout still said 4-bit. Now symmetric 1-bit cannot be chosen."""
     start = panel.values
     panel.controls["symmetric"].value = True
-    panel.controls["bits"].value = 1
-    assert "at least 2 bits" in panel.message.value and isinstance(panel.error, ValueError)
+    assert panel.controls["bits"].min == 2
+    panel.controls["bits"].value = 1  # ipywidgets clamps to the slider's range
+    assert panel.controls["bits"].value == 2 and panel.current and panel.error is None
     panel.controls["symmetric"].value = False  # asymmetric 1-bit is valid: two levels, one of them 0
-    assert panel.message.value == "" and "of 2" in panel.readout.value
+    panel.controls["bits"].value = 1
+    assert panel.current and panel.message.value == "" and "of 2" in panel.readout.value
+    n = panel.n_updates
+    panel.controls["symmetric"].value = True  # moves bits up to 2, in one update
+    assert panel.controls["bits"].value == 2 and panel.current and panel.n_updates == n + 1
+    assert "<b>2-bit symmetric" in panel.readout.value
     for name, value in start.items():
         panel.controls[name].value = value
 
 
-def test_custom_weights_that_per_group_cannot_cut_give_a_message():
+def test_custom_weights_are_offered_only_the_granularities_that_fit():
     small = quantization_explorer(torch.randn(4, 20, generator=torch.Generator().manual_seed(0)))
-    small.controls["granularity"].value = "per-group 32"
-    assert "group_size=32 does not divide the length 20" in small.message.value
+    assert list(small.controls["granularity"].options) == ["per-tensor", "per-channel"]
     small.controls["granularity"].value = "per-channel"
-    assert small.message.value == ""
+    assert small.message.value == "" and small.current
+    with pytest.raises(ValueError, match="2-D"):
+        quantization_explorer(torch.randn(8))
+
+
+def _row_levels(panel):
+    """row -> the sorted set of level heights drawn in its small plot, and the set of grid runs."""
+    out = {}
+    for row, _ax, levels, ends in panel._slices:
+        segs = levels.get_segments()
+        out[row] = ({round(float(s[0][1]), 7) for s in segs}, {(float(s[0][0]), float(s[1][0])) for s in segs})
+    return out
+
+
+def test_granularity_shows_each_slice_its_grid_scale_and_error(panel):
+    """Issue 15 item 4: per-channel and per-group left the histogram and grid unchanged."""
+    from qedu.widgets import decode_png
+    from qedu.widgets.quantization import example_rows
+
+    w = panel._weights
+    rows = example_rows(w)
+    assert len(rows) == 4 and w[rows[0]].abs().max() < w[rows[-1]].abs().max()
+    seen = {}
+    for name in ("per-tensor", "per-channel", "per-group 32"):
+        panel.controls["granularity"].value = name
+        r = quantize_weights(w, 4, True, GRANULARITIES[name])
+        levels = _row_levels(panel)
+        text = panel.readout.value
+        for row in rows:  # the readout's table gives each row's scale(s) and MSE
+            scales = r.scale.expand_as(w)[row]
+            mse = float(((w[row] - r.x_hat[row]) ** 2).mean())
+            shown = (f"{float(scales.min()):.4f}" if name != "per-group 32"
+                     else f"{float(scales.min()):.4f} to {float(scales.max()):.4f} (4)")
+            assert f"<tr><td>{row}</td>" in text and shown in text and f"{mse:.1e}" in text
+        if name == "per-tensor":  # one grid: every row shows the same levels; the narrowest row few of them
+            steps = {min(b - a for a, b in zip(sorted(lv), sorted(lv)[1:])) for lv, _ in levels.values()}
+            assert len({round(s, 6) for s in steps}) == 1
+            assert len(levels[rows[0]][0]) < len(levels[rows[-1]][0]) <= 16
+        elif name == "per-channel":  # one grid per row, each fitted to it: all 16 levels in view
+            assert all(len(lv) == 16 for lv, _ in levels.values())
+        else:  # four grids per row: the level lines run in four stretches of 32 weights
+            assert all({(a, b) for a, b in runs} == {(-0.5, 31.5), (31.5, 63.5), (63.5, 95.5), (95.5, 127.5)}
+                       for _, runs in levels.values())
+        seen[name] = decode_png(panel.figure.png)
+    h = seen["per-tensor"].shape[0]
+    for a, b in (("per-tensor", "per-channel"), ("per-channel", "per-group 32")):  # the lower plots change
+        assert (seen[a][h // 2:] != seen[b][h // 2:]).any()
+    panel.controls["granularity"].value = "per-tensor"
+
+
+def test_levels_too_dense_to_draw_leave_the_grid_ends(panel):
+    panel.controls["granularity"].value = "per-channel"
+    panel.controls["bits"].value = 8
+    assert all(len(levels.get_segments()) == 0 and len(ends.get_segments()) == 2 for _, _, levels, ends in panel._slices)
+    panel.controls["bits"].value = 4
+    panel.controls["granularity"].value = "per-tensor"
 
 
 def test_readout_storage_is_the_arithmetic():

@@ -100,3 +100,97 @@ def test_memory_table_is_the_library_formula():
         expected["activations"] = transformer_activation_bytes(L, h, 1024, 4, a, recipe.activation)
         assert table[name] == pytest.approx({k: v / 2**30 for k, v in expected.items()})
     assert math.isclose(table["fp32"]["weights"] * 2**30, 4 * n)
+
+
+def test_planner_recompute_control_shrinks_activations_only():
+    panel = memory_planner()
+    readout = {}
+    for mode in ("none", "selective", "full"):
+        panel.controls["recompute"].value = mode
+        assert panel.error is None and panel.message.value == ""
+        readout[mode] = panel.readout.value
+    assert "recomputation adds" in readout["full"] and "recomputation adds" not in readout["none"]
+    L, h, a, _V = MODEL_PRESETS["GPT-2 XL (1.6B)"]
+
+    def activations_gib(mode):
+        return transformer_activation_bytes(L, h, 1024, 8, a, RECIPES["mixed"].activation, recompute=mode) / 2**30
+
+    for mode in ("none", "selective", "full"):
+        assert f"activations {activations_gib(mode):.1f}" in readout[mode]
+    assert activations_gib("full") < activations_gib("selective") < activations_gib("none")
+    panel.controls["recompute"].value = "none"
+
+
+def test_lab_fp32_draws_no_region_at_all(lab):
+    """Issue 15 item 7: fp32 showed an unexplained red line at log2 = 0 (an empty underflow span's edge)."""
+    spans = [p for p in lab.figure.axes[0].patches if p.get_label() in ("underflow", "subnormal", "overflow")]
+    assert len(spans) == 3
+    lab.controls["fmt"].value = "fp32"
+    assert not any(span.get_visible() for span in spans)
+    lab.controls["fmt"].value = "fp16"
+    assert all(span.get_visible() for span in spans if span.get_label() != "overflow") and spans[0].get_width() > 0
+
+
+def test_lab_refuses_a_divisor_it_does_not_offer(lab):
+    """Issue 20: k=±200 was accepted and showed "0.0 % flushed" over a NaN histogram."""
+    k = lab.controls["k"]
+    original = k.options
+    k.options = (*original, 200)
+    try:
+        k.value = 200
+        assert isinstance(lab.error, ValueError) and "k=200 is not one of" in lab.message.value
+        assert not lab.current and "Not current" in lab.readout.value
+    finally:
+        k.options = original
+        k.value = 16
+    assert lab.current and "nan" not in lab.readout.value.lower()
+
+
+def test_lab_first_visit_shows_the_busy_sign(lab):
+    """Issue 15 item 7: first visits lag 1-2 s (a short training run) with no busy sign."""
+    from qedu.widgets import BUSY_HTML
+
+    seen = []
+    lab.busy.observe(lambda change: seen.append(change["new"]), names="value")
+    lab.controls["loss_scale"].value = "2^8"  # not cached yet: trains before it draws
+    assert seen == [BUSY_HTML, ""] and lab.busy.value == ""
+    lab.controls["loss_scale"].value = "none"
+
+
+def test_planner_small_parts_keep_a_visible_size(planner):
+    """Issue 15 item 5: at 70B or sequence 8192 the small components were squeezed to nothing."""
+    _, ax_parts = planner.figure.axes
+    planner.controls["model"].value = "70B-class"
+    planner.controls["seq_len"].value = 8192
+    table = memory_table("70B-class", 8, 8192)["mixed"]
+    lo, hi = ax_parts.get_xlim()
+    bars = ax_parts.patches[:5]
+    for bar, text, kind in zip(bars, ax_parts.texts, ("weights", "grads", "master", "optimizer", "activations")):
+        assert bar.get_visible() and lo < bar.get_width() < hi and text.get_text() == f"{table[kind]:.3g}"
+    # the smallest part is under 1 % of the stacked bar, but at least a tenth of the log axis here
+    assert table["weights"] / sum(table.values()) < 0.01
+    assert math.log(bars[0].get_width() / lo) / math.log(hi / lo) > 0.1
+    planner.controls["recipe"].value = "fp32"  # fp32 keeps no master copy: no bar, a "0"
+    assert not bars[2].get_visible() and ax_parts.texts[2].get_text() == "0"
+    for name, value in (("recipe", "mixed"), ("seq_len", 1024), ("model", "GPT-2 XL (1.6B)")):
+        planner.controls[name].value = value
+
+
+def test_lesson_06_benchmark_tables_say_where_and_keep_the_lessons_headings_largest():
+    """Issue 15 item 7: embedded tables brought H1 headings, an always-empty column, a footnote three
+    times, and "on this machine" over a file measured elsewhere."""
+    from qedu.results import load_results
+    from qedu.widgets.training import mixed_precision_results
+
+    cpu = mixed_precision_results("mixed_precision_cpu")
+    gpu = mixed_precision_results("mixed_precision_cuda", "mixed_precision_cuda_fused", footnote=False)
+    both = cpu + "\n" + gpu
+    assert not any(line.lstrip().startswith("#") for line in both.splitlines())
+    assert both.count("above 1 means faster") == 1
+    for name in ("mixed_precision_cpu", "mixed_precision_cuda", "mixed_precision_cuda_fused"):
+        assert f"**Measured on {load_results(name)['environment']['device_name']}**" in both
+    for table in (cpu, gpu):  # every column of every table holds something in some row
+        rows = [line.strip("|").split("|") for line in table.splitlines() if line.startswith("| ") and "recipe" not in line]
+        for column in zip(*rows):
+            assert any(cell.strip() not in ("", "-") for cell in column)
+    assert "note" not in gpu and "note" in cpu  # the CUDA runs have no notes: no note column

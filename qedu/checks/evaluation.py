@@ -8,8 +8,9 @@
   values whose code the clamp changes (the saturation monitor's measurement);
 * :func:`check_fgsm`: ``fn(model, x, y, eps) -> x_adv``, the fast gradient sign method.
 
-The references are :mod:`qedu.evaluation` and :mod:`qedu.security`; each check names the classic
-mistakes.
+The references are :mod:`qedu.evaluation` and :mod:`qedu.security`. After a mismatch a classic
+mistake is named only when a second probe confirms it; otherwise probes describe what differs
+(clip rate: each value is tried alone, so the message says which values are counted wrongly).
 """
 from __future__ import annotations
 
@@ -18,7 +19,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qedu.checks.framework import Case, CheckSpec, Mistake, compare, run_check
+from qedu.checks.formats import _ratio_note
+from qedu.checks.framework import Case, CheckSpec, Failure, Mistake, _close, compare, localize, run_check
+from qedu.checks.quantizers import factor
 from qedu.evaluation import disagreement_rate, per_class_deltas
 from qedu.formats import IntFormat
 from qedu.security import clip_rate, fgsm
@@ -84,7 +87,26 @@ DISAGREEMENT = CheckSpec(
     ],
     hints=("(quant_pred != float_pred).float().mean().item()",),
     compare=_same_number,
+    describe=lambda f: _describe_rate(f),
 )
+
+
+def _describe_rate(f: Failure) -> list[str]:
+    a = _number(f.actual)
+    notes = []
+    if isinstance(a, (int, float)) and not isinstance(a, bool):
+        if a == 0 and f.expected > 0:
+            notes.append("you return 0 although some predictions changed: integer division (//) or int() cuts the "
+                         "fraction to 0; use / or .float().mean()")
+        if a > 1:
+            notes.append(f"{a!r} is more than 1: return a fraction of the inputs, not a count or a percentage"
+                         + (f" (yours is {factor(a / f.expected)} x the expected)" if f.expected else ""))
+        elif f.expected and abs(a + f.expected - 1) < 1e-6:
+            notes.append("yours + expected = 1: you measured the opposite (agreement instead of disagreement, or == for !=)")
+        note = _ratio_note(f.expected, a) if f.expected and a and a <= 1 else None
+        if note and "exponent" not in note:
+            notes.append(note)
+    return notes
 
 
 def check_disagreement_rate(fn):
@@ -139,7 +161,32 @@ PER_CLASS_DELTAS = CheckSpec(
     ],
     hints=("torch.bincount(y[pred == y], minlength=n_classes) / torch.bincount(y, minlength=n_classes), for each model",),
     compare=_same_deltas,
+    describe=lambda f: _describe_deltas(f),
 )
+
+
+def _describe_deltas(f: Failure) -> list[str]:
+    a = f.actual
+    if isinstance(a, np.ndarray):
+        a = torch.from_numpy(a)
+    if not isinstance(a, torch.Tensor) or a.shape != f.expected.shape or not a.is_floating_point():
+        return []
+    e, a = f.expected.double(), a.detach().double()
+    notes = []
+    if bool((torch.isnan(e) & ~torch.isnan(a)).any()):
+        notes.append("a class with no input must give nan (0 / 0), yours gives a number")
+    ok = ~torch.isnan(e) & ~torch.isnan(a)
+    if bool(ok.any()) and bool(torch.allclose(a[ok], -e[ok], atol=1e-6)) and bool((e[ok] != 0).any()):
+        notes.append("every delta has the opposite sign: quantized accuracy minus float accuracy")
+    wrong = ~_close(e, a, atol=1e-6)
+    y, fp, qp, n = f.case.args
+    counts = torch.bincount(y, minlength=n)
+    where = localize(wrong, {"the class has no input": counts == 0,
+                             "the float and quantized predictions differ on the class": torch.tensor(
+                                 [bool(((fp != qp) & (y == c)).any()) for c in range(n)])})
+    if where:
+        notes.append("wrong " + where.replace("position", "class"))
+    return notes
 
 
 def check_per_class_deltas(fn):
@@ -174,8 +221,12 @@ CLIP_RATE = CheckSpec(
         Case((torch.tensor([-0.12, 0.0, 0.7, 1.5, 1.52, 1.64]), 0.1, 0, 0, 15), label="uint4, both ends"),
         Case((torch.tensor([-0.8, 0.2, 0.42, 0.46, 0.6, 0.74]), 0.1, 3, -8, 7), label="int4 with zero point 3"),
         Case((torch.tensor([0.5, 0.25, 0.75]), 0.01, 0, 0, 255), label="nothing clips"),
+        Case((torch.tensor([2.25, 2.25, -5.75, 0.0]), 0.5, 3, -8, 7),
+             label="ties at both ends, zero point 3: 4.5 -> 4 (code 7, kept), -11.5 -> -12 (code -9, clipped)"),
+        Case((torch.tensor([3.5, -4.0, 3.75, 1.0, -4.25]), 0.5, 0, -8, 7), label="exactly qmax and qmin, and just past"),
     ],
     random_case=_clip_case,
+    describe=lambda f: _describe_clip(f),
     mistakes=[
         Mistake("counted values that land exactly on qmin or qmax as clipped (>= instead of >)",
                 lambda x, s, zp, lo, hi: float(((_codes(x, s, zp) <= lo) | (_codes(x, s, zp) >= hi)).double().mean()),
@@ -188,14 +239,69 @@ CLIP_RATE = CheckSpec(
                 "a value up to half a step beyond the last level rounds onto it: round to codes first, then compare."),
         Mistake("forgot the zero point",
                 lambda x, s, zp, lo, hi: float(((_codes(x, s, 0) < lo) | (_codes(x, s, 0) > hi)).double().mean()),
-                "the code is round(x / scale) + zero_point."),
+                "the code is round(x * (1/scale)) + zero_point."),
         Mistake("returned a count, not a fraction",
                 lambda x, s, zp, lo, hi: int(((_codes(x, s, zp) < lo) | (_codes(x, s, zp) > hi)).sum()),
                 "divide by the number of values."),
     ],
-    hints=("codes = torch.round(x / scale) + zero_point; clipped = (codes < qmin) | (codes > qmax)",),
+    hints=("codes = torch.round(x * (1 / scale)) + zero_point; clipped = (codes < qmin) | (codes > qmax); "
+           "return clipped.float().mean().item()",),
     compare=_same_number,
 )
+
+
+def _clip_features(x, scale, zero_point, qmin, qmax) -> dict:
+    v = _codes(x, scale, 0)
+    code = v + zero_point
+    frac = x * (1.0 / scale) - torch.floor(x * (1.0 / scale))
+    return {"x * (1/scale) is an exact tie (k + 0.5)": frac == 0.5,
+            "the code is exactly qmin or qmax (on the grid: not clipped)": (code == qmin) | (code == qmax),
+            "the code is below qmin": code < qmin,
+            "the code is above qmax": code > qmax,
+            "the value is within half a step beyond the last level (it rounds onto the grid)":
+                ((x * (1.0 / scale) + zero_point > qmax) & (code <= qmax)) | ((x * (1.0 / scale) + zero_point < qmin) & (code >= qmin)),
+            "x < 0": x < 0}
+
+
+def _describe_clip(f: Failure) -> list[str]:
+    x, scale, zero_point, qmin, qmax = f.case.args
+    notes = []
+    a = _number(f.actual)
+    if isinstance(a, (int, float)) and not isinstance(a, bool) and a > 1:
+        notes.append(f"{a!r} is more than 1: return the fraction of values that clip, not a count or a percentage")
+
+    def per_case(case, expected, mine):  # one value at a time: which values does the learner count as clipped?
+        cx, cs, cz, lo, hi = case.args
+        flags_mine, flags_ref = [], []
+        for i in range(min(cx.numel(), 40)):
+            one = Case((cx[i:i + 1].clone(), cs, cz, lo, hi))
+            m = _number(f.learner(one))
+            if not isinstance(m, (int, float)):
+                return None
+            flags_mine.append(float(m) != 0.0)
+            flags_ref.append(float(f.reference(one)) != 0.0)
+        k = len(flags_mine)
+        return torch.tensor(flags_mine) != torch.tensor(flags_ref), {n: m[:k] for n, m in _clip_features(cx, cs, cz, lo, hi).items()}
+
+    wrong, features = f.pooled(per_case, n_cases=8)
+    if wrong is not None and bool(wrong.any()):
+        where = localize(wrong, features)
+        if where:
+            tip = {"exact tie": ": round with torch.round (ties to even), then compare",
+                   "exactly qmin or qmax": ": a code equal to qmin or qmax is on the grid; only < qmin or > qmax clips",
+                   "half a step": ": round to codes first, then compare with qmin and qmax",
+                   "below qmin": ": count codes below qmin too",
+                   "above qmax": ": count codes above qmax too"}
+            notes.append("tried one value at a time, yours is wrong " + where.replace("every other position", "every other value")
+                         + next((t for k, t in tip.items() if k in where), ""))
+    elif wrong is not None:
+        notes.append("each value alone is judged right: the mistake is in how you average (divide by the number of values)")
+    if zero_point != 0:
+        at0 = Case((x.clone(), scale, 0, qmin, qmax))
+        if f.same(f.reference(at0), f.learner(at0)):
+            notes.append(f"right with zero_point = 0, wrong with zero_point = {zero_point}: the code is "
+                         "round(x * (1/scale)) + zero_point")
+    return notes
 
 
 def check_clip_rate(fn):
@@ -226,12 +332,27 @@ def _fgsm_case(rng: np.random.Generator) -> Case:
 
 
 _GOLDEN_X = torch.tensor([[[[0.95, 0.02], [0.5, 0.6]]], [[[0.0, 1.0], [0.3, 0.97]]]])
+
+
+def _fixed_model(weight, bias) -> nn.Module:
+    """A linear model with hand-set weights: a zero column gives a pixel zero gradient."""
+    model = nn.Sequential(nn.Flatten(), nn.Linear(len(weight[0]), len(weight)))
+    with torch.no_grad():
+        model[1].weight.copy_(torch.tensor(weight))
+        model[1].bias.copy_(torch.tensor(bias))
+    return model.eval()
+
+
+_ZERO_COLUMN = _fixed_model([[1.0, 0.0, -2.0, 0.5], [-1.0, 0.0, 1.0, 0.25], [0.5, 0.0, 0.5, -1.0]], [0.0, 0.1, -0.1])
 FGSM = CheckSpec(
     name="fgsm",
     reference=fgsm,
     golden=[
         Case((_linear_model(np.random.default_rng(0), 4, 3), _GOLDEN_X, torch.tensor([0, 2]), 0.1), label="near the edges"),
         Case((_linear_model(np.random.default_rng(1), 4, 2), _GOLDEN_X, torch.tensor([1, 1]), 0.0), label="eps = 0"),
+        Case((_ZERO_COLUMN, torch.tensor([[[[0.05, 0.5], [0.03, 0.98]]], [[[0.5, 0.5], [0.5, 0.5]]]]), torch.tensor([0, 1]), 0.1),
+             label="pixel 2 has zero gradient (stays), some pixels are pushed below 0 or above 1"),
+        Case((_ZERO_COLUMN, torch.tensor([[[[0.2, 0.7], [0.1, 0.9]]]]), torch.tensor([2]), 0.25), label="eps 0.25"),
     ],
     random_case=_fgsm_case,
     mistakes=[
@@ -244,9 +365,57 @@ FGSM = CheckSpec(
                 lambda m, x, y, eps: (x - eps * _input_grad(m, x, y).sign()).clamp(0, 1),
                 "an attack *increases* the loss: add eps * sign(grad)."),
     ],
-    hints=("x = x.clone().requires_grad_(True); loss = F.cross_entropy(model(x), y); grad, = torch.autograd.grad(loss, x)",),
+    hints=("x = x.clone().requires_grad_(True); loss = F.cross_entropy(model(x), y); grad, = torch.autograd.grad(loss, x); "
+           "return (x + eps * grad.sign()).clamp(0, 1).detach()",),
     atol=1e-6,
+    detached=True,
+    describe=lambda f: _describe_fgsm(f),
 )
+
+
+def _fgsm_features(model, x, y, eps) -> dict:
+    grad = _input_grad(model, x, y)
+    step = x + eps * grad.sign()
+    return {"the pixel's gradient is zero (sign 0: it must not move)": grad == 0,
+            "x + eps * sign(grad) leaves [0, 1] (the clamp decides)": (step < 0) | (step > 1),
+            "x + eps * sign(grad) goes below 0": step < 0,
+            "x + eps * sign(grad) goes above 1": step > 1}
+
+
+def _describe_fgsm(f: Failure) -> list[str]:
+    model, x, y, eps = f.case.args
+    a = f.actual
+    if not isinstance(a, torch.Tensor) or a.shape != x.shape:
+        return []
+    notes = []
+    a = a.detach()
+    moved = a - x
+    if eps > 0:
+        grad = _input_grad(model, x, y)
+        free = (grad != 0) & ((x + eps * grad.sign()) >= 0) & ((x + eps * grad.sign()) <= 1) & (a > 0) & (a < 1)
+        if bool(free.any()):
+            size = moved[free].abs()
+            if bool((size > eps * 1.0001).any()) or bool((size < eps * 0.9999).any()):
+                notes.append(f"where nothing clamps, your pixels move by {size.min().item():.4g} .. {size.max().item():.4g}, "
+                             f"not by exactly eps = {eps}: x + eps * grad.sign()")
+        moving = (grad != 0) & (moved != 0)
+        against = moving & (moved.sign() != grad.sign())
+        if bool(against.any()):
+            notes.append(f"{int(against.sum())} of your {int(moving.sum())} moved pixels move in the wrong direction: "
+                         "step along the sign of the gradient of cross_entropy(model(x), y)")
+    if bool((a < 0).any()) or bool((a > 1).any()):
+        notes.append("some of your pixels lie outside [0, 1]: clamp at the end")
+
+    def per_case(case, expected, mine):
+        if not isinstance(mine, torch.Tensor) or mine.shape != expected.shape:
+            return None
+        return ~_close(expected, mine.detach(), atol=1e-6), _fgsm_features(*case.args)
+
+    wrong, features = f.pooled(per_case, n_cases=8)
+    where = localize(wrong, features) if wrong is not None else None
+    if where:
+        notes.append("wrong " + where.replace("position", "pixel"))
+    return notes
 
 
 def check_fgsm(fn):

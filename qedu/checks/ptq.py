@@ -9,18 +9,18 @@
 * :func:`check_sensitivity`: ``fn(model, data, bits) -> {layer: accuracy drop}``, one layer's
   weights quantized at a time, measured on the calibration images.
 
-The references are qedu's :mod:`qedu.calibration` and :mod:`qedu.ptq`; each check names the
-classic mistakes.
+The references are qedu's :mod:`qedu.calibration` and :mod:`qedu.ptq`; after a mismatch a
+classic mistake is named only when a second probe confirms it, else probes describe what differs.
 """
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import torch
 
 from qedu.calibration import MinMaxObserver, percentile_range
-from qedu.checks.framework import Case, CheckFailed, CheckSpec, Mistake, compare, run_check
+from qedu.checks.formats import _pair_notes, _ratio_note
+from qedu.checks.framework import Case, CheckSpec, Failure, Mistake, compare, run_check
+from qedu.checks.quantizers import factor
 from qedu.formats import IntFormat
 from qedu.granularity import PerTensor
 from qedu.ptq import PTQConfig, fold_bn_params, quantizable_layers, quantize_model
@@ -51,7 +51,7 @@ def _qparams_from(lo, hi, bits, *, widen=True, steps=None, round_zp=True):
     qmin, qmax = 0, 2**bits - 1
     if widen:
         lo, hi = min(lo, 0.0), max(hi, 0.0)
-    scale = max((hi - lo) / (steps or (qmax - qmin)), FLOAT32_EPS)
+    scale = float(np.float32(max((hi - lo) / (steps or (qmax - qmin)), FLOAT32_EPS)))  # float32, as the reference
     zero_point = qmin - lo / scale
     if round_zp:
         return scale, int(min(max(round(zero_point), qmin), qmax))
@@ -97,8 +97,15 @@ MINMAX_OBSERVER = CheckSpec(
         Case(([torch.tensor([0.5, 2.0]), torch.tensor([1.0, 3.0])], 8), label="all positive: widen to 0"),
         Case(([torch.tensor([-4.0, 6.0]), torch.tensor([-1.0, 1.0])], 4), label="a narrow last batch"),
         Case(([torch.zeros(3)], 8), label="all zeros: eps floor"),
+        Case(([torch.tensor([-0.375, 1.0]), torch.tensor([63.375])], 8), label="lo / scale = -1.5, a tie: zero point 2"),
+        Case(([torch.tensor([-0.625, 1.0]), torch.tensor([63.125])], 8), label="lo / scale = -2.5, a tie: zero point 2"),
+        Case(([torch.tensor([[1.0, -2.0], [0.5, 3.0]]), torch.tensor([[-1.0, 0.0], [2.0, 2.0]])], 3),
+             label="2-D batches, 3 bits"),
+        Case(([torch.full((4,), 2.0), torch.full((2,), 2.0)], 2), label="a constant input, 2 bits"),
+        Case(([torch.tensor([-5.0, 1.0]), torch.tensor([0.5, 7.0]), torch.tensor([0.1, 0.2])], 16), label="16 bits"),
     ],
     random_case=_random_batches,
+    describe=lambda f: _describe_observer(f),
     mistakes=[
         Mistake("did not widen the range to include 0", _no_widening,
                 "lo = min(min over batches, 0), hi = max(max over batches, 0): a real 0 (ReLU, padding) must get an exact code."),
@@ -114,6 +121,28 @@ MINMAX_OBSERVER = CheckSpec(
     hints=("running lo/hi over all batches, widened to include 0; scale = max((hi - lo) / (2**bits - 1), eps)",),
     compare=_same_qparams,
 )
+
+
+def _describe_observer(f: Failure) -> list[str]:
+    batches, bits = f.case.args
+    actual = _numbers(f.actual)
+    notes = _pair_notes(f.expected, actual, ("scale", "zero point")) if isinstance(actual, tuple) else []
+    if (isinstance(actual, tuple) and len(actual) == 2 and isinstance(actual[0], (int, float))
+            and actual[0] and compare(f.expected[0], actual[0], rtol=1e-5) is not None):
+        notes = [n for n in notes if not n.startswith("scale")]
+        notes.insert(0, f"scale off by a factor {factor(actual[0] / f.expected[0])} (yours / expected)")
+    if isinstance(actual, tuple) and len(actual) == 2 and actual[0] == 0:
+        notes.append("scale is 0 (the data is all zeros): floor it at 1.1920929e-07")
+    if len(batches) > 1:
+        flipped = Case((list(reversed(batches)), bits))
+        mine, mine_flipped = f.learner(Case((list(batches), bits))), f.learner(flipped)
+        if mine is not None and mine_flipped is not None and _same_qparams(_numbers(mine), mine_flipped) is not None:
+            notes.append("your answer changes when the same batches come in another order: the running min and max "
+                         "must cover every batch (lo = min(lo, x.min()), hi = max(hi, x.max()))")
+        together = Case(([torch.cat([b.reshape(-1) for b in batches])], bits))
+        if f.same(f.reference(together), f.learner(together)):
+            notes.append("right when all the data comes in one batch, wrong with several: combine the batches' ranges")
+    return notes
 
 
 def check_minmax_observer(fn):
@@ -196,7 +225,26 @@ PERCENTILE_RANGE = CheckSpec(
     ],
     hints=("np.percentile(x.numpy(), p) or torch.quantile(x, p / 100) (linear interpolation, the default)",),
     compare=_same_range,
+    describe=lambda f: _describe_percentile(f),
+    probes=[Case((torch.tensor([-9.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 10.0, 0.5, -0.5]), 75.0, False), label="ten values, 75th"),
+            Case((torch.tensor([-9.0, -1.0, 0.0, 1.0, 2.0, 3.0, 4.0, 10.0, 0.5, -0.5]), 75.0, True), label="ten values, 75th, symmetric")],
 )
+
+
+def _describe_percentile(f: Failure) -> list[str]:
+    x, p, symmetric = f.case.args
+    actual = _numbers(f.actual)
+    notes = _pair_notes(f.expected, actual, ("lo", "hi")) if isinstance(actual, tuple) else []
+    other = f.with_args(symmetric=not symmetric)
+    if f.same(f.reference(other), f.learner(other)):
+        notes.append(f"your {'asymmetric' if symmetric else 'symmetric'} range for this x is right: only "
+                     f"symmetric={symmetric} is wrong")
+    if p != 100.0:
+        full = f.with_args(percentile=100.0)
+        if f.same(f.reference(full), f.learner(full)):
+            notes.append("right for percentile = 100 (min and max), wrong in between: np.percentile(values, p) "
+                         "interpolates linearly between the two nearest sorted values")
+    return notes
 
 
 def check_percentile_range(fn):
@@ -243,8 +291,11 @@ MSE_CLIP = CheckSpec(
         Case((torch.cat([torch.linspace(-1, 1, 201), torch.tensor([6.0])]), 2, 20), label="one outlier at 2 bits"),
         Case((torch.randn(2000, generator=torch.Generator().manual_seed(0)), 3, 50), label="Gaussian at 3 bits"),
         Case((torch.tensor([-1.0, 0.0, 1.0]), 4, 10), label="nothing to clip"),
+        Case((torch.tensor([0.25, -1.0]), 2, 4), label="alpha 0.5 and 1 tie: keep the smaller"),
+        Case((torch.tensor([0.25, -2.0]), 3, 8), label="alpha 0.75 and 1 tie: keep the smaller"),
     ],
     random_case=_random_heavy,
+    describe=lambda f: _describe_alpha(f),
     mistakes=[
         Mistake("did not clamp the codes, so clipping cost nothing", lambda x, b, n: _mse_search(x, b, n, clamp=False),
                 "q = clamp(round(x / scale), -2**(bits-1), 2**(bits-1) - 1): values beyond the range must saturate."),
@@ -261,6 +312,38 @@ MSE_CLIP = CheckSpec(
     hints=("for k in 1..n_grid: alpha = k / n_grid, x_hat = clamp(round(x / scale), qmin, qmax) * scale, err = mean((x - x_hat)**2)",),
     compare=_same_alpha,
 )
+
+
+def _describe_alpha(f: Failure) -> list[str]:
+    x, bits, n_grid = f.case.args
+    a = _numbers(f.actual)
+    if not isinstance(a, (int, float)) or isinstance(a, bool):
+        return []
+    e = f.expected
+    notes = []
+    if not 0 < a <= 1:
+        return [f"alpha = k / n_grid lies in (0, 1], yours is {a!r} = {factor(a / e)} x the expected {e!r}"
+                + (": return k / n_grid, not k" if abs(a / e - n_grid) < 1e-9 else "")]
+    if abs(a * n_grid - round(a * n_grid)) > 1e-6:
+        note = _ratio_note(e, a)
+        notes.append(f"{a!r} is not on the grid k / n_grid (k = 1 .. {n_grid})" + (f"; {note}" if note else "")
+                     + (f"; it is {factor(a / e)} x the expected alpha" if e and a else ""))
+    else:
+        errors = [_mse_at(x, bits, k / n_grid) for k in range(1, n_grid + 1)]
+        k_mine = int(round(a * n_grid))
+        if 1 <= k_mine <= n_grid and errors[k_mine - 1] == min(errors):
+            notes.append(f"your alpha = {a!r} has the smallest error too, but so does the smaller {e!r}: "
+                         "on a tie keep the smallest alpha (np.argmin returns the first minimum; a loop needs <, not <=)")
+        elif abs(k_mine - round(e * n_grid)) == 1:
+            notes.append("one grid step off: alpha = k / n_grid for k = 1 .. n_grid (np.argmin's index 0 is k = 1)")
+    return notes
+
+
+def _mse_at(x, bits, alpha):
+    fmt = IntFormat(bits)
+    m = float(x.abs().max())
+    scale, zp = choose_qparams_from_minmax(torch.tensor(-alpha * m), torch.tensor(alpha * m), fmt, True, symmetric_rule="no_clip")
+    return float(((x - fake_quantize(x, scale, zp, fmt)).double() ** 2).mean())
 
 
 def check_mse_clip(fn):
@@ -305,7 +388,8 @@ FOLD_BN = CheckSpec(
     reference=_fold,
     golden=[
         Case((torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([0.5, -0.5]), torch.tensor([1.0, 2.0]),
-              torch.tensor([4.0, 1.0]), torch.tensor([2.0, 1.0]), torch.tensor([0.0, 1.0]), 0.0), label="by hand, eps 0"),
+              torch.tensor([4.0, 1.5625]), torch.tensor([3.0, 1.0]), torch.tensor([0.0, 1.0]), 0.0),
+             label="by hand, eps 0: s = [1.5, 0.8]"),
         Case((torch.tensor([[1.0, 2.0], [3.0, 4.0]]), torch.tensor([0.5, -0.5]), torch.tensor([1.0, 2.0]),
               torch.tensor([0.01, 1.0]), torch.tensor([2.0, 1.0]), torch.tensor([0.0, 1.0]), 0.1), label="eps matters"),
         Case((torch.ones(2, 1, 3, 3), None, torch.tensor([1.0, -1.0]), torch.tensor([3.0, 0.5]), torch.ones(2),
@@ -326,7 +410,30 @@ FOLD_BN = CheckSpec(
     ],
     hints=("s = gamma / sqrt(var + eps); W' = W * s along axis 0; b' = beta + (b - mean) * s",),
     compare=_same_fold,
+    describe=lambda f: _describe_fold(f),
+    probes=[Case((torch.tensor([[1.0, -1.0, 2.0], [0.5, 2.0, -3.0], [4.0, 1.0, 1.0]]), torch.tensor([1.0, 0.0, -2.0]),
+                  torch.tensor([0.5, -1.0, 2.0]), torch.tensor([0.25, 2.0, 9.0]), torch.tensor([2.0, -1.0, 0.5]),
+                  torch.tensor([1.0, 0.5, -0.5]), 0.01), label="three channels, every factor different")],
 )
+
+
+def _describe_fold(f: Failure) -> list[str]:
+    w, b, mean, var, gamma, beta, eps = f.case.args
+    a = f.actual
+    if not (isinstance(a, (tuple, list)) and len(a) == 2):
+        return []
+    notes = []
+    w_ok = compare(f.expected[0], a[0], atol=1e-5, rtol=1e-5) is None
+    b_ok = compare(f.expected[1], a[1], atol=1e-5, rtol=1e-5) is None
+    if w_ok and not b_ok:
+        notes.append("w_fold right, b_fold wrong: b' = beta + (b - mean) * s")
+    elif b_ok and not w_ok:
+        notes.append("b_fold right, w_fold wrong: W' = W * s, one s per output channel (axis 0)")
+    if b is not None:
+        no_b = f.with_args(b=None)
+        if f.same(f.reference(no_b), f.learner(no_b)) and not b_ok:
+            notes.append("right when the layer has no bias, wrong when it has one: fold the layer's own bias b too")
+    return notes
 
 
 def check_fold_bn(fn):
@@ -371,12 +478,32 @@ def _same_drops(expected, actual) -> str | None:
     return None
 
 
-def _golden_sensitivity() -> list[Case]:
-    from qedu.data import load_digits
-    from qedu.models import pretrained
+def _describe_drops(f: Failure) -> list[str]:
+    a = f.actual
+    if not isinstance(a, dict) or sorted(a) != sorted(f.expected):
+        return []
+    notes = []
+    wrong = [k for k in f.expected if compare(f.expected[k], _numbers(a[k]), atol=1e-9) is not None]
+    if len(wrong) < len(f.expected):
+        notes.append(f"right for {', '.join(k for k in f.expected if k not in wrong)}; wrong for {', '.join(wrong)}")
+    signs = [(_numbers(a[k]) > 0) != (f.expected[k] > 0) for k in wrong if isinstance(_numbers(a[k]), (int, float))]
+    if wrong and all(abs(_numbers(a[k]) + f.expected[k]) < 1e-9 for k in wrong if isinstance(_numbers(a[k]), (int, float))):
+        notes.append("your drops have the opposite sign: drop = float accuracy - quantized accuracy")
+    del signs
+    return notes
 
-    model, data = pretrained("mlp", seed=0), load_digits(seed=0)
-    return [Case((model, data, bits), label=f"trained MLP, {bits}-bit weights") for bits in (2, 3, 4)]
+
+def _golden_sensitivity() -> list[Case]:
+    """The trained MLP at 2 bits, then two untrained MLPs: their drops differ from layer to layer and
+    from bits to bits, so every classic mistake shows on at least two cases (the trained MLP loses
+    nothing at 3 or 4 bits, which would hide them)."""
+    from qedu.data import load_digits
+    from qedu.models import make_mlp, pretrained
+
+    data = load_digits(seed=0)
+    return [Case((pretrained("mlp", seed=0), data, 2), label="trained MLP, 2-bit weights"),
+            Case((make_mlp(seed=2), data, 2), label="untrained MLP (seed 2), 2-bit weights"),
+            Case((make_mlp(seed=3), data, 3), label="untrained MLP (seed 3), 3-bit weights")]
 
 
 def sensitivity_spec() -> CheckSpec:
@@ -402,6 +529,8 @@ def sensitivity_spec() -> CheckSpec:
         hints=("for each name in quantizable_layers(model): quantize_model(model, PTQConfig(weight_bits=bits, act_bits=None, "
                "keep_float=[the others])) and compare evaluate(...) on the calibration images",),
         compare=_same_drops,
+        cache=True,
+        describe=_describe_drops,
     )
 
 
@@ -413,18 +542,4 @@ def check_sensitivity(fn):
     the model it was given is reported as a mistake."""
     if not _SENSITIVITY:
         _SENSITIVITY.append(sensitivity_spec())
-    if not callable(fn):
-        raise TypeError(f"check_sensitivity needs the function itself, got {type(fn).__name__}; pass it without ().")
-
-    def guarded(model, data, bits):
-        mine = copy.deepcopy(model)
-        before = {k: v.clone() for k, v in mine.state_dict().items()}
-        result = fn(mine, data, bits)
-        after = mine.state_dict()
-        if before.keys() != after.keys() or any(not torch.equal(before[k], after[k]) for k in before):
-            raise CheckFailed("sensitivity: your function changed the model it was given; quantize a copy "
-                              "(quantize_model returns a new model and leaves its argument alone).")
-        return result
-
-    guarded.__name__ = getattr(fn, "__name__", "fn")
-    return run_check(_SENSITIVITY[0], guarded)
+    return run_check(_SENSITIVITY[0], fn)

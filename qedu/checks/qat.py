@@ -19,7 +19,8 @@ import math
 import numpy as np
 import torch
 
-from qedu.checks.framework import Case, CheckSpec, Mistake, compare, run_check
+from qedu.checks.framework import Case, CheckSpec, Failure, Mistake, _close, compare, localize, run_check
+from qedu.checks.quantizers import factor
 from qedu.formats import IntFormat
 from qedu.lsq import lsq_grad_scale
 from qedu.qat import RoundSTE, fake_quantize_ste
@@ -109,7 +110,24 @@ ROUND_STE = CheckSpec(
     ],
     hints=("forward: torch.round(v); backward: the upstream gradient unchanged. One line: v + (torch.round(v) - v).detach()",),
     compare=lambda e, a: _labelled(e, a, ("round_ste(v)", "gradient of v")),
+    describe=lambda f: _describe_graded(("value round_ste(v)", "gradient of v"))(f) + _round_value_notes(f),
+    probes=[Case((torch.tensor([-3.5, 0.5, 4.5, 1.2, -0.7]),), {"upstream": torch.tensor([1.0, -2.0, 0.5, 3.0, 1.0])},
+                 label="ties -3.5, 0.5, 4.5")],
 )
+
+
+def _round_value_notes(f: Failure) -> list[str]:
+    def per_case(case, expected, actual):
+        (v,) = case.args
+        a = actual[0] if isinstance(actual, tuple) else None
+        if not isinstance(a, torch.Tensor) or a.shape != v.shape:
+            return None
+        frac = v - torch.floor(v)
+        return ~_close(expected[0], a), {"v is an exact tie (k + 0.5)": frac == 0.5, "v < 0": v < 0, "v > 0": v > 0}
+
+    wrong, features = f.pooled(per_case)
+    where = localize(wrong, features) if wrong is not None else None
+    return [f"the value is wrong {where}" + (": ties go to the even integer (torch.round)" if "tie" in where else "")] if where else []
 
 
 def check_round_ste(fn):
@@ -182,6 +200,33 @@ def _inverted_mask(x, weight, bias, scale, bits):
     return x @ (_InvertedMaskSTE.apply(weight * (1.0 / scale), qmin, qmax) * scale).T + bias
 
 
+def _describe_graded(names):
+    """What differs in a (value, gradients...) result: which part, a missing or flat gradient, a factor."""
+
+    def describe(f: Failure) -> list[str]:
+        notes = []
+        for e, a, name in zip(f.expected, f.actual, names):
+            if a is None and e is not None:
+                notes.append(f"no gradient reaches {name.split()[-1]}: the result was cut from it (.detach(), .item(), "
+                             "float(), or a new tensor)")
+            elif isinstance(a, torch.Tensor) and isinstance(e, torch.Tensor) and a.shape == e.shape:
+                if compare(e, a, atol=1e-5, rtol=1e-5) is None:
+                    continue
+                if name.startswith("gradient") and bool((a == 0).all()) and bool((e != 0).any()):
+                    notes.append(f"the {name} is zero everywhere: torch.round has zero gradient; use the STE")
+                    continue
+                nz = e.abs() > 1e-6
+                if bool(nz.any()):
+                    r = (a[nz] / e[nz]).double()
+                    if bool(((r - r[0]).abs() <= 1e-4 * r[0].abs().clamp(min=1e-12)).all()):
+                        notes.append(f"the {name} is {factor(float(r[0]))} x the expected everywhere")
+                        continue
+                notes.append(f"the {name} differs" + ("" if notes else " (the parts before it are right)"))
+        return notes
+
+    return describe
+
+
 def _labelled(expected, actual, names, **tolerance) -> str | None:
     """compare() on each part of a graded result, naming the part that differs."""
     for e, a, name in zip(expected, actual, names):
@@ -241,7 +286,22 @@ FAKE_QUANT_LINEAR = CheckSpec(
     ],
     hints=("v = weight * (1 / scale); q = round_ste(clamp(v, qmin, qmax)); y = x @ (q * scale).T + bias",),
     compare=lambda e, a: _labelled(e, a, ("y", "gradient of weight", "gradient of scale"), atol=1e-5, rtol=1e-5),
+    describe=lambda f: _describe_graded(("value y", "gradient of weight", "gradient of scale"))(f) + _bias_note(f),
+    probes=[Case((torch.tensor([[1.0, 2.0]]), torch.tensor([[0.7500000596046448, -0.7500000596046448]]), torch.tensor([0.0]),
+                  torch.tensor([[0.3]]), 3), {"upstream": torch.tensor([[1.0]])},
+                 label="3 bits, w = 0.75000006, scale 0.3: w / scale rounds to 2, w * (1/scale) to 3")],
 )
+
+
+def _bias_note(f: Failure) -> list[str]:
+    bias = f.case.args[2]
+    e, a = f.expected[0], f.actual[0]
+    if isinstance(a, torch.Tensor) and a.shape == e.shape and bool((bias != 0).any()):
+        if compare(e, a + bias, atol=1e-5, rtol=1e-5) is None:
+            return ["y is off by exactly -bias: add the bias"]
+        if compare(e, a - bias, atol=1e-5, rtol=1e-5) is None:
+            return ["y has the bias twice"]
+    return []
 
 
 def check_fake_quant_linear(fn):
@@ -262,7 +322,7 @@ def _qp(bits, signed):
 def _as_float(expected, actual) -> str | None:
     if isinstance(actual, torch.Tensor) and actual.numel() == 1:
         actual = actual.item()
-    return compare(expected, actual, rtol=1e-9)
+    return compare(expected, actual, rtol=1e-6)  # float32 arithmetic is fine
 
 
 LSQ_GRAD_SCALE = CheckSpec(
@@ -289,7 +349,25 @@ LSQ_GRAD_SCALE = CheckSpec(
     ],
     hints=("Qp = 2**(bits-1) - 1 if signed else 2**bits - 1; g = 1 / math.sqrt(n * Qp)",),
     compare=_as_float,
+    describe=lambda f: _describe_g(f),
 )
+
+
+def _describe_g(f: Failure) -> list[str]:
+    n, bits, signed = f.case.args
+    a = f.actual.item() if isinstance(f.actual, torch.Tensor) and f.actual.numel() == 1 else f.actual
+    if not isinstance(a, (int, float)) or not a:
+        return []
+    notes = [f"yours is {factor(a / f.expected)} x the expected g"]
+    for qp_name, qp in (("2**(bits-1) - 1", 2 ** (bits - 1) - 1), ("2**bits - 1", 2**bits - 1), ("2**(bits-1)", 2 ** (bits - 1)),
+                        ("2**bits", 2**bits)):
+        if abs(a - 1 / math.sqrt(n * qp)) < 1e-12 * (1 + a):
+            notes.append(f"your g is 1 / sqrt(n * {qp_name}): Qp is 2**(bits-1) - 1 for signed codes, 2**bits - 1 for unsigned")
+            break
+    other = Case((n, bits, not signed))
+    if f.same(f.reference(other), f.learner(other)):
+        notes.append(f"right for signed={not signed}, wrong for signed={signed}")
+    return notes
 
 
 def check_lsq_grad_scale(fn):

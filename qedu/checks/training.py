@@ -1,4 +1,8 @@
-"""Checks for the exercises of lessons 06-07: loss scaling, stochastic rounding, 8-bit states, memory."""
+"""Checks for the exercises of lessons 06-07: loss scaling, stochastic rounding, 8-bit states, memory.
+
+After a mismatch a classic mistake is named only when a second probe confirms it; otherwise the
+probes describe what differs (which output, which kind of input, the bf16 neighbours, the block).
+"""
 from __future__ import annotations
 
 import math
@@ -6,7 +10,9 @@ import math
 import numpy as np
 import torch
 
-from qedu.checks.framework import Case, CheckSpec, Mistake, run_check
+from qedu.checks.formats import _pair_notes, _ratio_note
+from qedu.checks.framework import Case, CheckSpec, Failure, Mistake, _close, compare, localize, run_check
+from qedu.checks.quantizers import factor
 from qedu.memory import training_memory
 from qedu.nonuniform import blockwise_absmax_quantize
 from qedu.optim import dynamic_map, linear_map
@@ -79,7 +85,10 @@ UPDATE_LOSS_SCALE = CheckSpec(
         Case((1024.0, 5, True), label="an overflow halves the scale"),
         Case((8.0, 2, True), {"growth_interval": 3}, label="an overflow on the step that would have grown"),
         Case((8.0, 0, False), {"growth_interval": 1, "growth_factor": 4.0}, label="growth_interval=1"),
+        Case((64.0, 3, True), {"backoff_factor": 0.25, "growth_interval": 5}, label="backoff_factor 0.25"),
+        Case((3.0, 4, False), {"growth_factor": 3.0, "growth_interval": 5}, label="growth_factor 3 on the 5th clean step"),
     ],
+    describe=lambda f: _describe_loss_scale(f),
     random_case=_scale_case,
     mistakes=[
         Mistake("the clean-step counter was not reset after an overflow", _no_reset_after_overflow,
@@ -97,6 +106,25 @@ UPDATE_LOSS_SCALE = CheckSpec(
     hints=("if found_inf: (scale * backoff_factor, 0); else count the step and grow when the count "
            "reaches growth_interval.",),
 )
+
+
+def _describe_loss_scale(f: Failure) -> list[str]:
+    notes = _pair_notes(f.expected, f.actual, ("the new scale", "the new clean_steps"))
+    a = f.actual
+    if isinstance(a, (tuple, list)) and len(a) == 2 and a[0] != f.expected[0]:
+        note = _ratio_note(f.expected[0], a[0]) if f.expected[0] and a[0] else None
+        if note is None and f.expected[0] and isinstance(a[0], (int, float)) and a[0]:
+            notes.append(f"the new scale is {factor(a[0] / f.expected[0])} x the expected")
+    scale, clean, found = f.case.args
+    other = Case((scale, clean, not found), dict(f.case.kwargs))
+    if f.same(f.reference(other), f.learner(other)):
+        notes.append(f"right for found_inf={not found}, wrong for found_inf={found}")
+    if f.case.kwargs:
+        plain = Case((scale, min(clean, 1998), found))
+        if f.same(f.reference(plain), f.learner(plain)):
+            notes.append(f"right with the default factors and interval, wrong with {f.case.kwargs}: use the arguments "
+                         "growth_factor, backoff_factor and growth_interval, not fixed numbers")
+    return notes
 
 
 def check_update_loss_scale(fn):
@@ -169,8 +197,48 @@ STOCHASTIC_ROUND_BF16 = CheckSpec(
         Mistake("masked with 0xFFFF, keeping the low bits instead of the high ones", _kept_low_bits,
                 "bf16 is the *top* 16 bits of a float32: keep them with & -65536 (0xFFFF0000)."),
     ],
-    hints=("bits = x.view(torch.int32); add r; clear the low 16 bits; view the result as float32 again.",),
+    hints=("bits = x.view(torch.int32); add r; clear the low 16 bits (& -65536); view the result as float32 again.",),
+    describe=lambda f: _describe_bf16(f),
 )
+
+
+def _bf16_features(x, r) -> dict:
+    bits = x.contiguous().view(torch.int32)
+    low = bits & 0xFFFF
+    return {"low 16 bits of x + r reach 2**16 (the sum carries: round the magnitude up)": (low + r.to(torch.int32)) >= 2**16,
+            "low 16 bits of x + r stay below 2**16 (round the magnitude down)": (low + r.to(torch.int32)) < 2**16,
+            "x < 0": x < 0,
+            "x is already a bf16 value": low == 0}
+
+
+def _describe_bf16(f: Failure) -> list[str]:
+    x, r = f.case.args
+    a = f.actual
+    if not isinstance(a, torch.Tensor) or a.shape != x.shape:
+        return []
+    notes = []
+    if a.dtype != torch.float32:
+        return notes
+    bits_a = a.detach().contiguous().view(torch.int32)
+    if bool(((bits_a & 0xFFFF) != 0).any()):
+        notes.append("some of your results are not bf16 values (their low 16 bits are not 0): clear them with & -65536")
+    down = stochastic_round_bf16_reference(x, torch.zeros_like(r))
+    up = (down.contiguous().view(torch.int32) + 65536).view(torch.float32)
+    neighbour = (a == down) | (a == up) | (a == x)
+    if not bool(neighbour.all()):
+        notes.append(f"{int((~neighbour).sum())} of your {a.numel()} results are neither of x's two bf16 neighbours "
+                     "(x with its low 16 bits cleared, and the next bf16 value away from 0)")
+
+    def per_case(case, expected, mine):
+        if not isinstance(mine, torch.Tensor) or mine.shape != expected.shape or mine.dtype != torch.float32:
+            return None
+        return ~_close(expected, mine.detach()), _bf16_features(*case.args)
+
+    wrong, features = f.pooled(per_case)
+    where = localize(wrong, features) if wrong is not None else None
+    if where:
+        notes.append("wrong " + where)
+    return notes
 
 
 def check_stochastic_round_bf16(fn):
@@ -226,6 +294,8 @@ def _returned_values(x, levels, block_size):
 def _blockwise_case(rng: np.random.Generator) -> Case:
     n = int(rng.integers(1, 40))
     x = (rng.standard_normal(n) * np.exp(rng.standard_normal(n) * 2)).astype(np.float32)
+    if n % 3 == 0 and rng.random() < 0.5:
+        x = x.reshape(3, n // 3)  # 2-D states too
     signed = rng.random() < 0.5
     levels = dynamic_map(signed=True) if signed else linear_map(signed=True)
     return Case((torch.from_numpy(x), levels, int(rng.choice([1, 2, 4, 8, 16]))))
@@ -239,8 +309,15 @@ BLOCKWISE_ABSMAX = CheckSpec(
         Case((torch.tensor([[-8.0, 1.0, 0.5], [0.0, 0.0, 0.0]]), torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]), 3),
              label="a negative absmax and an all-zero block"),
         Case((torch.tensor([1e-4, 1e-2, 1.0, -0.3, 2e-6]), dynamic_map(signed=True), 5), label="dynamic map"),
+        Case((torch.tensor([0.25, 1.0, -0.75, 1.0]), torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]), 2),
+             label="ties go to the lower level: 0.25 -> 0, -0.75 -> -1"),
+        Case((torch.tensor([[1.0, -2.0, 0.5], [4.0, 0.0, -1.0], [0.5, 0.25, 3.0]]), linear_map(signed=True), 4),
+             label="a 3x3 tensor in blocks of 4 (blocks cross rows)"),
+        Case((torch.tensor([[0.0, 0.0], [0.0, 0.0], [2.0, -1.0]]), torch.tensor([-1.0, 0.0, 0.5, 1.0]), 2),
+             label="all-zero blocks, uneven levels"),
     ],
     random_case=_blockwise_case,
+    describe=lambda f: _describe_blockwise(f),
     mistakes=[
         Mistake("one absmax for the whole tensor instead of one per block", _per_tensor,
                 "split the flattened tensor into blocks of block_size and take max |x| of each block."),
@@ -254,6 +331,52 @@ BLOCKWISE_ABSMAX = CheckSpec(
     hints=("pad the flat tensor to whole blocks, absmax = |block|.max(), q = nearest level of x / absmax, "
            "then drop the padding and reshape like x.",),
 )
+
+
+def _blockwise_features(x, levels, block_size) -> dict:
+    n = x.numel()
+    blocks = _blocks(x, block_size)
+    absmax = blocks.abs().amax(dim=1, keepdim=True)
+    normalized = blocks / torch.where(absmax > 0, absmax, torch.ones_like(absmax))
+    d = (normalized[..., None] - levels).abs()
+    two = d.sort(dim=-1).values[..., :2]
+    per_block = lambda t: t.reshape(-1)[:n].reshape(x.shape)  # noqa: E731  (n_blocks, block_size) -> x's shape
+    last = torch.zeros_like(blocks, dtype=torch.bool)
+    last[-1] = n % block_size != 0
+    return {"x / absmax is exactly halfway between two levels": per_block(two[..., 0] == two[..., 1]),
+            "the block is all zeros": per_block((absmax == 0).expand_as(blocks)),
+            "the value is in the last block, which needs padding": per_block(last),
+            "the block's largest magnitude is a negative value": per_block((blocks.amax(dim=1, keepdim=True) < absmax).expand_as(blocks)),
+            "x < 0": x < 0}
+
+
+def _describe_blockwise(f: Failure) -> list[str]:
+    a = f.actual
+    if not (isinstance(a, (tuple, list)) and len(a) == 2):
+        return []
+    q_ok = compare(f.expected[0], a[0]) is None
+    m_ok = compare(f.expected[1], a[1]) is None
+    notes = []
+    if q_ok and not m_ok:
+        notes.append("codes right, absmax wrong: one float32 max|x| per block, shape (n_blocks,)")
+    elif m_ok and not q_ok:
+        notes.append("absmax right, codes wrong")
+
+    def per_case(case, expected, mine):
+        if not (isinstance(mine, (tuple, list)) and len(mine) == 2 and isinstance(mine[0], torch.Tensor)):
+            return None
+        if mine[0].shape != expected[0].shape:
+            return None
+        return mine[0].long() != expected[0].long(), _blockwise_features(*case.args)
+
+    wrong, features = f.pooled(per_case)
+    where = localize(wrong, features) if wrong is not None and bool(wrong.any()) else None
+    if where:
+        tip = {"halfway": ": a tie goes to the lower level (torch.argmin returns the first minimum)",
+               "all zeros": ": an all-zero block has absmax 0; divide by 1 there and it gets the code of level 0",
+               "padding": ": pad the flat tensor with zeros to whole blocks, then drop the padding from q"}
+        notes.append("codes wrong " + where + next((t for k, t in tip.items() if k in where), ""))
+    return notes
 
 
 def check_blockwise_absmax(fn):
@@ -302,8 +425,27 @@ TRAINING_BYTES = CheckSpec(
                 "the backward pass produces gradients in the 16-bit format: 2 bytes each."),
     ],
     hints=("bytes per parameter = weights + grads + master + optimizer; e.g. fp32: 4 + 4 + 0 + 8.",),
-    rtol=1e-12,
+    rtol=1e-6,  # float32 arithmetic is fine
+    describe=lambda f: _describe_bytes(f),
 )
+
+
+def _describe_bytes(f: Failure) -> list[str]:
+    n, recipe = f.case.args
+    notes = []
+    a = f.actual
+    if isinstance(a, (int, float)) and a and f.expected:
+        per = a / n
+        notes.append(f"you count {per:g} bytes per parameter for {recipe!r}, the table gives {f.expected / n:g} "
+                     f"(yours is {factor(a / f.expected)} x the expected)")
+    right = [r for r in _TABLE if f.same(f.reference(Case((n, r), dict(f.case.kwargs))), f.learner(Case((n, r), dict(f.case.kwargs))))]
+    if right and len(right) < len(_TABLE):
+        notes.append(f"right for {', '.join(right)}; wrong for {', '.join(r for r in _TABLE if r not in right)}")
+    if recipe == "mixed_adam8bit":
+        other = Case((n, recipe), {"block_size": 64 if f.case.kwargs.get("block_size", 256) != 64 else 2048})
+        if not f.same(f.reference(other), f.learner(other)) and f.same(f.reference(Case((n, recipe))), f.learner(Case((n, recipe)))):
+            notes.append("right for block_size=256 only: the absmax costs 2 * 4 / block_size bytes per parameter")
+    return notes
 
 
 def check_training_bytes(fn):

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from qedu.checks.framework import Case, CheckSpec, Mistake, run_check
+import torch
+
+from qedu.checks.framework import Case, CheckSpec, Failure, Mistake, localize, run_check
 
 __all__ = ["snap_to_levels_reference", "check_snap_to_levels"]
 
@@ -64,11 +66,48 @@ SPEC = CheckSpec(
         Case((np.array([0.5, 1.5]), np.array([0.0, 1.0, 2.0])), label="ties go down"),
         Case((np.array([-5.0, 9.0]), np.array([0.0, 1.0, 2.0])), label="outside the levels"),
         Case((np.array([0.3, 2.6]), np.array([3.0, 0.0, 1.0])), label="unsorted levels"),
+        Case((np.array([0.5, 1.5, -0.25, 2.0]), np.array([2.0, 1.0, -0.5, 0.0])), label="unsorted levels, ties go down"),
+        Case((np.array([-1.0, 0.0, 1.0]), np.array([-1.0, 1.0])), label="exactly on the levels, and a tie at 0"),
     ],
     random_case=_random_case,
     mistakes=_MISTAKES,
     hints=("for each x, compute |x - level| for every level and keep the level with the smallest distance.",),
+    describe=lambda f: _describe_snap(f),
 )
+
+
+def _snap_features(x, levels) -> dict:
+    x = np.asarray(x, dtype=np.float64).reshape(-1)
+    lv = np.sort(np.asarray(levels, dtype=np.float64))
+    d = np.abs(x[:, None] - lv)
+    two = np.sort(d, axis=1)[:, :2] if len(lv) > 1 else np.concatenate([d, d + 1], axis=1)
+    return {
+        "x is exactly halfway between two levels": torch.from_numpy(two[:, 0] == two[:, 1]),
+        "x lies outside the levels (below the lowest or above the highest)": torch.from_numpy((x < lv[0]) | (x > lv[-1])),
+        "x < 0": torch.from_numpy(x < 0),
+    }
+
+
+def _describe_snap(f: Failure) -> list[str]:
+    notes = []
+
+    def per_case(case, expected, actual):
+        actual = np.asarray(actual, dtype=np.float64) if not isinstance(actual, np.ndarray) else actual
+        if actual.shape != expected.shape:
+            return None
+        wrong = torch.from_numpy(np.asarray(actual, dtype=np.float64).reshape(-1) != expected.reshape(-1))
+        return wrong, _snap_features(*case.args)
+
+    wrong, features = f.pooled(per_case)
+    where = localize(wrong, features) if wrong is not None else None
+    if where:
+        notes.append("wrong " + where)
+    levels = f.case.args[1]
+    if not bool(np.all(np.diff(levels) > 0)):
+        ordered = Case((f.case.args[0].copy(), np.sort(levels)))
+        if f.same(f.reference(ordered), f.learner(ordered)):
+            notes.append("right when the levels come sorted, wrong when they do not: sort them first (np.sort)")
+    return notes
 
 
 def check_snap_to_levels(fn):

@@ -11,7 +11,8 @@ without a browser::
     panel = some_widget()
     panel.controls["bits"].value = 4     # runs update() synchronously
     panel.readout.value                   # the numbers now shown
-    panel.figure.png                      # the picture now shown (bytes)
+    panel.figure.png                      # the last picture drawn (bytes)
+    panel.current                         # False while an invalid setting is shown as "not current"
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import html
 import struct
 import time
 import zlib
+from pathlib import Path
 from typing import Callable, Mapping
 
 import ipywidgets as W
@@ -27,7 +29,26 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
-__all__ = ["LiveFigure", "StackedFigure", "Panel", "encode_png", "plain_log_ticks"]
+__all__ = ["LiveFigure", "StackedFigure", "Panel", "encode_png", "decode_png", "not_current_png", "plain_log_ticks",
+           "plural", "toggle_row", "BUSY_HTML"]
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    """``n`` and the word, singular or plural: ``plural(1, "bit")`` is "1 bit", ``plural(4, "bit")`` "4 bits".
+
+    >>> plural(1, "image"), plural(3, "epoch"), plural(2, "class", "classes")
+    ('1 image', '3 epochs', '2 classes')
+    """
+    return f"{n:,} {word if n == 1 else (words or word + 's')}"
+
+
+def toggle_row() -> W.Layout:
+    """The layout for a ``ToggleButtons``: its label beside its buttons, on one line.
+
+    ipywidgets 8 lays a ToggleButtons out as a block, so its label sits on a line of its own
+    above the buttons; a flex row keeps them together (tests/test_browser.py checks it).
+    """
+    return W.Layout(display="flex", flex_flow="row", align_items="center", width="max-content", margin="0 12px 0 0")
 
 
 def plain_log_ticks(axis, numticks: int = 6) -> None:
@@ -72,8 +93,8 @@ def encode_png(rgba: np.ndarray, level: int = 1) -> bytes:
 class LiveFigure:
     """A matplotlib figure outside pyplot, shown as a PNG in an ``ipywidgets.Image``.
 
-    ``axes`` is what ``Figure.subplots`` returns. Change artists or redraw the axes, then call
-    :meth:`render`.
+    ``axes`` is what ``Figure.subplots`` returns (or, with ``mosaic``, ``Figure.subplot_mosaic``).
+    Change artists or redraw the axes, then call :meth:`render`.
 
     For fast widgets, mark the artists that move with :meth:`animate`: the first render draws
     everything else once (axes, ticks, labels: most of the drawing time) and keeps it as a
@@ -82,10 +103,13 @@ class LiveFigure:
     same inputs give the same PNG bytes.
     """
 
-    def __init__(self, nrows: int = 1, ncols: int = 1, figsize=(8.0, 3.2), dpi: int = 90, **subplot_kw):
+    def __init__(self, nrows: int = 1, ncols: int = 1, figsize=(8.0, 3.2), dpi: int = 90, mosaic=None, **subplot_kw):
         self.figure = Figure(figsize=figsize, dpi=dpi, layout="constrained")
         FigureCanvasAgg(self.figure)
-        self.axes = self.figure.subplots(nrows, ncols, **subplot_kw)
+        if mosaic is None:
+            self.axes = self.figure.subplots(nrows, ncols, **subplot_kw)
+        else:  # a dict of named axes, e.g. mosaic="AAB;CDE" (see Figure.subplot_mosaic)
+            self.axes = self.figure.subplot_mosaic(mosaic, **subplot_kw)
         self.image = W.Image(format="png", layout=W.Layout(width=f"{int(figsize[0] * dpi)}px", max_width="100%"))
         self.png = b""
         self.animated: list = []
@@ -181,6 +205,53 @@ class StackedFigure:
         return self.png
 
 
+_ERROR_STYLE = "color:#b00020"
+# Text widgets in ipywidgets inherit a 28 px line height (one control's height), which
+# double-spaces a readout of several lines: every text the panel shows sets its own.
+_TEXT = "<div style='line-height:1.35'>{}</div>"
+# The busy sign is sent at the start of every update but fades in only after 0.3 s, so quick
+# updates never flicker and slow ones (a first visit that trains or calibrates) say so.
+BUSY_HTML = ("<style>@keyframes qedu-busy-in {from {opacity: 0} to {opacity: 1}}</style>"
+             "<span class='qedu-busy' style='animation: qedu-busy-in 0.1s linear 0.3s both; color:#555'>"
+             "&#8987; computing&hellip;</span>")
+
+
+def decode_png(png: bytes) -> np.ndarray:
+    """The (height, width, 4) RGBA pixels of a PNG made by :func:`encode_png` (filter 0 on every row).
+
+    >>> rgba = np.arange(24, dtype=np.uint8).reshape(2, 3, 4)
+    >>> bool((decode_png(encode_png(rgba)) == rgba).all())
+    True
+    """
+    w, h = struct.unpack(">II", png[16:24])
+    n = struct.unpack(">I", png[33:37])[0]  # the IDAT chunk follows the 25-byte IHDR chunk
+    rows = np.frombuffer(zlib.decompress(png[41:41 + n]), np.uint8).reshape(h, 1 + 4 * w)
+    return rows[:, 1:].reshape(h, w, 4)
+
+
+def not_current_png(png: bytes, label: str = "not current: fix the setting above") -> bytes:
+    """A faded copy of a figure's PNG with ``label`` written across it.
+
+    Shown while the controls ask for something the widget cannot draw, so the picture of the
+    last valid setting can never pass for the current one.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+    import matplotlib
+
+    rgba = decode_png(png).astype(np.float32)
+    faded = (0.3 * rgba + 0.7 * 255).astype(np.uint8)
+    faded[..., 3] = 255
+    img = Image.fromarray(faded, "RGBA")
+    draw = ImageDraw.Draw(img)
+    font = ImageFont.truetype(str(Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans-Bold.ttf"), 22)
+    box = draw.textbbox((0, 0), label, font=font)
+    x, y = (img.width - (box[2] - box[0])) // 2, (img.height - (box[3] - box[1])) // 2
+    draw.rectangle((x - 12, y - 8, x + box[2] - box[0] + 12, y + box[3] - box[1] + 12), fill=(255, 255, 255, 255),
+                   outline=(176, 0, 32, 255), width=2)
+    draw.text((x, y), label, fill=(176, 0, 32, 255), font=font)
+    return encode_png(np.asarray(img))
+
+
 class Panel(W.VBox):
     """Controls + figure + readout + message, wired to one ``update(**values)`` function.
 
@@ -190,23 +261,40 @@ class Panel(W.VBox):
             string) or ``None``. It must depend only on its inputs.
         figure: the :class:`LiveFigure` or :class:`StackedFigure` that ``update`` draws into (optional).
         title: a line of HTML shown above the controls.
+        inactive: ``inactive(**values)`` returns ``{name: why}`` for the controls that do nothing
+            with these values; they are disabled and ``why`` is shown as a hint under the controls.
+
+    When ``update`` raises, the message line shows the error and the figure and readout stay
+    on the last valid setting but visibly say they are not current (the figure faded with a
+    label across it, the readout struck through); ``panel.current`` is then False. Every update
+    sends a busy sign that appears only if the update takes more than 0.3 s.
 
     After each update, ``last_update_ms`` holds how long it took (for benchmarks).
     """
 
     def __init__(self, controls: Mapping[str, W.Widget], update: Callable[..., str | None],
-                 figure: LiveFigure | StackedFigure | None = None, title: str = ""):
+                 figure: LiveFigure | StackedFigure | None = None, title: str = "",
+                 inactive: Callable[..., Mapping[str, str]] | None = None):
         self.controls = dict(controls)
         self._update_fn = update
+        self._inactive_fn = inactive
         self.figure = figure
         self.readout = W.HTML()
         self.message = W.HTML()
+        self.hint = W.HTML()
+        self.busy = W.HTML()
         self.last_update_ms = float("nan")
         self.n_updates = 0
+        self.current = True
+        self.error = None
+        self._readout_text = ""
+        self._holding = 0
+        self._missed = False
         children = []
         if title:
-            children.append(W.HTML(title))
+            children.append(W.HTML(_TEXT.format(title)))
         children.append(W.HBox(list(self.controls.values()), layout=W.Layout(flex_flow="row wrap")))
+        children.append(W.HBox([self.hint, self.busy]))
         if figure is not None:
             children.append(figure.image)
         children += [self.readout, self.message]
@@ -220,25 +308,75 @@ class Panel(W.VBox):
         return {name: w.value for name, w in self.controls.items()}
 
     def _on_change(self, _change) -> None:
-        self.update()
+        if self._holding:
+            self._missed = True
+        else:
+            self.update()
+
+    def hold(self, update: bool = True):
+        """A context manager: set several controls, then update once (``with panel.hold(): ...``).
+
+        With ``update=False`` the changes made inside update nothing: for an observer that sets
+        other controls just before the panel's own observer updates anyway.
+        """
+        panel = self
+
+        class _Hold:
+            def __enter__(self):
+                panel._holding += 1
+
+            def __exit__(self, *exc):
+                panel._holding -= 1
+                if not panel._holding and panel._missed:
+                    panel._missed = False
+                    if update:
+                        panel.update()
+
+        return _Hold()
+
+    def _apply_inactive(self, values: dict) -> None:
+        reasons = dict(self._inactive_fn(**values)) if self._inactive_fn is not None else {}
+        for name, widget in self.controls.items():
+            widget.disabled = name in reasons
+        hint = " &middot; ".join(f"<i>{html.escape(getattr(self.controls[n], 'description', '') or n)}</i>: "
+                                 f"{why}" for n, why in reasons.items())
+        self.hint.value = _TEXT.format(f"<span style='color:#666'>{hint}</span>") if hint else ""
 
     def update(self) -> None:
         """Recompute everything from the current control values."""
         start = time.perf_counter()
+        self.busy.value = BUSY_HTML
         try:
-            text = self._update_fn(**self.values)
+            values = self.values
+            self._apply_inactive(values)
+            text = self._update_fn(**values)
+            if self.figure is not None:
+                self.figure.render()
         except Exception as err:  # show it in the widget; never let a callback die silently
-            self.message.value = (
-                f"<span style='color:#b00020'><b>{html.escape(type(err).__name__)}:</b> "
-                f"{html.escape(str(err))}</span>"
-            )
-            self.error = err
+            self.show_error(err)
         else:
             self.message.value = ""
             self.error = None
+            self.current = True
             if text is not None:
-                self.readout.value = text
-            if self.figure is not None:
-                self.figure.render()
+                self._readout_text = text
+            self.readout.value = _TEXT.format(self._readout_text) if self._readout_text else ""
+        finally:
+            self.busy.value = ""
         self.last_update_ms = (time.perf_counter() - start) * 1e3
         self.n_updates += 1
+
+    def show_error(self, err: Exception) -> None:
+        """Show ``err`` in the message line, and the figure and readout as not current."""
+        self.message.value = _TEXT.format(
+            f"<span style='{_ERROR_STYLE}'><b>{html.escape(type(err).__name__)}:</b> {html.escape(str(err))}</span>")
+        self.error = err
+        self._show_not_current()
+
+    def _show_not_current(self) -> None:
+        self.current = False
+        if self.figure is not None and self.figure.png:
+            self.figure.image.value = not_current_png(self.figure.png)
+        self.readout.value = _TEXT.format(
+            f"<b style='{_ERROR_STYLE}'>Not current</b> (the setting above cannot be shown; this is the last one "
+            f"that could): <span style='opacity:0.55'><s>{self._readout_text}</s></span>")

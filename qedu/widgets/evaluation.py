@@ -26,7 +26,7 @@ from qedu.models import pretrained
 from qedu.ptq import PTQConfig, quantize_model
 from qedu.robustness import CORRUPTIONS, SEVERITIES, corrupt
 from qedu.security import CalibrationReport, RangeMonitor, calibration_report, poison_calibration
-from qedu.widgets import LiveFigure, Panel
+from qedu.widgets import LiveFigure, Panel, plain_log_ticks
 
 __all__ = ["EvaluationLab", "LabResult", "evaluation_explorer", "calibration_sets", "CalibrationOutcome",
            "calibration_outcome", "calibration_explorer", "THRESHOLD"]
@@ -107,26 +107,33 @@ def evaluation_explorer(name: str = "mlp", seed: int = 0) -> Panel:
     ax_d, ax_c = fig.axes
     classes = np.arange(10)
     bars = ax_d.bar(classes, np.zeros(10), color="C0")
-    ax_d.axhline(0, color="0.3", lw=0.8)
-    ax_d.axhline(-100 * THRESHOLD, color="C3", ls="--", lw=1)
+    zero_line = ax_d.axhline(0, color="0.3", lw=0.8)
+    threshold_line = ax_d.axhline(-100 * THRESHOLD, color="C3", ls="--", lw=1)
     ax_d.set(xticks=classes, ylim=(-30, 10), xlabel="digit", ylabel="accuracy change (points)")
     title = ax_d.text(0.5, 1.02, "", transform=ax_d.transAxes, ha="center", va="bottom", fontsize=9)
     sev = np.array(SEVERITIES)
-    (line_f,) = ax_c.plot(sev, np.full(6, np.nan), "o-", color="0.5", label="float32")
-    (line_q,) = ax_c.plot(sev, np.full(6, np.nan), "s-", color="C0", label="quantized")
+    # float32 wide and light underneath, quantized thin on top: where they coincide both stay visible
+    (line_f,) = ax_c.plot(sev, np.full(6, np.nan), "o-", color="0.7", lw=5, ms=9, label="float32")
+    (line_q,) = ax_c.plot(sev, np.full(6, np.nan), "s-", color="C0", lw=1.5, ms=4, label="quantized")
     (marker,) = ax_c.plot([], [], "o", ms=12, mfc="none", mec="C3")
     note = ax_c.text(2.5, 50, "", ha="center", va="center", fontsize=9, color="0.4")
     ax_c.set(xlim=(-0.3, 5.3), ylim=(0, 102), xlabel="severity", ylabel="test accuracy (%)")
     ax_c.legend(loc="lower left", fontsize=8, frameon=False)
-    fig.animate(*bars, title, line_f, line_q, marker, note)
+    # the y axes follow the data (the worst class can lose 90 points; accuracy can fall to 10 %),
+    # so they are redrawn with the bars and curves; the x axes and labels stay in the cached background
+    fig.animate(ax_d.yaxis, zero_line, threshold_line, *bars, title, ax_c.yaxis, line_f, line_q, marker, note)
 
     def update(bits, granularity, method, corruption, severity) -> str:
         r = lab.result(bits, granularity, method, corruption, severity)
         rep = r.report
         deltas = 100 * rep.deltas.numpy()
         for c, (bar, d) in enumerate(zip(bars, deltas)):
-            bar.set_height(max(d, -30))
+            bar.set_height(0.0 if np.isnan(d) else d)
             bar.set_color("C3" if c in rep.flagged else "C0")
+        finite = deltas[np.isfinite(deltas)]
+        low = min(-10.0, 10 * np.floor(finite.min() / 10) - 5) if finite.size else -10.0  # every bar in view
+        high = max(10.0, 10 * np.ceil(finite.max() / 10) + 5) if finite.size else 10.0
+        ax_d.set_ylim(low, high)
         where = "clean test set" if corruption == "none" else f"{corruption}, severity {severity}"
         title.set_text(f"per-class change, {where} (red: lost > {100 * THRESHOLD:.0f} points)")
         if corruption == "none":
@@ -139,6 +146,8 @@ def evaluation_explorer(name: str = "mlp", seed: int = 0) -> Panel:
             line_q.set_ydata(100 * np.array(r.quant_curve))
             marker.set_data([severity], [100 * r.quant_curve[severity]])
             note.set_text("")
+        both = 100 * np.array([*r.float_curve, *r.quant_curve]) if corruption != "none" else np.array([0.0, 100.0])
+        ax_c.set_ylim(max(0.0, 10 * np.floor(both.min() / 10) - 5), 102)  # the lowest point stays in the frame
         flagged = ", ".join(str(c) for c in rep.flagged) or "none"
         return (f"<b>W{bits}A{bits} {granularity} {method}</b>, {where}: float {100 * rep.float_accuracy:.1f} % &rarr; "
                 f"quantized <b>{100 * rep.quant_accuracy:.1f} %</b> ({100 * rep.accuracy_change:+.1f} points) &middot; "
@@ -152,8 +161,13 @@ def evaluation_explorer(name: str = "mlp", seed: int = 0) -> Panel:
         "corruption": W.Dropdown(options=["none", *CORRUPTIONS], value="none", description="corruption"),
         "severity": W.IntSlider(value=3, min=1, max=5, description="severity", continuous_update=False),
     }
-    return Panel(controls, update, fig, title=f"<b>Evaluate the quantized {name.upper()}</b>: accuracy hides what "
-                 "the per-class changes and the disagreement show.")
+
+    def inactive(corruption, **_):
+        return {"severity": "pick a corruption first"} if corruption == "none" else {}
+
+    return Panel(controls, update, fig, inactive=inactive,
+                 title=f"<b>Evaluate the quantized {name.upper()}</b>: accuracy hides what the per-class changes "
+                       "and the disagreement show.")
 
 
 # ----------------------------------------------------------------------------- lesson 09
@@ -217,22 +231,31 @@ def calibration_explorer(seed: int = 0) -> Panel:
     layers = ["fc1", "fc2", "fc3"]
     pos = np.arange(len(layers))
     s_bars = ax_s.bar(pos, np.ones(3), color="C0")
-    ax_s.axhline(1, color="0.3", lw=0.8)
+    one_line = ax_s.axhline(1, color="0.3", lw=0.8)
     ax_s.set(xticks=pos, xticklabels=layers, yscale="log", ylim=(0.2, 50),
              ylabel="scale / clean min/max scale", title="scale of each layer's input grid")
+    plain_log_ticks(ax_s.yaxis)
     c_bars = ax_c.bar(pos, np.zeros(3), color="C3")
     ax_c.set(xticks=pos, xticklabels=layers, ylim=(0, 30), ylabel="% of test values clipped",
              title="clipping on clean test images")
-    fig.animate(*s_bars, *c_bars)
+    c_values = [ax_c.text(i, 0.0, "", ha="center", va="bottom", fontsize=8) for i in pos]
+    # both y axes follow the data (clipping is 0.2 % on one set and 40 % on another)
+    fig.animate(ax_s.yaxis, one_line, *s_bars, ax_c.yaxis, *c_bars, *c_values)
 
     def update(calibration_set, poison, factor, method, bits) -> str:
         clean = outcome("balanced, 256 images", "none", 20.0, "minmax", bits).report
         out = outcome(calibration_set, poison, factor, method, bits)
         r = out.report
-        for bar, name in zip(s_bars, layers):
-            bar.set_height(r.scales[name] / clean.scales[name])
-        for bar, name in zip(c_bars, layers):
-            bar.set_height(min(100 * r.clip_rates[name], 30))
+        ratios = [r.scales[name] / clean.scales[name] for name in layers]
+        for bar, ratio in zip(s_bars, ratios):
+            bar.set_height(ratio)
+        ax_s.set_ylim(min(0.2, min(ratios) / 2), max(50.0, max(ratios) * 2))
+        clipped = [100 * r.clip_rates[name] for name in layers]
+        for bar, text, pct in zip(c_bars, c_values, clipped):
+            bar.set_height(pct)
+            text.set_position((text.get_position()[0], pct))
+            text.set_text(f"{pct:.2g} %" if pct else "0")
+        ax_c.set_ylim(0, max(clipped) * 1.25 if max(clipped) > 0 else 1.0)
         verdict = "<span style='color:#b00020'>ALARM</span>" if out.monitor_alarm else "no alarm"
         poisoned = "none" if poison == "none" else f"{poison} (x{factor:g})"
         return (f"<b>{calibration_set}</b>, poisoned: {poisoned}, A{bits} {method}: test accuracy "
@@ -246,5 +269,10 @@ def calibration_explorer(seed: int = 0) -> Panel:
         "method": W.Dropdown(options=["minmax", "percentile", "mse"], value="minmax", description="ranges"),
         "bits": W.Dropdown(options=[8, 4], value=4, description="act bits"),
     }
-    return Panel(controls, update, fig, title="<b>Calibration data decides the grid</b>: pick a calibration set, "
-                 "poison a few images, and watch the scales, the clipping and the accuracy.")
+
+    def inactive(poison, **_):
+        return {"factor": "poison some images first"} if poison == "none" else {}
+
+    return Panel(controls, update, fig, inactive=inactive,
+                 title="<b>Calibration data decides the grid</b>: pick a calibration set, poison a few images, "
+                       "and watch the scales, the clipping and the accuracy.")

@@ -25,7 +25,7 @@ from qedu.formats import IntFormat
 from qedu.granularity import PerChannel, PerTensor
 from qedu.models import evaluate, per_class_accuracy, pretrained
 from qedu.ptq import PTQConfig, SizeReport, calibrate, model_size, prepare, quantizable_layers, quantize_model
-from qedu.widgets import LiveFigure, Panel, plain_log_ticks
+from qedu.widgets import LiveFigure, Panel, plain_log_ticks, plural
 
 __all__ = ["calibration_images", "with_corrupted_image", "CalibrationResult", "calibrate_activations",
            "calibration_explorer", "PTQResult", "ptq_result", "ptq_explorer", "GRANULARITIES"]
@@ -109,12 +109,15 @@ def calibration_explorer(model=None, data=None) -> Panel:
     error_bars = ax_e.bar(["clipping", "rounding"], [1.0, 1.0], color=["C3", "C0"])
     ax_e.set_yscale("log")
     ax_e.set_ylim(1e-7, 10)
+    # each bar's value written on it: a zero (nothing clipped) has no bar on a log axis, and a value
+    # below 1e-7 would be cut off
+    bar_values = [ax_e.text(i, 2e-7, "", ha="center", va="bottom", fontsize=8) for i in range(2)]
     plain_log_ticks(ax_h.yaxis)
     plain_log_ticks(ax_e.yaxis)
     ax_h.set_title(" ", fontsize=10)  # reserve room for the titles update() writes
     ax_e.set_title(" ", fontsize=10)
     # Drawn on every update, over a cached background of what never changes (the error plot's axes, labels):
-    fig.animate(ax_h.xaxis, ax_h.yaxis, hist, *ends, levels, ax_h.title, *error_bars, ax_e.title)
+    fig.animate(ax_h.xaxis, ax_h.yaxis, hist, *ends, levels, ax_h.title, *error_bars, *bar_values, ax_e.title)
 
     def update(method, percentile, n_calib, bits, outlier, layer) -> str:
         res, calib_acts = result(method, percentile, n_calib, bits, outlier)
@@ -133,11 +136,14 @@ def calibration_explorer(model=None, data=None) -> Panel:
         off = " (off the right edge)" if values.max() > right else ""
         ax_h.set_title(f"{method}: range [{grid[0]:.2f}, {grid[-1]:.2f}], data max {values.max():.2f}{off}", fontsize=10)
         err: ClippingError = clipping_error(test_acts[layer], lo, hi, IntFormat(bits, signed=False))
-        for bar, v in zip(error_bars, (err.clipping, err.rounding)):
+        for bar, text, v in zip(error_bars, bar_values, (err.clipping, err.rounding)):
             bar.set_height(max(v, 1e-12))
+            text.set_text("0\n(none)" if v == 0 else f"{v:.1e}" + ("\n(below the axis)" if v < 1e-7 else ""))
+            text.set_y(2e-7 if v < 1e-6 else v * 1.3)
+            text.set_va("bottom")
         ax_e.set_title(f"MSE on {layer}'s test inputs", fontsize=10)
-        return (f"<b>A{bits} {method}{f' {percentile}' if method == 'percentile' else ''}, {n_calib} calibration "
-                f"image(s){', one corrupted' if outlier else ''}</b>: test accuracy <b>{100 * res.accuracy:.1f} %</b> "
+        return (f"<b>A{bits} {method}{f' {percentile}' if method == 'percentile' else ''}, {plural(n_calib, 'calibration image')}"
+                f"{', one corrupted' if outlier else ''}</b>: test accuracy <b>{100 * res.accuracy:.1f} %</b> "
                 f"(float {100 * float_acc:.1f} %, 8-bit weights) &middot; {layer}: clipped {100 * err.clipped_fraction:.2f} % "
                 f"of test values, clipping MSE {err.clipping:.1e}, rounding MSE {err.rounding:.1e}")
 
@@ -149,7 +155,10 @@ def calibration_explorer(model=None, data=None) -> Panel:
         "outlier": W.Checkbox(value=False, description="one corrupted image"),
         "layer": W.Dropdown(options=layers, value=layers[min(1, len(layers) - 1)], description="layer"),
     }
-    return Panel(controls, update, fig, title="<b>Calibrate the activations</b>: how each method sets the range, "
+    def inactive(method, **_):
+        return {} if method == "percentile" else {"percentile": "used by the percentile method only"}
+
+    return Panel(controls, update, fig, inactive=inactive, title="<b>Calibrate the activations</b>: how each method sets the range, "
                  "and what it costs the model. Grey: the values the observer saw; "
                  "<span style='color:#d62728'>red</span>: the grid's ends; <span style='color:#1f77b4'>blue</span>: "
                  "its levels (up to 5 bits).")
@@ -252,5 +261,10 @@ def ptq_explorer(name: str = "mlp", seed: int = 0, *, model=None, data=None) -> 
         "method": W.Dropdown(options=["minmax", "mse", "percentile"], value="minmax", description="clipping"),
         "keep_8bit": W.Dropdown(options=list(keep_options), value="none", description="keep 8-bit"),
     }
-    return Panel(controls, update, fig, title=f"<b>Post-training quantization of the {name.upper()}</b>: "
+    def inactive(weight_bits, act_bits, **_):
+        if weight_bits == 8 and act_bits in (8, "none"):
+            return {"keep_8bit": "every layer is already at 8 bits (or float); it matters below 8 bits"}
+        return {}
+
+    return Panel(controls, update, fig, inactive=inactive, title=f"<b>Post-training quantization of the {name.upper()}</b>: "
                  "move a control, the model is quantized, calibrated and tested again.")

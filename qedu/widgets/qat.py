@@ -11,8 +11,6 @@ appears at once); the **Train** button trains, redrawing the loss and accuracy a
 """
 from __future__ import annotations
 
-import html
-import time
 from typing import NamedTuple
 
 import ipywidgets as W
@@ -20,7 +18,7 @@ import numpy as np
 
 from qedu.models import evaluate, pretrained
 from qedu.qat import QATConfig, convert, prepare_qat, train_qat
-from qedu.widgets import LiveFigure, Panel
+from qedu.widgets import LiveFigure, Panel, plural, toggle_row
 
 __all__ = ["BITS", "METHODS", "qat_config", "ptq_accuracy", "start_accuracy", "QATRun", "run_method", "qat_trainer"]
 
@@ -119,46 +117,67 @@ def qat_trainer(model=None, data=None, seed: int = 0, max_epochs: int = 10) -> P
         acc_line.set_data(np.arange(len(accs) + 1), 100 * np.array((start, *accs)))
         loss_line.set_data(np.arange(1, len(losses) + 1), np.array(losses))
         ax_acc.title.set_text(title)
-        ax_loss.title.set_text(f"{len(losses)} epoch(s) trained" if losses else "no training yet")
+        ax_loss.title.set_text(f"{plural(len(losses), 'epoch')} trained" if losses else "no training yet")
+
+    button = W.Button(description="Train", button_style="primary", icon="play")
+    progress = W.IntProgress(value=0, min=0, max=1, description="trained", layout=W.Layout(width="220px"))
+    status = W.HTML()
+
+    def show_progress(run, epochs) -> None:
+        """The progress bar and status line always describe the setting shown, never a previous one."""
+        progress.max = max(epochs, 1)
+        progress.value = len(run.test_acc) if run is not None else 0
+        status.value = "" if run is None or not run.epoch_seconds else (
+            f"done: {plural(len(run.epoch_seconds), 'epoch')} in {sum(run.epoch_seconds):.2f} s")
 
     def update(bits, method, epochs) -> str:
         base = baseline(bits)
         ptq_line.set_ydata([100 * base] * 2)
-        run = runs.get((bits, method, epochs))
+        button.disabled = method == "PTQ"  # PTQ never trains
         head = f"PTQ (min/max, per channel) at {bits}: <b>{100 * base:.1f} %</b> (float32 {100 * float_acc:.1f} %)"
+        if method == "PTQ":
+            show_progress(None, epochs)
+            draw(base, (), (), f"PTQ at {bits}: {100 * base:.1f} %, no training")
+            return f"{head}. PTQ needs no training: the red line is its accuracy."
+        run = runs.get((bits, method, epochs))
+        show_progress(run, epochs)
         if run is None:
             if (bits, method) not in starts:  # min/max methods start at PTQ; LSQ at its (MSE) initial steps
                 starts[bits, method] = base if method != "LSQ" else start_accuracy(model, data, bits, method)
             draw(starts[bits, method], (), (), f"{method} at {bits}: press Train")
-            return f"{head}. {method} starts at {100 * starts[bits, method]:.1f} %; press <b>Train</b> for {epochs} epoch(s)."
+            return (f"{head}. {method} starts at {100 * starts[bits, method]:.1f} %; press <b>Train</b> for "
+                    f"{plural(epochs, 'epoch')}.")
         draw(run.start_acc, run.test_acc, run.train_loss, f"{method} at {bits}: {100 * run.final_acc:.1f} %")
-        if method == "PTQ":
-            return f"{head}. PTQ needs no training."
         seconds = sum(run.epoch_seconds)
-        return (f"{head}. <b>{method}, {epochs} epoch(s): {100 * run.final_acc:.1f} %</b> "
+        return (f"{head}. <b>{method}, {plural(epochs, 'epoch')}: {100 * run.final_acc:.1f} %</b> "
                 f"({100 * (run.final_acc - base):+.1f} points over PTQ), from {100 * run.start_acc:.1f} % before training; "
                 f"training took {seconds:.2f} s ({seconds / max(len(run.epoch_seconds), 1):.2f} s per epoch).")
 
+    # toggle_row(): each label beside its buttons; 112 px fits "QAT-minmax" whole
     controls = {
         "bits": W.ToggleButtons(options=list(BITS), value="2 bits", description="weights",
-                                style={"button_width": "70px"}),
+                                style={"button_width": "72px", "description_width": "initial"}, layout=toggle_row()),
         "method": W.ToggleButtons(options=list(METHODS), value="QAT-minmax", description="method",
-                                  style={"button_width": "90px"}),
+                                  style={"button_width": "112px", "description_width": "initial"}, layout=toggle_row()),
         "epochs": W.IntSlider(value=3, min=1, max=max_epochs, description="epochs", continuous_update=False),
     }
-    panel = Panel(controls, update, fig, title="<b>Train through the quantizer</b>: pick the weights' bits and a method, "
+
+    def inactive(method, **_):
+        return {"epochs": "PTQ does not train"} if method == "PTQ" else {}
+
+    panel = Panel(controls, update, fig, inactive=inactive,
+                  title="<b>Train through the quantizer</b>: pick the weights' bits and a method, "
                   "then press <b>Train</b>. Moving a control never trains; the red line is PTQ at those bits.")
-    button = W.Button(description="Train", button_style="primary", icon="play")
-    progress = W.IntProgress(value=0, min=0, max=1, description="epochs")
-    status = W.HTML()
     panel.children = (*panel.children[:2], W.HBox([button, progress, status]), *panel.children[2:])
 
     def on_train(_button) -> None:
         bits, method, epochs = panel.values["bits"], panel.values["method"], panel.values["epochs"]
+        if method == "PTQ":
+            return
         accs, losses = [], []
-        start = time.perf_counter()
         button.disabled = True
         progress.max, progress.value = max(epochs, 1), 0
+        status.value = ""
 
         def each_epoch(epoch, metrics):
             accs.append(metrics["test_acc"])
@@ -170,14 +189,13 @@ def qat_trainer(model=None, data=None, seed: int = 0, max_epochs: int = 10) -> P
 
         try:
             runs[bits, method, epochs] = run_method(model, data, bits, method, epochs, seed, each_epoch)
-            status.value = f"done in {time.perf_counter() - start:.1f} s"
-            progress.value = progress.max
-            panel.update()
+            panel.update()  # the readout, the picture, the progress bar and the status: all from this run
         except Exception as err:  # show it in the widget; never let a callback die silently
-            panel.message.value = (f"<span style='color:#b00020'><b>{html.escape(type(err).__name__)}:</b> "
-                                   f"{html.escape(str(err))}</span>")
+            panel.show_error(err)  # the half-drawn curves are marked not current
+            progress.value = 0
+            status.value = "training failed"
         finally:
-            button.disabled = False
+            button.disabled = panel.values["method"] == "PTQ"
 
     button.on_click(on_train)
     panel.train_button, panel.progress, panel.status, panel.runs = button, progress, status, runs

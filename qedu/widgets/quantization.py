@@ -25,9 +25,10 @@ from qedu.packing import StorageReport, storage_bytes
 from qedu.quantizers import (
     ROUNDING_MODES, QuantizationError, choose_qparams_from_minmax, dequantize, quantization_error, quantize,
 )
-from qedu.widgets import LiveFigure, Panel
+from qedu.widgets import LiveFigure, Panel, plural
 
-__all__ = ["quantize_weights", "WeightQuantization", "error_table", "quantization_explorer", "GRANULARITIES", "CLIPPINGS"]
+__all__ = ["quantize_weights", "WeightQuantization", "error_table", "quantization_explorer", "GRANULARITIES", "CLIPPINGS",
+           "example_rows", "slice_grids"]
 
 GRANULARITIES = {"per-tensor": PerTensor(), "per-channel": PerChannel(0), "per-group 32": PerGroup(32)}
 CLIPPINGS = {  # label -> (rule, amount): a fraction of the min/max range, or a percentile range
@@ -113,36 +114,90 @@ def _default_weights() -> torch.Tensor:
     return pretrained("mlp", seed=0).fc2.weight.detach().clone()  # (64, 128): the hidden layer
 
 
+def example_rows(w: torch.Tensor, n: int = 4) -> list[int]:
+    """``n`` rows of ``w`` from the narrowest to the widest range (by max |w|), evenly spread: the
+    slices the explorer draws, so that granularity's effect shows (one grid for all, or one each).
+
+    >>> example_rows(torch.tensor([[1.0], [0.1], [5.0], [0.5]]), n=2)
+    [1, 2]
+    """
+    order = torch.argsort(w.abs().amax(dim=1)).tolist()  # rows from the smallest to the largest range
+    return [order[round(i * (len(order) - 1) / max(n - 1, 1))] for i in range(min(n, len(order)))]
+
+
+def slice_grids(w: torch.Tensor, r: WeightQuantization, bits: int, row: int) -> list[tuple[int, int, np.ndarray]]:
+    """The grids that quantize row ``row`` of ``w``: ``(first column, end column, levels)`` for
+    each run of columns that shares a scale and zero point (one run per tensor or channel, one
+    per group)."""
+    scale = r.scale.expand_as(w)[row].numpy()  # (C_in,): each column's scale
+    zero_point = r.zero_point.expand_as(w)[row].numpy()
+    fmt = IntFormat(bits)
+    codes = np.arange(fmt.qmin, fmt.qmax + 1)
+    runs, start = [], 0
+    for j in range(1, len(scale) + 1):
+        if j == len(scale) or scale[j] != scale[start] or zero_point[j] != zero_point[start]:
+            runs.append((start, j, (codes - zero_point[start]) * scale[start]))
+            start = j
+    return runs
+
+
+def _fits(granularity, w: torch.Tensor) -> bool:
+    """Whether ``granularity`` can cut ``w`` (per-group needs the group size to divide the last axis)."""
+    return not isinstance(granularity, PerGroup) or w.shape[-1] % granularity.group_size == 0
+
+
 def quantization_explorer(weights=None) -> Panel:
-    """Bits, symmetric, granularity, rounding and clipping -> histogram + grid, error vs bits, bytes.
+    """Bits, symmetric, granularity, rounding and clipping -> histogram + grid, error vs bits, bytes,
+    and four rows of the tensor with the grid(s) that quantize each (what granularity changes).
 
     Args:
-        weights: a weight tensor (default: the hidden ``fc2`` layer, 64 x 128, of
+        weights: a 2-D weight tensor (default: the hidden ``fc2`` layer, 64 x 128, of
             ``pretrained("mlp", seed=0)``). Per-channel uses axis 0 (rows); per-group 32 cuts
             the last axis into groups of 32.
 
     Returns:
         a :class:`~qedu.widgets.Panel`; ``panel.controls`` are ``bits``, ``symmetric``,
-        ``granularity``, ``rounding``, ``clipping``.
+        ``granularity``, ``rounding``, ``clipping``. Symmetric codes need 2 bits or more, so the
+        bits slider starts at 2 while ``symmetric`` is ticked (at 1 when it is not); per-group is
+        offered only when its group size divides the rows.
     """
     w = _default_weights() if weights is None else as_float_tensor(weights, "weights").detach().to(torch.float32)
+    if w.dim() != 2:
+        raise ValueError(f"weights must be a 2-D tensor (rows = output channels), got shape {tuple(w.shape)}.")
     w_max = float(w.abs().max()) or 1.0
     edges = np.linspace(-1.1 * w_max, 1.1 * w_max, 121)
     counts, _ = np.histogram(w.numpy(), edges)
-    fig = LiveFigure(1, 2, figsize=(8.0, 3.2), gridspec_kw={"width_ratios": [1.5, 1]})
-    ax_h, ax_c = fig.axes
+    rows = example_rows(w)
+    fig = LiveFigure(figsize=(8.6, 5.6), mosaic="HHHHHHHSSSSS;" + "".join(c * 3 for c in "abcd"[:len(rows)]).ljust(12, "."),
+                     gridspec_kw={"height_ratios": [1.25, 1]})
+    ax_h, ax_c = fig.axes["H"], fig.axes["S"]
     ax_h.stairs(counts, edges, fill=True, color="0.75", label="weights")
     grid = LineCollection([], colors="C0", linewidths=0.6, alpha=0.45, transform=ax_h.get_xaxis_transform())
     ax_h.add_collection(grid)
     clip_lines = [ax_h.axvline(0.0, color="C3", ls="--", lw=1) for _ in range(2)]
-    title = ax_h.text(0.5, 1.02, "", transform=ax_h.transAxes, ha="center", va="bottom", fontsize=10)
+    title = ax_h.set_title("16 levels (the grid of the widest of 256 slices)", fontsize=10)  # room for update()'s
     ax_h.set_xlim(edges[0], edges[-1])
     ax_h.set_ylim(0, counts.max() * 1.1)
     ax_h.set_yticks([])  # counts do not matter here; fewer labels also draw faster
     ax_h.set_xlabel("weight value (grey: histogram, blue: grid, red: its ends)")
     (sqnr_line,) = ax_c.plot(BITS, np.zeros(len(BITS)), "o-", color="C0", ms=3)
     (sqnr_point,) = ax_c.plot([1], [0], "o", color="C3", ms=8, zorder=5)
-    fig.animate(grid, *clip_lines, title, sqnr_line, sqnr_point)
+    # below: four rows of w (narrowest to widest range), each with the grid(s) that quantize it
+    small = []
+    for key, row in zip("abcd", rows):
+        ax = fig.axes[key]
+        values = w[row].numpy()
+        top = 1.15 * float(np.abs(values).max()) or 1.0
+        ax.plot(np.arange(len(values)), values, ".", color="0.35", ms=2)
+        ax.set(xlim=(-1, len(values)), ylim=(-top, top), xticks=[], yticks=[-round(top / 1.15, 2), round(top / 1.15, 2)])
+        ax.tick_params(labelsize=7)
+        levels = LineCollection([], colors="C0", linewidths=0.7, alpha=0.6)
+        ends = LineCollection([], colors="C3", linewidths=1.0, linestyles="--")
+        ax.add_collection(levels)
+        ax.add_collection(ends)
+        ax.set_title(f"row {row}", fontsize=8)  # its scales and error are in the readout: text is slow to draw
+        small.append((row, ax, levels, ends))
+    fig.animate(grid, *clip_lines, title, sqnr_line, sqnr_point, *(a for _, _, lv, en in small for a in (lv, en)))
     # MSE = power * 10**(-SQNR / 10): one curve, read in dB on the left and as MSE on the right
     power = float((w.double() ** 2).mean()) or 1.0
     ax_c.set_ylim(-5, 55)  # SQNR of 1..8 bits on any tensor fits here (about 6 dB per bit)
@@ -165,6 +220,29 @@ def quantization_explorer(weights=None) -> Panel:
             curves[key] = np.array([e.sqnr_db for e in errors])
         return curves[key]
 
+    def draw_slices(r: WeightQuantization, bits: int) -> str:
+        """Draw each example row's grid(s); return an HTML table of their scales and errors."""
+        table = []
+        for row, ax, levels, ends in small:
+            runs = slice_grids(w, r, bits, row)
+            lo, hi = ax.get_ylim()
+            segs, end_segs, in_view = [], [], 0
+            for a, b, lv in runs:
+                inside = lv[(lv >= lo) & (lv <= hi)]
+                in_view += len(inside)
+                if 2**bits <= 32:  # beyond 32 levels the lines merge into a block: draw the ends only
+                    segs += [[(a - 0.5, v), (b - 0.5, v)] for v in inside]
+                end_segs += [[(a - 0.5, v), (b - 0.5, v)] for v in (lv[0], lv[-1]) if lo <= v <= hi]
+            levels.set_segments(segs)
+            ends.set_segments(end_segs)
+            scales = [float(lv[1] - lv[0]) for _, _, lv in runs]
+            mse = float(((w[row] - r.x_hat[row]) ** 2).mean())
+            table.append(f"<tr><td>{row}</td><td>{float(w[row].abs().max()):.3f}</td><td>"
+                         + (f"{scales[0]:.4f}" if len(scales) == 1 else f"{min(scales):.4f} to {max(scales):.4f} ({len(scales)})")
+                         + f"</td><td>{in_view} of {len(runs) * 2**bits}</td><td>{mse:.1e}</td></tr>")
+        return ("<table style='border-collapse:collapse;font-size:90%'><tr><th>row</th><th>max |w|</th><th>scale</th>"
+                "<th>levels in its range</th><th>MSE</th></tr>" + "".join(table) + "</table>")
+
     def update(bits, symmetric, granularity, rounding, clipping):
         r = quantize_weights(w, bits, symmetric, GRANULARITIES[granularity], rounding, CLIPPINGS[clipping])
         sqnr = curve(symmetric, granularity, rounding, clipping)
@@ -178,25 +256,44 @@ def quantization_explorer(weights=None) -> Panel:
         for line, v in zip(clip_lines, (levels[0], levels[-1])):
             line.set_xdata([v, v])
         slices = GRANULARITIES[granularity].num_params(w.shape)
-        title.set_text(f"{2**bits} levels" + ("" if slices == 1 else f" (grid of 1 of {slices} slices)"))
+        title.set_text(f"{2**bits} levels" + ("" if slices == 1 else f" (the grid of the widest of {slices} slices)"))
         sqnr_line.set_ydata(sqnr)
         sqnr_point.set_data([bits], [r.error.sqnr_db])
+        rows_table = draw_slices(r, bits)
         fp32 = w.numel() * 4
         s = r.storage
         return (
             f"<b>{bits}-bit {'symmetric' if symmetric else 'affine'}, {granularity}, {rounding}, clip {clipping}</b>: "
             f"MSE {r.error.mse:.2e} &middot; SQNR {r.error.sqnr_db:.1f} dB &middot; codes used {r.codes_used} of {2**bits} "
-            f"&middot; clipped {r.n_clipped} weights<br>storage {s.total_bytes:,} bytes = {s.bits_per_value:.2f} bits/weight "
-            f"(codes {s.payload_bytes:,} + scales {s.scale_bytes:,} + zero points {s.zero_point_bytes:,}; "
-            f"float32 {fp32:,} bytes, {fp32 / s.total_bytes:.1f}x larger)"
+            f"&middot; clipped {plural(r.n_clipped, 'weight')}<br>"
+            f"storage {s.total_bytes:,} bytes = {s.bits_per_value:.2f} bits/weight "
+            f"(codes {s.payload_bytes:,} + {plural(slices, 'scale')} {s.scale_bytes:,} + zero points {s.zero_point_bytes:,}; "
+            f"float32 {fp32:,} bytes, {fp32 / s.total_bytes:.1f}x larger)<br>below: rows {', '.join(map(str, rows))}, "
+            f"from the narrowest range to the widest, with the grid{'s' if slices > 1 else ''} that quantize them"
+            + (" (one per group of 32: the blue runs change every 32 weights)" if granularity.startswith("per-group")
+               else " (each row its own)" if slices > 1 else " (one grid for the whole tensor: narrow rows use few levels)")
+            + rows_table
         )
 
     controls = {
-        "bits": W.IntSlider(value=4, min=1, max=8, description="bits"),
+        "bits": W.IntSlider(value=4, min=2, max=8, description="bits"),
         "symmetric": W.Checkbox(value=True, description="symmetric"),
-        "granularity": W.Dropdown(options=list(GRANULARITIES), value="per-tensor", description="granularity"),
+        "granularity": W.Dropdown(options=[name for name, g in GRANULARITIES.items() if _fits(g, w)], value="per-tensor",
+                                  description="granularity"),
         "rounding": W.Dropdown(options=list(ROUNDING_MODES), value="half_even", description="rounding"),
         "clipping": W.Dropdown(options=list(CLIPPINGS), value="none (min/max)", description="clipping"),
     }
-    return Panel(controls, update, fig, title="<b>Quantize a real weight tensor</b>: the grid (blue), its ends (red), "
-                 "and the error as the bits change.")
+    panel_ref: list = []
+
+    def bits_range(change):  # symmetric 1-bit codes are -1 and 0: every weight would round to 0
+        with panel_ref[0].hold(update=False):  # the panel's own observer of "symmetric" updates next
+            controls["bits"].min = 2 if change["new"] else 1
+
+    controls["symmetric"].observe(bits_range, names="value")
+    panel = Panel(controls, update, fig, title="<b>Quantize a real weight tensor</b>: the grid (blue), its ends (red), "
+                  "and the error as the bits change; below, four rows of the tensor and the grids that quantize them. "
+                  "Bits start at 2 while <i>symmetric</i> is ticked (1-bit symmetric codes are -1 and 0: every weight "
+                  "would round to 0); untick it for 1 bit.")
+    panel_ref.append(panel)
+    panel._weights, panel._slices = w, small  # for tests: what the lower plots show
+    return panel

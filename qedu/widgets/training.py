@@ -12,15 +12,16 @@ from matplotlib.patches import Rectangle
 from torch import nn
 
 from qedu.floats import BF16, FP8_E4M3, FP8_E5M2, FP16, FloatFormat
-from qedu.memory import RECIPES, gpt_param_count, training_memory, transformer_activation_bytes
+from qedu.memory import RECIPES, RECOMPUTE, gpt_param_count, recompute_flops_overhead, training_memory, transformer_activation_bytes
 from qedu.mixed_precision import Precision, train_simulated
-from qedu.widgets import LiveFigure, Panel
+from qedu.widgets import LiveFigure, Panel, plain_log_ticks
 
-__all__ = ["FORMATS", "SCALES", "gradient_magnitudes", "format_regions", "mixed_precision_lab",
+__all__ = ["FORMATS", "SCALES", "gradient_magnitudes", "format_regions", "mixed_precision_lab", "mixed_precision_results",
            "MODEL_PRESETS", "GPUS", "memory_table", "memory_planner"]
 
 FORMATS = {"fp32": None, "fp16": FP16, "bf16": BF16, "fp8 e5m2": FP8_E5M2, "fp8 e4m3": FP8_E4M3}
 SCALES = {"none": None, "2^8": 2.0**8, "2^16": 2.0**16, "2^24": 2.0**24, "dynamic": "dynamic"}
+K_CHOICES = (0, 8, 16, 20, 24)  # the lab's loss divisors 2^k: a shrunken loss, as in a long sum of small terms
 
 
 def gradient_magnitudes(model: nn.Module, data, n_batches: int = 4, batch_size: int = 32) -> torch.Tensor:
@@ -110,19 +111,24 @@ def mixed_precision_lab(model_fn=None, data=None, epochs: int = 8, lr: float = 1
     fig.animate(bars, *spans.values(), ax_hist.title, ref_line, line)
 
     def update(fmt: str, k: int, loss_scale: str, master_weights: bool) -> str:
+        if k not in K_CHOICES:  # the dropdown offers only these; others underflow float32 itself (2^-200 is 0)
+            raise ValueError(f"k={k!r} is not one of the loss divisors 2^k the lab offers, k in {list(K_CHOICES)}.")
         result = run(fmt, loss_scale, master_weights, k)
         reference = run("fp32", "none", True, 0)
         scale = float(np.median(result.scales))
         shift = math.log2(scale) - k
         counts, _ = np.histogram(sample + shift, bins=edges)
-        bars.set_data(counts / counts.sum())
+        outside = len(sample) - int(counts.sum())  # beyond the plotted 2^-60..2^40
+        bars.set_data(counts / len(sample))
         regions = format_regions(FORMATS[fmt]) if FORMATS[fmt] is not None else {}
-        for name, span in spans.items():  # fp32's regions lie far outside the plot: hide them
-            lo, hi = (max(v, edges[0] - 1) for v in regions.get(name, (0, 0)))
-            lo, hi = min(lo, edges[-1] + 1), min(hi, edges[-1] + 1)
+        for name, span in spans.items():  # fp32's regions lie far outside the plot: not drawn at all
+            lo, hi = regions.get(name, (0.0, 0.0))
+            lo, hi = min(max(lo, edges[0] - 1), edges[-1] + 1), min(max(hi, edges[0] - 1), edges[-1] + 1)
+            span.set_visible(hi > lo)  # an empty span would still draw its edge: a stray line
             span.set_x(lo)
             span.set_width(hi - lo)
-        ax_hist.set_title(f"{fmt} gradients x 2^{shift:+.0f} (loss / 2^{k}, scale {loss_scale})", fontsize=9)
+        ax_hist.set_title(f"{fmt} gradients x 2^{shift:+.0f} (loss / 2^{k}, scale {loss_scale})"
+                          + (f", {100 * outside / len(sample):.0f} % off the plot" if outside else ""), fontsize=9)
         ref_line.set_data(range(1, epochs + 1), reference.test_acc)
         line.set_data(range(1, epochs + 1), result.test_acc)
         stats = result.total_stats()
@@ -134,12 +140,52 @@ def mixed_precision_lab(model_fn=None, data=None, epochs: int = 8, lr: float = 1
 
     controls = {
         "fmt": W.Dropdown(options=list(FORMATS), value="fp16", description="format"),
-        "k": W.Dropdown(options=[0, 8, 16, 20, 24], value=16, description="loss / 2^k"),
+        "k": W.Dropdown(options=list(K_CHOICES), value=16, description="loss / 2^k"),
         "loss_scale": W.Dropdown(options=list(SCALES), value="none", description="loss scale"),
         "master_weights": W.Checkbox(value=True, description="fp32 master weights"),
     }
     return Panel(controls, update, fig, title="<b>Mixed precision</b>: pick a format and a loss scale; "
                  "shaded: where that format flushes gradients to zero (red), keeps them as subnormals (orange), overflows (purple).")
+
+
+def mixed_precision_results(*names: str, footnote: bool = True) -> str:
+    """Markdown for lesson 06 of the results files ``benchmarks/mixed_precision.py`` wrote.
+
+    Each table comes under a line that says where and on what it was measured (not
+    necessarily the learner's machine), keeps only the columns that hold something, and the
+    footnote comes once (``footnote=False`` leaves it out). No heading: the lesson's own
+    headings stay the largest.
+
+    >>> mixed_precision_results("mixed_precision_cpu").startswith("**Measured on ")
+    True
+    """
+    from qedu.results import load_results
+
+    out = []
+    for name in names:
+        d = load_results(name)
+        env, size = d["environment"], d["size"]
+        fused = size.get("attention") == "fused"
+        command = "python benchmarks/mixed_precision.py" + (" --device cuda" if d["device"] == "cuda" else "") + (
+            " --fused-attention" if fused else "")
+        where = f"GPU, host with {env['cpu_count']} CPU cores" if d["device"] == "cuda" else f"CPU, {env['cpu_count']} cores"
+        out.append(f"**Measured on {env['device_name']}** ({where}; torch {env['torch']}) by `{command}`: "
+                   f"TinyGPT of {d['n_params']:,} parameters, batch "
+                   f"{size['batch']} x sequence {size['seq_len']}" + (", fused attention" if fused else "") + ".")
+        rows = d["results"]
+        notes = [r.get("note") or r.get("skipped") or "" for r in rows]
+        header = "| recipe | ms per step (median) | tokens/s | speed vs fp32 | peak memory MiB |" + (" note |" if any(notes) else "")
+        out += ["", header, "|---" * (header.count("|") - 1) + "|"]
+        fp32 = next(r["median_ms"] for r in rows if r["recipe"] == "fp32")
+        for r, note in zip(rows, notes):
+            cells = ([f"{r['median_ms']:.1f}", f"{r['tokens_per_s']:,.0f}", f"{fp32 / r['median_ms']:.2f}x",
+                      f"{r['peak_memory_bytes'] / 2**20:,.0f}"] if "median_ms" in r else ["-"] * 4)
+            out.append(f"| {r['recipe']} | " + " | ".join(cells) + (f" | {note} |" if any(notes) else " |"))
+        out.append("")
+    if footnote:
+        out.append("*Speed vs fp32* above 1 means faster than fp32. Speed depends on the hardware: CPUs without "
+                   "AMX/AVX512-BF16 emulate bf16 and fp16 matmuls and run them slower than fp32.")
+    return "\n".join(out)
 
 
 # --------------------------------------------------------------------------------------------
@@ -176,8 +222,8 @@ def memory_table(model: str, batch: int, seq_len: int, dropout: bool = True) -> 
 
 def memory_planner() -> Panel:
     """Model, batch, sequence length, recipe -> stacked bars of training memory vs a GPU's memory."""
-    fig = LiveFigure(1, 1, figsize=(9.0, 3.2))
-    ax = fig.axes
+    fig = LiveFigure(1, 2, figsize=(9.0, 3.2), gridspec_kw={"width_ratios": [3, 1.25]})
+    ax, ax_parts = fig.axes
     colors = dict(zip(_KINDS, ("C0", "C1", "C2", "C3", "C7")))
     names = list(RECIPES)
     # every bar segment is made once; update() only moves and resizes them (rebuilding costs more than drawing)
@@ -189,13 +235,31 @@ def memory_planner() -> Panel:
     ax.set_yticks(range(len(names)), names)
     ax.set_ylim(len(names) - 0.5, -0.5)  # first recipe on top
     ax.set_xlabel("GiB")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8)  # beside the bars: never covered
     ax.set_title(" ", fontsize=9, pad=14)  # reserve room for the title update() writes
-    # Drawn on every update, over a cached background of what never changes (y labels, legend):
-    fig.animate(ax.xaxis, *segments.values(), outline, capacity_line, capacity_text, ax.title)
+    # Right: the chosen recipe's parts one by one on a log axis, so the small ones (weights of a
+    # 70B model at sequence 8192 are a sliver of the stacked bar) keep a visible size; its
+    # coloured labels are the legend of the stacked bars.
+    part_bars = ax_parts.barh(range(len(_KINDS)), np.ones(len(_KINDS)), color=[colors[k] for k in _KINDS])
+    part_values = [ax_parts.text(1.0, i, "", fontsize=8, va="center", ha="left") for i in range(len(_KINDS))]
+    ax_parts.set_yticks(range(len(_KINDS)), _KINDS)
+    for label, kind in zip(ax_parts.get_yticklabels(), _KINDS):
+        label.set_color(colors[kind])
+    ax_parts.set_ylim(len(_KINDS) - 0.5, -0.5)
+    ax_parts.set_xscale("log")
+    plain_log_ticks(ax_parts.xaxis, numticks=4)  # plain labels: mathtext (10^2) is slow to redraw
+    ax_parts.set_xlabel("GiB (log scale)")
+    ax_parts.set_title(" ", fontsize=9, pad=14)
+    # Drawn on every update, over a cached background of what never changes (y labels):
+    fig.animate(ax.xaxis, *segments.values(), outline, capacity_line, capacity_text, ax.title,
+                ax_parts.xaxis, *part_bars, *part_values, ax_parts.title)
 
-    def update(model: str, batch: int, seq_len: int, recipe: str, gpu: str) -> str:
+    def update(model: str, batch: int, seq_len: int, recipe: str, gpu: str, recompute: str = "none") -> str:
         table = memory_table(model, batch, seq_len)
+        if recompute != "none":  # activation recomputation (Korthikanti et al. 2022) stores less
+            L, h, a, _vocab = MODEL_PRESETS[model]
+            for name, r in RECIPES.items():
+                table[name]["activations"] = transformer_activation_bytes(L, h, seq_len, batch, a, r.activation,
+                                                                          recompute=recompute) / 2**30
         for name in names:
             left = 0.0
             for kind in _KINDS:
@@ -211,10 +275,22 @@ def memory_planner() -> Panel:
         capacity_text.set_x(capacity)
         capacity_text.set_text(gpu)
         ax.set_xlim(0, 1.05 * max(capacity, *(sum(r.values()) for r in table.values())))
-        ax.set_title(f"{model}, batch {batch}, sequence {seq_len}", fontsize=9, pad=14)
+        ax.set_title(f"{model}, batch {batch}, sequence {seq_len}, recomputation: {recompute}", fontsize=9, pad=14)
+        sizes = np.array([row[k] for k in _KINDS])
+        floor = sizes[sizes > 0].min() / 4 if (sizes > 0).any() else 1e-3  # a part of 0 GiB: no bar, a "0"
+        for bar, text, v in zip(part_bars, part_values, sizes):
+            bar.set_width(max(v, floor))
+            bar.set_visible(v > 0)
+            text.set_x(max(v, floor) * 1.15)
+            text.set_text(f"{v:.3g}" if v > 0 else "0")
+        ax_parts.set_xlim(floor / 2, sizes.max() * 20)  # room for the value written after each bar
+        ax_parts.set_title(f"{recipe}: each part", fontsize=9, pad=14)
         parts = ", ".join(f"{k} {row[k]:.1f}" for k in _KINDS)
         verdict = "fits" if total <= capacity else f"does not fit: {total / capacity:.1f}x the memory"
-        return f"<b>{recipe}</b> ({RECIPES[recipe].description}): {parts} GiB; total {total:.1f} GiB, {verdict} of {gpu}."
+        cost = (f"; recomputation adds {100 * recompute_flops_overhead(MODEL_PRESETS[model][1], seq_len, recompute):.0f} % "
+                "to the step's compute" if recompute != "none" else "")
+        return (f"<b>{recipe}</b> ({RECIPES[recipe].description}): {parts} GiB; total {total:.1f} GiB, "
+                f"{verdict} of {gpu}{cost}.")
 
     controls = {
         "model": W.Dropdown(options=list(MODEL_PRESETS), value="GPT-2 XL (1.6B)", description="model"),
@@ -222,6 +298,7 @@ def memory_planner() -> Panel:
         "seq_len": W.SelectionSlider(options=[256, 512, 1024, 2048, 4096, 8192], value=1024, description="sequence"),
         "recipe": W.Dropdown(options=list(RECIPES), value="mixed", description="recipe"),
         "gpu": W.Dropdown(options=list(GPUS), value="80 GiB (A100/H100)", description="GPU"),
+        "recompute": W.Dropdown(options=list(RECOMPUTE), value="none", description="recompute"),
     }
     return Panel(controls, update, fig, title="<b>Where training memory goes</b>: weights, gradients, fp32 master "
-                 "copy, Adam's states and activations (no recomputation), per recipe.")
+                 "copy, Adam's states and activations (none, selective or full recomputation), per recipe.")

@@ -5,7 +5,7 @@ import ipywidgets as W
 import numpy as np
 
 from qedu._validation import check_int
-from qedu.widgets import LiveFigure, Panel
+from qedu.widgets import LiveFigure, Panel, plural
 
 __all__ = ["snap_uniform", "bits_demo"]
 
@@ -60,9 +60,9 @@ def bits_demo(image: np.ndarray | None = None, n_params: int = 17_226) -> Panel:
     def update(bits: int) -> str:
         x_hat = snap_uniform(signal, bits, signal.min(), signal.max())
         stairs.set_ydata(x_hat)
-        ax_sig.title.set_text(f"{bits} bits = {2**bits} levels")
+        ax_sig.title.set_text(f"{plural(bits, 'bit')} = {2**bits} levels")
         shown.set_data(snap_uniform(image, bits, 0.0, 1.0))
-        ax_img.title.set_text(f"digit at {bits} bits")
+        ax_img.title.set_text(f"digit at {plural(bits, 'bit')}")
         max_err = float(np.abs(x_hat - signal).max())
         kib = n_params * bits / 8 / 1024
         return (

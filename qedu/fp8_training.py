@@ -1,0 +1,214 @@
+"""FP8 training recipes, simulated on the CPU: every linear layer's matmuls take fp8 inputs.
+
+A linear layer runs three matmuls per training step, and an fp8 recipe feeds each of them fp8
+operands, accumulating in fp32::
+
+    forward        y      = x   @ W^T        x: e4m3, W: e4m3
+    grad_input     dL/dx  = g   @ W          g = dL/dy: e5m2 (the "hybrid" recipe) or e4m3
+    grad_weight    dL/dW  = g^T @ x
+
+Every operand is scaled into fp8's range before the cast and unscaled after the product::
+
+    a @ b  ~=  (fp8(a * s_a) @ fp8(b * s_b)) / (s_a * s_b)       s = fp8_max / amax
+
+Recipes differ in where ``amax`` comes from (the names are torchao's and Transformer Engine's):
+
+- ``"tensorwise"`` (current scaling): one amax per operand, from the operand itself
+  (:func:`amax_to_scale`: ``fp8_max / max(amax, 1e-12)`` in float64, then float32).
+- ``"rowwise"``: one amax per row of the contraction, i.e. along the dimension the matmul sums
+  over (rows of ``a``, columns of ``b``), so one outlier row cannot squash the others; scales
+  are rounded down to powers of two, and gradients use e4m3 too (torchao's "rowwise").
+- ``"delayed"``: one scale per operand computed from an *amax history* of earlier steps
+  (:class:`qedu.loss_scaling.DelayedScaling`, Transformer Engine's ``DelayedScaling`` with
+  ``amax_compute_algo="max"``); a sudden spike saturates until the history catches up.
+- ``"mxfp8"``: blocks of 32 along the contraction, each with an E8M0 scale (:mod:`qedu.mx`).
+
+:class:`Float8Linear` counts, per operand role, how many values overflowed (saturated) or
+underflowed (a nonzero value that became 0): where a recipe breaks shows there first.
+
+Tested in tests/test_fp8_training.py against torchao 0.18's ``convert_to_float8_training``
+(tensorwise and rowwise run on the CPU) and against the formulas. torchao's rowwise matmuls return
+bf16 on the CPU (its ``_scaled_mm`` path); here every product stays fp32.
+
+>>> layer = Float8Linear(nn.Linear(4, 2), "tensorwise")
+>>> layer(torch.ones(3, 4)).shape
+torch.Size([3, 2])
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from qedu._validation import check_choice, check_module
+from qedu.floats import FP8_E4M3, FP8_E5M2, FloatFormat, cast
+from qedu.loss_scaling import DelayedScaling
+from qedu.mx import mx_dequantize, mx_quantize
+
+__all__ = ["RECIPES", "ROLES", "amax_to_scale", "fp8_matmul", "FP8Stats", "Float8Linear", "convert_to_float8"]
+
+RECIPES = ("tensorwise", "rowwise", "delayed", "mxfp8")
+# the six operands of a linear layer's three matmuls
+ROLES = ("input", "weight", "grad_output", "weight_for_grad_input", "grad_output_for_grad_weight", "input_for_grad_weight")
+EPS = 1e-12  # torchao's floor on amax
+
+
+def amax_to_scale(amax: torch.Tensor, fmt: FloatFormat = FP8_E4M3, power_of_2: bool = False) -> torch.Tensor:
+    """``s = fmt.max / max(amax, 1e-12)``, computed in float64 and rounded to float32 (torchao's rule).
+
+    With ``power_of_2`` the scale is rounded *down* to a power of two, so ``x * s`` is exact.
+
+    >>> amax_to_scale(torch.tensor([2.0, 0.0])).tolist()
+    [224.0, 447999985582080.0]
+    >>> amax_to_scale(torch.tensor(3.0), power_of_2=True).item()   # 448 / 3 = 149.3 -> 128
+    128.0
+    """
+    scale = (fmt.max / torch.clamp(amax.double(), min=EPS)).float()
+    if power_of_2:
+        scale = torch.exp2(torch.floor(torch.log2(scale)))
+    return scale
+
+
+@dataclass
+class FP8Stats:
+    """Per operand role: values cast, values that saturated, nonzero values that became 0."""
+
+    count: dict = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
+    overflow: dict = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
+    underflow: dict = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
+
+    def add(self, role: str, scaled: torch.Tensor, x: torch.Tensor, x_fp8: torch.Tensor, fmt: FloatFormat) -> None:
+        self.count[role] += x.numel()
+        self.overflow[role] += int((scaled.abs() > fmt.max).sum())
+        self.underflow[role] += int(((x_fp8 == 0) & (x != 0)).sum())
+
+    def rates(self) -> dict[str, tuple[float, float]]:
+        """role -> (overflow share, underflow share) of the values cast so far."""
+        return {r: (self.overflow[r] / max(self.count[r], 1), self.underflow[r] / max(self.count[r], 1)) for r in ROLES}
+
+
+def _cast(x: torch.Tensor, fmt: FloatFormat, scale: torch.Tensor, role: str, stats: FP8Stats | None) -> torch.Tensor:
+    """fp8 values (in a float32 tensor) of ``x * scale``, saturating like torchao's ``to_fp8_saturated``."""
+    scaled = x * scale
+    x_fp8 = cast(scaled.clamp(-fmt.max, fmt.max), fmt)
+    if stats is not None:
+        stats.add(role, scaled, x, x_fp8, fmt)
+    return x_fp8
+
+
+def fp8_matmul(a: torch.Tensor, b: torch.Tensor, fmt_a: FloatFormat, fmt_b: FloatFormat, recipe: str = "tensorwise",
+               *, roles=("a", "b"), stats: FP8Stats | None = None, delayed: dict | None = None) -> torch.Tensor:
+    """``a @ b`` (``(M, K) @ (K, N)``) with both operands cast to fp8 as ``recipe`` says, fp32 accumulation.
+
+    Scales are per tensor ("tensorwise", "delayed"), per row of ``a`` / column of ``b`` ("rowwise",
+    along the summed dimension K) or per block of 32 along K ("mxfp8").
+
+    >>> a, b = torch.tensor([[1.0, 2.0]]), torch.tensor([[2.0], [4.0]])
+    >>> fp8_matmul(a, b, FP8_E4M3, FP8_E4M3).item()      # exact: these values fit e4m3
+    10.0
+    """
+    check_choice(recipe, "recipe", RECIPES)
+    if recipe == "mxfp8":  # blocks of 32 along K: rows of a, columns of b
+        a_hat = mx_dequantize(mx_quantize(a.float(), "fp8_e4m3", 32))
+        b_hat = mx_dequantize(mx_quantize(b.float().t().contiguous(), "fp8_e4m3", 32)).t()
+        return a_hat @ b_hat
+    if recipe == "delayed":
+        a_hat = delayed[roles[0]].quantize(a)  # scale from earlier steps' amax history
+        b_hat = delayed[roles[1]].quantize(b)
+        if stats is not None:
+            for role, scaler, x in ((roles[0], delayed[roles[0]], a), (roles[1], delayed[roles[1]], b)):
+                stats.count[role] += x.numel()
+                stats.overflow[role] += round(scaler.last_overflow * x.numel())
+                stats.underflow[role] += round(scaler.last_underflow * x.numel())
+        return a_hat @ b_hat
+    rowwise = recipe == "rowwise"
+    amax_a = a.abs().amax(dim=1, keepdim=True) if rowwise else a.abs().amax()  # (M, 1) or ()
+    amax_b = b.abs().amax(dim=0, keepdim=True) if rowwise else b.abs().amax()  # (1, N) or ()
+    s_a, s_b = amax_to_scale(amax_a, fmt_a, rowwise), amax_to_scale(amax_b, fmt_b, rowwise)
+    a_fp8 = _cast(a, fmt_a, s_a, roles[0], stats)
+    b_fp8 = _cast(b, fmt_b, s_b, roles[1], stats)
+    return (a_fp8 @ b_fp8) / (s_a * s_b)  # (M, N) / ((M, 1) * (1, N)): unscale each entry
+
+
+class _Float8Matmul(torch.autograd.Function):
+    """x @ W^T with fp8 operands in the forward pass and in both backward matmuls."""
+
+    @staticmethod
+    def forward(ctx, x2d, weight, layer):
+        ctx.save_for_backward(x2d, weight)
+        ctx.layer = layer
+        fwd = layer.formats[0]
+        return fp8_matmul(x2d, weight.t(), fwd, fwd, layer.recipe, roles=("input", "weight"), stats=layer.stats,
+                          delayed=layer.delayed)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x2d, weight = ctx.saved_tensors
+        layer = ctx.layer
+        fwd, bwd = layer.formats
+        grad_x = fp8_matmul(grad_out, weight, bwd, fwd, layer.recipe, roles=("grad_output", "weight_for_grad_input"),
+                            stats=layer.stats, delayed=layer.delayed)  # (M, N) @ (N, K)
+        grad_w = fp8_matmul(grad_out.t(), x2d, bwd, fwd, layer.recipe,
+                            roles=("grad_output_for_grad_weight", "input_for_grad_weight"),
+                            stats=layer.stats, delayed=layer.delayed)  # (N, M) @ (M, K)
+        return grad_x, grad_w, None
+
+
+class Float8Linear(nn.Module):
+    """A copy of ``linear`` whose three matmuls run in simulated fp8 (the caller's layer is untouched).
+
+    Args:
+        linear: the ``nn.Linear`` to copy.
+        recipe: one of :data:`RECIPES`.
+        history_len: amax history length of the "delayed" recipe.
+
+    Gradients are e5m2 in "tensorwise" and "delayed" (the hybrid recipe), e4m3 in "rowwise"
+    (torchao's choice) and "mxfp8". ``stats`` accumulates overflow/underflow counts per role.
+    """
+
+    def __init__(self, linear: nn.Linear, recipe: str = "tensorwise", history_len: int = 16):
+        super().__init__()
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}.")
+        self.recipe = check_choice(recipe, "recipe", RECIPES)
+        self.weight = nn.Parameter(linear.weight.detach().clone().float())
+        self.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone().float())
+        self.formats = (FP8_E4M3, FP8_E4M3 if recipe in ("rowwise", "mxfp8") else FP8_E5M2)
+        self.stats = FP8Stats()
+        self.delayed = None
+        if recipe == "delayed":
+            fmt_of = {r: self.formats[1] if r.startswith("grad") else self.formats[0] for r in ROLES}
+            self.delayed = {r: DelayedScaling(fmt_of[r], history_len=history_len) for r in ROLES}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        y = _Float8Matmul.apply(x.reshape(-1, shape[-1]).float(), self.weight, self)  # (..., K) -> (M, K)
+        y = y.reshape(*shape[:-1], y.shape[-1])
+        return y if self.bias is None else y + self.bias
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, recipe={self.recipe!r}"
+
+
+def convert_to_float8(model: nn.Module, recipe: str = "tensorwise", skip=(), history_len: int = 16) -> nn.Module:
+    """A copy of ``model`` with every ``nn.Linear`` (except names in ``skip``) a :class:`Float8Linear`.
+
+    The caller's model is not changed. ``skip`` takes module names as ``named_modules`` gives them
+    (e.g. the output head, often kept in bf16).
+    """
+    check_module(model)
+    check_choice(recipe, "recipe", RECIPES)
+    if isinstance(model, nn.Linear):
+        return Float8Linear(model, recipe, history_len)
+    model = copy.deepcopy(model)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n not in set(skip)]
+    if not names:
+        raise ValueError("model has no nn.Linear to convert (or skip names them all).")
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, Float8Linear(getattr(parent, child), recipe, history_len))
+    return model
+
