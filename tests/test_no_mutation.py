@@ -337,6 +337,76 @@ ENTRIES = {
     "qedu.curriculum.lesson_map": skip(NO_TENSOR),
 }
 
+# ----------------------------------------------------------------------------- packaging, block formats, fp8, LoRA
+def _lin(seed=0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Linear(32, 32).train()
+
+
+def _lora_model():
+    return nn.Sequential(_lin(0), nn.ReLU(), _lin(1)).train()
+
+
+def _lazy(module_name: str, attr: str):
+    return getattr(importlib.import_module(module_name), attr)
+
+
+ENTRIES.update({
+    # the qedu command and where the bundled notebooks/results live: files and text
+    "qedu.bundle.KINDS": skip(CONSTANT),
+    "qedu.bundle.bundle_path": skip(NO_TENSOR),
+    "qedu.bundle.notebooks": skip(NO_TENSOR),
+    "qedu.cli.copy_lessons": skip(NO_TENSOR + " (copies notebooks into a folder; tests/test_cli.py)"),
+    "qedu.cli.main": skip(NO_TENSOR),
+    "qedu.doctor.doctor_report": skip(NO_TENSOR),
+    "qedu.doctor.doctor_text": skip(NO_TENSOR),
+    "qedu.doctor.extras_status": skip(NO_TENSOR),
+    # OCP MX and NVFP4
+    **{f"qedu.mx.{n}": skip(CONSTANT) for n in ("E8M0_BIAS", "ELEMENTS", "RULES")},
+    "qedu.mx.MXTensor": skip(NO_TENSOR + " (what mx_quantize returns)"),
+    "qedu.mx.NVFP4Tensor": skip(NO_TENSOR + " (what nvfp4_quantize returns)"),
+    "qedu.mx.bits_per_value": skip(NO_TENSOR),
+    "qedu.mx.shared_exponent": lambda: Call(_lazy("qedu.mx", "shared_exponent"), (torch.tensor([6.0, 0.0]), "fp4_e2m1")),
+    "qedu.mx.mx_quantize": lambda: Call(_lazy("qedu.mx", "mx_quantize"), (x2d().repeat(1, 4), "fp4_e2m1")),
+    "qedu.mx.mx_dequantize": lambda: Call(_lazy("qedu.mx", "mx_dequantize"),
+                                          (_lazy("qedu.mx", "mx_quantize")(x2d().repeat(1, 4), "fp8_e4m3"),)),
+    "qedu.mx.nvfp4_quantize": lambda: Call(_lazy("qedu.mx", "nvfp4_quantize"), (x2d().repeat(1, 2),)),
+    "qedu.mx.nvfp4_dequantize": lambda: Call(_lazy("qedu.mx", "nvfp4_dequantize"),
+                                             (_lazy("qedu.mx", "nvfp4_quantize")(x2d().repeat(1, 2)),)),
+    "qedu.mx.pack_fp4": lambda: Call(_lazy("qedu.mx", "pack_fp4"), (torch.tensor([0.5, -6.0, 1.0, 3.0]),)),
+    "qedu.mx.unpack_fp4": lambda: Call(_lazy("qedu.mx", "unpack_fp4"), (torch.tensor([241, 18], dtype=torch.uint8),)),
+    # FP8 training recipes
+    **{f"qedu.fp8_training.{n}": skip(CONSTANT) for n in ("RECIPES", "ROLES")},
+    "qedu.fp8_training.FP8Stats": skip(NO_TENSOR + " (a counter)"),
+    "qedu.fp8_training.amax_to_scale": lambda: Call(_lazy("qedu.fp8_training", "amax_to_scale"), (torch.tensor([2.0, 0.0]),)),
+    "qedu.fp8_training.fp8_matmul": lambda: Call(_lazy("qedu.fp8_training", "fp8_matmul"),
+                                                 (x2d(), x2d(1).t().contiguous(), FP8_E4M3, FP8_E4M3, "rowwise")),
+    "qedu.fp8_training.Float8Linear": lambda: Call(_lazy("qedu.fp8_training", "Float8Linear"), (_lin(),)),
+    "qedu.fp8_training.convert_to_float8": lambda: Call(_lazy("qedu.fp8_training", "convert_to_float8"), (_lora_model(), "delayed")),
+    # LoRA / QLoRA
+    # integer-only inference
+    **{f"qedu.integer.{n}": skip(CONSTANT) for n in ("INT32_MIN", "INT32_MAX", "ROUNDINGS")},
+    "qedu.integer.quantize_multiplier": skip(NO_TENSOR + " (a number in, two integers out)"),
+    "qedu.integer.saturating_rounding_doubling_high_mul": lambda: Call(_lazy("qedu.integer", "saturating_rounding_doubling_high_mul"),
+                                                                       (torch.tensor([3, -3]), 2**30)),
+    "qedu.integer.rounding_divide_by_pot": lambda: Call(_lazy("qedu.integer", "rounding_divide_by_pot"), (torch.tensor([5, -5]), 1)),
+    "qedu.integer.multiply_by_quantized_multiplier": lambda: Call(_lazy("qedu.integer", "multiply_by_quantized_multiplier"),
+                                                                  (torch.tensor([100, -7]), 2**30, -1)),
+    "qedu.integer.requantize_float": lambda: Call(_lazy("qedu.integer", "requantize_float"),
+                                                  (torch.tensor([[100, -7]]), torch.tensor([0.01, 0.02]))),
+    "qedu.integer.IntegerLinear": lambda: Call(_lazy("qedu.integer", "IntegerLinear"), (_lin(), (0.02, 128), (0.05, 100))),
+    "qedu.integer.IntegerMLP": lambda: Call(_lazy("qedu.integer", "IntegerMLP"), (mlp(), images(16))),
+    "qedu.lora.BASES": skip(CONSTANT),
+    "qedu.lora.LoRALinear": lambda: Call(_lazy("qedu.lora", "LoRALinear"), (_lin(),), {"r": 4, "base_format": "nf4"}),
+    "qedu.lora.add_lora": lambda: Call(_lazy("qedu.lora", "add_lora"), (_lora_model(), ["0", "2"]), {"base_format": "nf4"}),
+    "qedu.lora.merge_lora": lambda: Call(_lazy("qedu.lora", "merge_lora"),
+                                         (_lazy("qedu.lora", "add_lora")(_lora_model(), ["0"]),)),
+    "qedu.lora.trainable_parameters": lambda: Call(_lazy("qedu.lora", "trainable_parameters"),
+                                                   (_lazy("qedu.lora", "add_lora")(_lora_model(), ["0"]),)),
+})
+
+
 _CACHE = None  # set per test to a temporary folder (pretrained writes its cache there)
 
 
@@ -564,3 +634,4 @@ def test_the_snapshot_sees_each_kind_of_change():
     state = _global_state()
     torch.rand(1)
     assert not _same(state["torch RNG"], _global_state()["torch RNG"])
+
