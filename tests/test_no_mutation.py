@@ -24,7 +24,8 @@ import qedu
 from qedu import analysis, calibration, data, evaluation, floats, granularity, loss_scaling, lsq, memory
 from qedu import mixed_precision, models, nonuniform, optim, packing, ptq, qat, quantizers, robustness, rounding
 from qedu import security, tasks
-from qedu.formats import INT4, INT8, UINT8, FP16, FP8_E4M3, IntFormat
+from qedu import accumulation, adaround, bias_correction, equalization, integer_arithmetic, ternary
+from qedu.formats import INT4, INT8, UINT8, BF16, FP16, FP8_E4M3, IntFormat
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated.*", "ignore:Please use quant_min and quant_max")
 
@@ -404,6 +405,79 @@ ENTRIES.update({
                                          (_lazy("qedu.lora", "add_lora")(_lora_model(), ["0"]),)),
     "qedu.lora.trainable_parameters": lambda: Call(_lazy("qedu.lora", "trainable_parameters"),
                                                    (_lazy("qedu.lora", "add_lora")(_lora_model(), ["0"]),)),
+})
+
+
+# ----------------------------------------------------------------------------- classic PTQ methods, integer arithmetic, accumulation
+def _codes(low, high, shape, seed):
+    return torch.randint(low, high, shape, generator=gen(seed))
+
+
+def _zero_point_args():
+    """Input codes (4, 8) with zero point 3, weight codes (2, 8) with zero point 0."""
+    return _codes(0, 16, (4, 8), 4), 3, _codes(-8, 8, (2, 8), 5), 0
+
+
+def _adaround_layer_args():
+    layer, x = _linear(), _inputs()
+    scale, zero_point = quantizers.choose_qparams(layer.weight.detach(), INT4, granularity.PerChannel(0))
+    return layer, x, layer(x), scale, zero_point, INT4  # target not detached: no gradient may reach the layer through it
+
+
+def _dynamic_int8_reference_if_supported(model, x):
+    """A dynamic int8 copy's layers cannot be snapshotted (packed weights): check the float model and input."""
+    ok, _ = evaluation.int8_support()
+    return evaluation.dynamic_int8_reference(evaluation.dynamic_int8(model).fc1, x.flatten(1)) if ok else None
+
+
+ENTRIES.update({
+    # accumulation
+    "qedu.accumulation.SUM_METHODS": skip(CONSTANT),
+    "qedu.accumulation.sequential_sum": lambda: Call(accumulation.sequential_sum, (x2d(), FP16)),
+    "qedu.accumulation.kahan_sum": lambda: Call(accumulation.kahan_sum, (x2d(), BF16)),
+    "qedu.accumulation.dot": lambda: Call(accumulation.dot, (x2d(), x2d(1)), {"inputs": BF16, "accumulate": FP16}),
+    "qedu.accumulation.kahan_add": lambda: Call(accumulation.kahan_add, (floats.cast(x2d(), BF16), torch.zeros(4, 8), x2d(1) * 1e-3, BF16)),
+    "qedu.accumulation.relative_error": lambda: Call(accumulation.relative_error, (x2d(), x2d(1))),
+    "qedu.accumulation.summation_errors": lambda: Call(accumulation.summation_errors, (), {"lengths": (64,), "n_rows": 2}),
+    # AdaRound
+    **{f"qedu.adaround.{n}": skip(CONSTANT) for n in ("ZETA", "GAMMA")},
+    "qedu.adaround.rectified_sigmoid": lambda: Call(adaround.rectified_sigmoid, (x2d(),)),
+    "qedu.adaround.AdaRoundResult": skip(NO_TENSOR + " (a result)"),
+    "qedu.adaround.adaround_layer": lambda: Call(adaround.adaround_layer, _adaround_layer_args(), {"iters": 3}),
+    "qedu.adaround.adaround_model": lambda: Call(adaround.adaround_model, (cnn(), 4, images()), {"iters": 2}),
+    "qedu.adaround.rtn_model": lambda: Call(adaround.rtn_model, (cnn(), 4)),
+    # bias correction
+    "qedu.bias_correction.layer_output": lambda: Call(bias_correction.layer_output, (_linear(), _inputs(), x2d(), torch.ones(4))),
+    "qedu.bias_correction.output_shift": lambda: Call(bias_correction.output_shift, (mlp().fc1, ptq_model().fc1, images().flatten(1))),
+    "qedu.bias_correction.correct_bias": lambda: Call(bias_correction.correct_bias, (mlp(), ptq_model(), images())),
+    # energy per operation: a table of numbers
+    **{f"qedu.energy.{n}": skip(CONSTANT) for n in ("ENERGY_45NM_PJ", "SOURCE")},
+    "qedu.energy.energy_table": skip(NO_TENSOR),
+    # cross-layer equalization
+    "qedu.equalization.equalizable_pairs": lambda: Call(equalization.equalizable_pairs, (cnn(),)),
+    "qedu.equalization.equalization_scales": lambda: Call(equalization.equalization_scales, (x2d(), x2d(1))),
+    "qedu.equalization.equalize": lambda: Call(equalization.equalize, (cnn(),), {"sweeps": 2}),
+    # integer arithmetic
+    "qedu.integer_arithmetic.ZeroPointTerms": skip(NO_TENSOR + " (a result tuple)"),
+    "qedu.integer_arithmetic.zero_point_terms": lambda: Call(integer_arithmetic.zero_point_terms, _zero_point_args()),
+    "qedu.integer_arithmetic.accumulate": lambda: Call(integer_arithmetic.accumulate,
+                                                       (integer_arithmetic.zero_point_terms(*_zero_point_args()),)),
+    "qedu.integer_arithmetic.integer_linear": lambda: Call(integer_arithmetic.integer_linear, (_codes(0, 16, (4, 8), 4), torch.tensor(0.1), 3,
+                                                                                               _codes(-8, 8, (2, 8), 5), torch.tensor([0.5, 0.25]),
+                                                                                               torch.tensor([0, 1]), torch.ones(2))),
+    "qedu.integer_arithmetic.dequantize_linear": lambda: Call(integer_arithmetic.dequantize_linear,
+                                                              (_codes(0, 16, (4, 8), 4), torch.tensor(0.1), 3, _codes(-8, 8, (2, 8), 5),
+                                                               torch.full((2, 2), 0.5).repeat_interleave(4, dim=1), 0, torch.ones(2))),
+    # ternary weights
+    "qedu.ternary.twn_quantize": lambda: Call(ternary.twn_quantize, (x2d(),)),
+    "qedu.ternary.twn_ptq": lambda: Call(ternary.twn_ptq, (mlp(),)),
+    # memory: numbers in, numbers out
+    "qedu.memory.RECOMPUTE": skip(CONSTANT),
+    "qedu.memory.ZERO_STAGES": skip(CONSTANT),
+    "qedu.memory.recompute_flops_overhead": skip(NO_TENSOR),
+    "qedu.memory.zero_memory": skip(NO_TENSOR),
+    "qedu.mixed_precision.WEIGHT_ROUNDINGS": skip(CONSTANT),
+    "qedu.evaluation.dynamic_int8_reference": lambda: Call(_dynamic_int8_reference_if_supported, (mlp(), images())),
 })
 
 
