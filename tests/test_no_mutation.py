@@ -656,6 +656,45 @@ def _llm_model_entries():
 ENTRIES.update(_llm_model_entries())
 
 
+# ----------------------------------------------------------------------------- lessons 08-09, second edition (issue 13)
+def _lessons_08_09_entries() -> dict:
+    from qedu import bitflip, drift, membership, stats
+
+    def tiny_ptq():  # 4 hidden units: an exhaustive flip search over its last layer is 160 forward passes
+        return ptq.quantize_model(models.make_mlp(hidden=(4,), seed=0), ptq.PTQConfig(weight_bits=4, act_bits=4), images(16, 1))
+
+    return {
+        "qedu.stats.McNemar": skip(NO_TENSOR + " (a result)"),
+        "qedu.stats.mcnemar_test": lambda: Call(stats.mcnemar_test, (labels(), labels(), labels().flip(0))),
+        "qedu.stats.BootstrapCI": skip(NO_TENSOR + " (a result)"),
+        "qedu.stats.bootstrap_delta": lambda: Call(stats.bootstrap_delta, (labels(), labels(), labels().flip(0)), {"n_resamples": 100}),
+        "qedu.stats.sign_flip_test": lambda: Call(stats.sign_flip_test, (x2d()[0],)),
+        "qedu.stats.worst_class_null": lambda: Call(stats.worst_class_null, (labels(), labels(), 2), {"n_trials": 5}),
+        "qedu.stats.ConfidenceCalibration": skip(NO_TENSOR + " (a result)"),
+        "qedu.stats.confidence_calibration": lambda: Call(stats.confidence_calibration, (torch.randn(8, 10, generator=torch.Generator().manual_seed(0)), labels())),
+        "qedu.stats.confidence_rank": lambda: Call(stats.confidence_rank, (x2d(),)),
+        "qedu.stats.pareto_front": skip(NO_TENSOR + " (dicts of numbers)"),
+        "qedu.drift.psi": lambda: Call(drift.psi, (torch.tensor([1.0, 2.0]), torch.tensor([2.0, 1.0]))),
+        "qedu.drift.code_histogram": lambda: Call(drift.code_histogram, (x2d(), 0.1, 3, 0, 15)),
+        "qedu.drift.DriftReport": skip(NO_TENSOR + " (a result)"),
+        "qedu.drift.DriftMonitor": lambda: Call(lambda q, xc, x: drift.DriftMonitor(q, xc).check(x), (ptq_model(), images(16, 1), images(8, 4))),
+        "qedu.drift.false_alarm_rate": lambda: Call(lambda q, xc, x: drift.false_alarm_rate(drift.DriftMonitor(q, xc), x, batch_size=4, n_batches=2),
+                                                    (ptq_model(), images(16, 1), images(8, 4))),
+        "qedu.membership.per_example_loss": lambda: Call(membership.per_example_loss, (mlp(), images(), labels())),
+        "qedu.membership.membership_auc": lambda: Call(membership.membership_auc, (x2d()[0], x2d(1)[0])),
+        "qedu.membership.MembershipResult": skip(NO_TENSOR + " (a result)"),
+        "qedu.membership.loss_threshold_attack": lambda: Call(membership.loss_threshold_attack, (mlp(), images(), labels(), images(8, 2), labels())),
+        "qedu.bitflip.flip_code": lambda: Call(bitflip.flip_code, (torch.tensor([3, -1, 127]), 7, 8)),
+        "qedu.bitflip.BitFlip": skip(NO_TENSOR + " (a result)"),
+        "qedu.bitflip.BitFlipResult": skip(NO_TENSOR + " (a result)"),
+        "qedu.bitflip.bit_flip_attack": lambda: Call(bitflip.bit_flip_attack, (ptq_model(), images(), labels()), {"n_flips": 1, "top_k": 2}),
+        "qedu.bitflip.exhaustive_flip_search": lambda: Call(bitflip.exhaustive_flip_search, (tiny_ptq(), images(), labels()), {"layers": ["fc2"]}),
+    }
+
+
+ENTRIES.update(_lessons_08_09_entries())
+
+
 def public_names() -> dict[str, object]:
     """Every name in every top-level qedu module's __all__, keyed by where the object is defined."""
     found = {f"qedu.{n}": getattr(qedu, n) for n in qedu.__all__}
