@@ -32,7 +32,7 @@ LESSONS = (
     Lesson("07_low_bit_optimizers_and_memory", "Low-bit optimizers and memory", "8-bit Adam, stochastic rounding, recomputation, ZeRO, where memory goes", True),
     Lesson("08_evaluating_quantized_models", "Evaluating quantized models", "latency, size, silent per-class regressions, significance tests, calibration error, Pareto fronts", True),
     Lesson("09_data_quality_and_security", "Data quality and security", "calibration data, poisoning, drift tests, adaptive attacks, membership inference, bit flips", True),
-    Lesson("10_llm_weight_quantization", "LLM weight quantization", "bytes per token, group-wise int4, outliers, RTN, GPTQ, NF4", True),
+    Lesson("10_llm_weight_quantization", "LLM weight quantization", "memory-bound decoding, group-wise int4, outliers, GPTQ, AWQ, SmoothQuant, NF4", True),
     Lesson("11_deployment_and_monitoring", "Deployment and monitoring", "real int8 kernels, export, range drift alarms", False),
 )
 

@@ -381,7 +381,7 @@ def test_retrain_trains_again(monkeypatch):
 
 
 def test_pretrained_rejects_bad_input():
-    with pytest.raises(ValueError, match=r"\['cnn', 'mlp'\]"):
+    with pytest.raises(ValueError, match=r"\['cnn', 'mlp', 'tinylm'\]"):
         pretrained("resnet")
     with pytest.raises(ValueError, match="seed"):
         pretrained("mlp", seed=-1)

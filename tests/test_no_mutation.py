@@ -246,7 +246,7 @@ ENTRIES = {
     "qedu.memory.training_memory": skip(NO_TENSOR),
     "qedu.memory.transformer_activation_bytes": skip(NO_TENSOR),
     "qedu.memory.gpt_param_count": skip(NO_TENSOR),
-    "qedu.models.TinyGPT": lambda: Call(lambda: memory.TinyGPT(16, 8, 16, 1, 2),
+    "qedu.models.TinyGPT": lambda: Call(lambda: memory.TinyGPT(16, 8, 16, 1, 2),  # defined in qedu.models
                                         global_rng="like every torch module constructor, draws its initial weights from torch's "
                                                    "global generator (documented; qedu.setup seeds it)"),
     "qedu.memory.allocate_training_state": lambda: Call(memory.allocate_training_state, (mlp(), "mixed_adam8bit")),
@@ -589,6 +589,71 @@ def _llm_entries():
 
 
 ENTRIES.update(_llm_entries())
+
+
+def _lm():
+    """A TinyGPT that reads 128-byte windows, as the shipped tinylm (tiny, so fast)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return models.TinyGPT(vocab_size=256, seq_len=128, hidden=32, n_layers=1, n_heads=2).train()
+
+
+def _windows():
+    return torch.randint(0, 256, (2, 128), generator=gen(4))
+
+
+def _llm_model_entries():
+    from qedu import llm_quant, lm_eval, outliers, text
+
+    def log_probs():
+        return torch.randn(2, 3, 5, generator=gen(5)).log_softmax(-1)
+
+    return {
+        "qedu.models.TINYLM_CONFIG": skip(CONSTANT),
+        "qedu.models.TINYLM_SHA256": skip(CONSTANT),
+        "qedu.models.WeightsMismatchError": skip(NO_TENSOR + " (an exception class)"),
+        "qedu.models.load_tinylm": lambda: Call(models.load_tinylm),
+        "qedu.models.sha256_file": skip(NO_TENSOR + " (hashes a file)"),
+        "qedu.models.tinylm_info": skip(NO_TENSOR + " (reads a JSON file)"),
+        "qedu.models.tinylm_path": skip(NO_TENSOR),
+        "qedu.text.CORPUS": skip(CONSTANT),
+        "qedu.text.VOCAB_SIZE": skip(CONSTANT),
+        "qedu.text.Text": skip(NO_TENSOR + " (what load_text() returns)"),
+        "qedu.text.load_text": skip(NO_TENSOR),
+        "qedu.text.encode": skip(NO_TENSOR + " (takes a str)"),
+        "qedu.text.decode": lambda: Call(text.decode, (torch.tensor([104, 105]),)),
+        "qedu.text.windows": lambda: Call(text.windows, (torch.arange(50), 8)),
+        "qedu.text.random_windows": lambda: Call(text.random_windows, (torch.arange(50), 8, 2, gen(6)), may_change=(3,)),
+        "qedu.lm_eval.LMScores": skip(NO_TENSOR + " (a result value)"),
+        "qedu.lm_eval.log_probs": lambda: Call(lm_eval.log_probs, (tiny_gpt(), _tokens())),
+        "qedu.lm_eval.nll_from_log_probs": lambda: Call(lm_eval.nll_from_log_probs, (log_probs(), torch.zeros(2, 3, dtype=torch.long))),
+        "qedu.lm_eval.perplexity": lambda: Call(lm_eval.perplexity, (tiny_gpt(), _tokens(), _tokens())),
+        "qedu.lm_eval.kl_divergence": lambda: Call(lm_eval.kl_divergence, (log_probs(), log_probs().flip(-1))),
+        "qedu.lm_eval.top1_flips": lambda: Call(lm_eval.top1_flips, (log_probs(), log_probs().flip(-1))),
+        "qedu.lm_eval.generate": lambda: Call(lm_eval.generate, (tiny_gpt(), torch.tensor([1, 2])), {"n_new": 3}),
+        "qedu.lm_eval.LMEvaluator": lambda: Call(lambda m, x: lm_eval.LMEvaluator(m, x, x).score(m), (tiny_gpt(), _tokens())),
+        "qedu.outliers.LLM_INT8_THRESHOLD": skip(CONSTANT),
+        "qedu.outliers.ChannelStats": skip(NO_TENSOR + " (a result value)"),
+        "qedu.outliers.channel_stats": lambda: Call(outliers.channel_stats, ("x", torch.tensor([1.0, 7.0, 2.0]))),
+        "qedu.outliers.linear_input_absmax": lambda: Call(outliers.linear_input_absmax, (tiny_gpt(), _tokens())),
+        "qedu.outliers.residual_absmax": lambda: Call(outliers.residual_absmax, (tiny_gpt(), _tokens())),
+        "qedu.outliers.outlier_table": lambda: Call(outliers.outlier_table, (tiny_gpt(), _tokens())),
+        "qedu.outliers.heatmap_data": lambda: Call(outliers.heatmap_data, (tiny_gpt(), _tokens())),
+        "qedu.llm_quant.LINEARS": skip(CONSTANT),
+        "qedu.llm_quant.METHODS": skip(CONSTANT),
+        "qedu.llm_quant.QuantizeResult": skip(NO_TENSOR + " (a result tuple)"),
+        "qedu.llm_quant.calibration_tokens": skip(NO_TENSOR + " (draws from its own seeded generator)"),
+        "qedu.llm_quant.linear_layers": lambda: Call(llm_quant.linear_layers, (tiny_gpt(),)),
+        "qedu.llm_quant.layer_inputs": lambda: Call(llm_quant.layer_inputs, (tiny_gpt(), "blocks.0.fc1", _tokens())),
+        "qedu.llm_quant.layer_method": lambda: Call(lambda lin, x: llm_quant.layer_method("gptq", 4, 4)(lin, x),
+                                                    (_linear(), _inputs())),
+        "qedu.llm_quant.quantize_model": lambda: Call(llm_quant.quantize_model,
+                                                      (tiny_gpt(), llm_quant.layer_method("rtn", 4, 8), _tokens())),
+        "qedu.llm_quant.quantize_tinylm": lambda: Call(llm_quant.quantize_tinylm, (_lm(), "smoothquant"), {"n_calib": 2}),
+    }
+
+
+ENTRIES.update(_llm_model_entries())
 
 
 # ----------------------------------------------------------------------------- lessons 08-09, second edition (issue 13)
