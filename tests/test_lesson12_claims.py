@@ -39,3 +39,56 @@ def test_the_worked_mx_example():
     assert mx_dequantize(mx_quantize(x, "fp4_e2m1", 4)).tolist() == [[0.5, -1.0, 3.0, 6.0]]
     assert mx_dequantize(mx_quantize(x, "fp4_e2m1", 4, "rceil")).tolist() == [[0.0, -1.0, 3.0, 8.0]]
     assert bits_per_value("fp4_e2m1", 32) == 4.25 and bits_per_value("fp4_e2m1", 16) == 4.5
+
+
+# --- the committed runs (benchmarks/results/low_precision_training.json) ------------------------
+
+@pytest.fixture(scope="module")
+def res():
+    from qedu.results import load_results
+
+    return load_results("low_precision_training")
+
+
+def test_fp8_recipe_claims(res):
+    r = res["fp8"]["recipes"]
+    assert len(res["fp8"]["config"]["seeds"]) == 3 and res["fp8"]["config"]["steps"] == 60
+    fp32 = r["fp32"]
+    lo, hi = min(fp32["val_loss"]), max(fp32["val_loss"])
+    assert (round(fp32["val_loss_mean"], 3), round(lo, 3), round(hi, 3)) == (3.291, 3.224, 3.379)
+    stated = {"tensorwise": 3.291, "rowwise": 3.301, "delayed": 3.304, "mxfp8": 3.298, "bf16": 3.315}
+    for name, value in stated.items():  # "all end inside that seed-to-seed range"
+        assert round(r[name]["val_loss_mean"], 3) == value and lo <= r[name]["val_loss_mean"] <= hi
+    # "74 % of the output-gradient values underflow"; "unscaled ends at 3.410, worse than every fp32 seed"
+    assert round(100 * r["unscaled"]["underflow_share"]["grad_output"]) == 74
+    assert round(r["unscaled"]["val_loss_mean"], 3) == 3.410 and r["unscaled"]["val_loss_mean"] > hi
+    # "at most about 1 value in 400,000" overflow for tensorwise
+    worst = max(r["tensorwise"]["overflow_share"].values())
+    assert 0 < worst and round(1 / worst, -5) == 400_000
+
+
+def test_loss_spike_claims(res):
+    s = res["spike"]
+    assert (s["spike"], s["spike_start"], s["spike_len"]) == (1000.0, 30, 10)
+    at = {name: [run["grad_overflow_per_step"][30 + k] for k in range(0, 10, 2)] for name, run in s["runs"].items()}
+    assert all(500_000 < v < 600_000 for v in at["delayed_h1"])  # "about 550,000 gradient values each time"
+    assert at["delayed_h16"][:2] > [100_000, 100_000] and at["delayed_h16"][2:] == [2584, 20, 2]
+    assert s["runs"]["tensorwise"]["grad_overflow_in_spike"] == 6  # "its 6 values are the rounding artefact"
+
+
+def test_qlora_claims(res):
+    q = res["qlora"]
+    m = q["methods"]
+    assert (q["steps"], q["r"], q["alpha"]) == (60, 8, 16)
+    assert (round(q["before"]["new_ppl"], 2), round(q["before"]["old_ppl"], 2)) == (12.36, 5.72)
+    assert round(m["full_fp32"]["new_ppl"], 2) == 9.70 and round(m["lora"]["new_ppl"], 2) == round(m["qlora"]["new_ppl"], 2) == 9.96
+    assert m["lora"]["trainable"] == m["qlora"]["trainable"] == 65_536
+    assert round(100 * m["qlora"]["trainable"] / m["qlora"]["total"], 1) == 3.8
+    old = {k: round(v["old_ppl"], 2) for k, v in m.items()}
+    assert old == {"full_fp32": 7.44, "lora": 7.19, "qlora": 7.17}
+    assert all(v > q["before"]["old_ppl"] for v in old.values())  # "all three forget some of the old domain"
+    mb = {k: round(v["measured_bytes"]["total"] / 1e6, 1) for k, v in m.items()}
+    assert mb == {"full_fp32": 26.9, "lora": 7.8, "qlora": 2.3}
+    assert round(m["full_fp32"]["measured_bytes"]["total"] / m["qlora"]["measured_bytes"]["total"], 1) == 11.8
+    assert all(abs(v["estimated_bytes"] - v["measured_bytes"]["total"]) <= 32 for v in m.values())
+    assert abs(m["qlora"]["new_ppl"] - m["lora"]["new_ppl"]) < 0.02 and abs(m["qlora"]["old_ppl"] - m["lora"]["old_ppl"]) < 0.025

@@ -140,8 +140,8 @@ def fp8_run_explorer(results: dict | None = None) -> Panel:
     ax_loss.set_ylabel("training loss (mean of seeds)")
     ax_loss.legend(loc="upper right", fontsize=8)
     y = np.arange(len(roles))
-    over = ax_role.barh(y - 0.2, np.zeros(len(roles)), height=0.4, color="C3", label="overflow")
-    under = ax_role.barh(y + 0.2, np.zeros(len(roles)), height=0.4, color="C0", label="underflow")
+    over = ax_role.barh(y - 0.2, np.full(len(roles), 1e-7), height=0.4, color="C3", label="overflow")
+    under = ax_role.barh(y + 0.2, np.full(len(roles), 1e-7), height=0.4, color="C0", label="underflow")
     ax_role.set_xscale("log")
     ax_role.set_xlim(1e-7, 1.0)
     plain_log_ticks(ax_role.xaxis)
@@ -156,8 +156,9 @@ def fp8_run_explorer(results: dict | None = None) -> Panel:
         for i, role in enumerate(roles):
             over[i].set_width(max(r["overflow_share"].get(role, 0.0), 1e-7))
             under[i].set_width(max(r["underflow_share"].get(role, 0.0), 1e-7))
+        counted = "" if r["overflow_share"] else " &middot; overflow / underflow not counted for this recipe (bf16, fp32, and MXFP8, whose casts qedu.mx does)"
         return (f"<b>{html.escape(recipe)}</b>: validation loss {r['val_loss_mean']:.3f} "
-                f"(fp32 {recipes['fp32']['val_loss_mean']:.3f}); per seed {', '.join(f'{v:.3f}' for v in r['val_loss'])}")
+                f"(fp32 {recipes['fp32']['val_loss_mean']:.3f}); per seed {', '.join(f'{v:.3f}' for v in r['val_loss'])}{counted}")
 
     controls = {"recipe": W.Dropdown(options=list(recipes), value="tensorwise", description="recipe")}
     return Panel(controls, update, fig, title="<b>FP8 training runs</b> (precomputed by benchmarks/low_precision_training.py)")
