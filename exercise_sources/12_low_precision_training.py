@@ -1,0 +1,77 @@
+# %% [markdown]
+# # 12 · Training at the frontier: exercises
+#
+# Two pieces of lesson 12: the **shared exponent** of an MX block (stored as an E8M0 number), and
+# the **forward pass of a LoRA layer**.
+
+# %%
+import math
+
+import torch
+
+import qedu
+from qedu import checks
+from qedu.mx import mx_dequantize, mx_quantize
+
+qedu.setup(seed=0)
+
+# %% [markdown]
+# ## 1. The E8M0 shared exponent of an MX block
+#
+# The OCP MX spec gives a block of values one scale $X = 2^e$ with
+#
+# $$e = \lfloor \log_2 \max_i |x_i| \rfloor - e_{\max,\text{elem}}$$
+#
+# where $e_{\max,\text{elem}}$ is the element format's largest power of two (2 for fp4 E2M1,
+# 8 for fp8 E4M3). E8M0 stores $e + 127$, so clamp $e$ to $[-127, 127]$; an all-zero block
+# gets $-127$. Return `e` as a Python int.
+#
+# Hints: `math.floor(math.log2(amax))`; the largest *magnitude* is `block.abs().max()`.
+
+# %%
+def e8m0_exponent(block, emax_elem):
+    """The MX shared exponent of ``block`` for an element format whose largest power of two is 2**emax_elem."""
+    ### BEGIN SOLUTION
+    amax = float(block.abs().max())
+    if amax == 0:
+        return -127
+    return int(min(max(math.floor(math.log2(amax)) - emax_elem, -127), 127))
+    ### END SOLUTION
+
+
+# %%
+checks.check_e8m0_exponent(e8m0_exponent)
+
+# %% [markdown]
+# Compare with `qedu.mx`: quantize a block of 32 to MXFP4 and read its scale code (`e + 127`).
+
+# %%
+block = torch.randn(1, 32) * 0.02
+try:
+    print("your e:", e8m0_exponent(block, 2), "| qedu's E8M0 code - 127:", mx_quantize(block, "fp4_e2m1", 32).scale_code.item() - 127)
+except NotImplementedError:
+    print("Write e8m0_exponent above first.")
+
+# %% [markdown]
+# ## 2. A LoRA forward pass
+#
+# A LoRA layer keeps the frozen weight $W$ ($C_{out} \times C_{in}$) and bias $b$, and adds a
+# low-rank update with $A$ ($r \times C_{in}$) and $B$ ($C_{out} \times r$):
+#
+# $$y = x W^\top + b + \frac{\alpha}{r} \, (x A^\top) B^\top$$
+#
+# Return `y` for a batch `x` of shape $(n, C_{in})$.
+#
+# Hints: `r = lora_A.shape[0]`; `x @ lora_A.T` is $(n, r)$.
+
+# %%
+def lora_forward(x, weight, bias, lora_A, lora_B, alpha):
+    """The output of a LoRA layer."""
+    ### BEGIN SOLUTION
+    r = lora_A.shape[0]
+    return x @ weight.t() + bias + (alpha / r) * ((x @ lora_A.t()) @ lora_B.t())
+    ### END SOLUTION
+
+
+# %%
+checks.check_lora_forward(lora_forward)

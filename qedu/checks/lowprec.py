@@ -1,0 +1,143 @@
+"""Checks for the exercises of lesson 12: the E8M0 shared exponent of an MX block, and a LoRA forward.
+
+After a mismatch a classic mistake is named only when a second probe confirms it (the framework's rule).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from qedu.checks.framework import Case, CheckSpec, Mistake, run_check
+
+__all__ = ["e8m0_exponent_reference", "lora_forward_reference", "check_e8m0_exponent", "check_lora_forward",
+           "E8M0_EXPONENT", "LORA_FORWARD"]
+
+
+# --- 1. the shared exponent of an MX block (OCP MX v1.0, floor rule) -----------------------------
+
+def e8m0_exponent_reference(block: torch.Tensor, emax_elem: int) -> int:
+    """``floor(log2(max|block|)) - emax_elem``, clamped to [-127, 127]; an all-zero block gives -127."""
+    amax = float(block.abs().max())
+    if amax == 0:
+        return -127
+    return int(min(max(math.floor(math.log2(amax)) - emax_elem, -127), 127))
+
+
+def _ceil_instead_of_floor(block, emax_elem):
+    amax = float(block.abs().max())
+    if amax == 0:
+        return -127
+    return int(min(max(math.ceil(math.log2(amax)) - emax_elem, -127), 127))
+
+
+def _emax_not_subtracted(block, emax_elem):
+    amax = float(block.abs().max())
+    return -127 if amax == 0 else int(min(max(math.floor(math.log2(amax)), -127), 127))
+
+
+def _signed_max(block, emax_elem):
+    amax = float(block.max())  # the largest value, not the largest magnitude
+    if amax <= 0:
+        return -127
+    return int(min(max(math.floor(math.log2(amax)) - emax_elem, -127), 127))
+
+
+def _block_case(rng: np.random.Generator) -> Case:
+    exponent = int(rng.integers(-20, 20))
+    block = torch.tensor(rng.standard_normal(32) * 2.0**exponent, dtype=torch.float32)
+    return Case((block, int(rng.choice([2, 8, 15]))), label=f"32 values of size ~2^{exponent}")
+
+
+E8M0_EXPONENT = CheckSpec(
+    name="e8m0_exponent",
+    reference=e8m0_exponent_reference,
+    golden=[
+        Case((torch.tensor([0.5, -1.0, 3.0, 7.9]), 2), label="fp4 (emax 2): max 7.9 -> floor(log2 7.9) - 2 = 0"),
+        Case((torch.tensor([6.0, 1.0]), 2), label="fp4: max exactly 6"),
+        Case((torch.tensor([1.0, -448.0]), 8), label="fp8 e4m3 (emax 8): the largest magnitude is negative"),
+        Case((torch.tensor([0.75, 0.1]), 2), label="fp4: a block below 1"),
+        Case((torch.zeros(4), 2), label="an all-zero block"),
+        Case((torch.tensor([2.0**-130, 0.0]), 2), label="a tiny block: clamp to -127"),
+    ],
+    random_case=_block_case,
+    probes=[Case((torch.tensor([-8.0, 1.0, 0.5]), 2), label="fp4: a negative largest magnitude"),
+            Case((torch.tensor([-100.0, 3.0]), 8), label="e4m3: a negative largest magnitude"),
+            Case((torch.tensor([5.0, 0.25]), 2), label="fp4: max 5, not a power of two")],
+    mistakes=[
+        Mistake("ceil instead of floor", _ceil_instead_of_floor,
+                "the spec's rule floors: e = floor(log2(amax)) - emax_elem (ceil is a different rule, RCEIL's cousin)."),
+        Mistake("emax_elem not subtracted", _emax_not_subtracted,
+                "subtract emax_elem, so that the block's largest value lands in the element's top binade."),
+        Mistake("max of the values instead of max of |values|", _signed_max,
+                "use the largest magnitude: block.abs().max(); a block's largest value can be negative."),
+    ],
+    hints=["e = floor(log2(max|block|)) - emax_elem, clamped to [-127, 127]; an all-zero block gives -127."],
+)
+
+
+def check_e8m0_exponent(fn):
+    """Check ``fn(block, emax_elem) -> int``: the MX shared exponent (floor rule)."""
+    return run_check(E8M0_EXPONENT, fn)
+
+
+# --- 2. a LoRA forward pass ---------------------------------------------------------------------
+
+def lora_forward_reference(x, weight, bias, lora_A, lora_B, alpha):
+    """``x W^T + b + (alpha / r) (x A^T) B^T`` with ``r = lora_A.shape[0]`` (as :class:`qedu.lora.LoRALinear`)."""
+    r = lora_A.shape[0]
+    return x @ weight.t() + bias + (alpha / r) * ((x @ lora_A.t()) @ lora_B.t())
+
+
+def _alpha_not_divided(x, weight, bias, lora_A, lora_B, alpha):
+    return x @ weight.t() + bias + alpha * ((x @ lora_A.t()) @ lora_B.t())
+
+
+def _r_over_alpha(x, weight, bias, lora_A, lora_B, alpha):
+    r = lora_A.shape[0]
+    return x @ weight.t() + bias + (r / alpha) * ((x @ lora_A.t()) @ lora_B.t())
+
+
+def _no_base(x, weight, bias, lora_A, lora_B, alpha):
+    r = lora_A.shape[0]
+    return bias + (alpha / r) * ((x @ lora_A.t()) @ lora_B.t())
+
+
+def _lora_case(rng: np.random.Generator) -> Case:
+    n, c_in, c_out, r = (int(v) for v in (rng.integers(1, 5), rng.integers(4, 12), rng.integers(3, 10), rng.integers(1, 4)))
+    t = lambda *shape: torch.tensor(rng.standard_normal(shape), dtype=torch.float32)  # noqa: E731
+    alpha = float(rng.choice([1.0, 8.0, 16.0, 32.0]))
+    if alpha == r:
+        alpha = 2.0 * r + 1  # so that alpha / r, alpha and r / alpha all differ
+    return Case((t(n, c_in), t(c_out, c_in), t(c_out), t(r, c_in), t(c_out, r), alpha), label=f"r={r}, alpha={alpha:g}")
+
+
+def _fixed_lora(seed: int, r: int, alpha: float, zero_b: bool = False) -> Case:
+    g = torch.Generator().manual_seed(seed)
+    x, w, b = torch.randn(3, 8, generator=g), torch.randn(4, 8, generator=g), torch.randn(4, generator=g)
+    a = torch.randn(r, 8, generator=g)
+    bb = torch.zeros(4, r) if zero_b else torch.randn(4, r, generator=g)
+    return Case((x, w, b, a, bb, alpha), label=f"r={r}, alpha={alpha:g}" + (", B = 0 (a fresh adapter)" if zero_b else ""))
+
+
+LORA_FORWARD = CheckSpec(
+    name="lora_forward",
+    reference=lora_forward_reference,
+    golden=[_fixed_lora(0, 2, 16.0, zero_b=True), _fixed_lora(1, 2, 16.0), _fixed_lora(2, 4, 8.0), _fixed_lora(3, 8, 1.0)],
+    random_case=_lora_case,
+    mistakes=[
+        Mistake("scaled by alpha instead of alpha / r", _alpha_not_divided,
+                "the adapter's output is multiplied by alpha / r, with r = lora_A.shape[0]."),
+        Mistake("scaled by r / alpha instead of alpha / r", _r_over_alpha, "the scale is alpha / r, not r / alpha."),
+        Mistake("the frozen base layer x W^T was left out", _no_base,
+                "LoRA adds to the frozen layer: x @ weight.T + bias + the adapter's term."),
+    ],
+    hints=["y = x @ W.T + b + (alpha / r) * (x @ A.T) @ B.T, with r = A.shape[0]."],
+    atol=1e-5, rtol=1e-5,
+)
+
+
+def check_lora_forward(fn):
+    """Check ``fn(x, weight, bias, lora_A, lora_B, alpha) -> y``."""
+    return run_check(LORA_FORWARD, fn)
