@@ -1,8 +1,8 @@
 # %% [markdown]
 # # 12 · Training at the frontier: exercises
 #
-# Two pieces of lesson 12: the **shared exponent** of an MX block (stored as an E8M0 number), and
-# the **forward pass of a LoRA layer**.
+# Three pieces of lesson 12: the **shared exponent** of an MX block (stored as an E8M0 number),
+# the **forward pass of a LoRA layer**, and the **amax history** of delayed FP8 scaling.
 
 # %%
 import math
@@ -75,3 +75,44 @@ def lora_forward(x, weight, bias, lora_A, lora_B, alpha):
 
 # %%
 checks.check_lora_forward(lora_forward)
+
+# %% [markdown]
+# ## 3. Delayed scaling's amax history
+#
+# Delayed scaling (Transformer Engine's `DelayedScaling`, `amax_compute_algo="max"`) casts this
+# step's tensor with a scale decided from earlier steps, then records the tensor's amax. Write
+# one update: append `amax` to `history`, keep the newest `history_len` values, and return
+# `(new_history, scale)` with
+#
+# $$\text{scale} = \frac{\text{fp8\_max}}{\max(\text{new\_history})}$$
+#
+# (1.0 while the history holds only zeros). `history` is a list of floats: do not change it.
+#
+# Hints: `(list(history) + [amax])[-history_len:]`.
+
+# %%
+def delayed_scale(history, amax, history_len, fp8_max=448.0):
+    """The amax history after one more step, and the scale for the next step."""
+    ### BEGIN SOLUTION
+    new = (list(history) + [float(amax)])[-history_len:]
+    top = max(new)
+    return new, (fp8_max / top if top > 0 else 1.0)
+    ### END SOLUTION
+
+
+# %%
+checks.check_delayed_scale(delayed_scale)
+
+# %% [markdown]
+# A spike of 100 at step 3: how long does each history length remember it?
+
+# %%
+try:
+    for length in (1, 4):
+        history, scales = [], []
+        for amax in [1.0, 1.0, 1.0, 100.0, 1.0, 1.0, 1.0, 1.0]:
+            history, scale = delayed_scale(history, amax, length)
+            scales.append(round(scale, 2))
+        print(f"history_len={length}: scales {scales}")
+except NotImplementedError:
+    print("Write delayed_scale above first.")

@@ -4,7 +4,10 @@ import math
 import torch
 
 from qedu import checks
-from qedu.checks.lowprec import E8M0_EXPONENT, LORA_FORWARD, e8m0_exponent_reference, lora_forward_reference
+from qedu.checks.lowprec import (DELAYED_SCALE, E8M0_EXPONENT, LORA_FORWARD, delayed_scale_reference,
+                                 e8m0_exponent_reference, lora_forward_reference)
+from qedu.formats import FP8_E4M3
+from qedu.loss_scaling import DelayedScaling
 from qedu.lora import LoRALinear
 from qedu.mx import shared_exponent
 from tests.check_contract import check_contract, exercise_solutions
@@ -23,6 +26,7 @@ def e8m0_exponent_frexp(block, emax_elem):
 CHECKS = {
     "e8m0_exponent": (checks.check_e8m0_exponent, E8M0_EXPONENT, SOLUTIONS["e8m0_exponent"], e8m0_exponent_frexp),
     "lora_forward": (checks.check_lora_forward, LORA_FORWARD, SOLUTIONS["lora_forward"]),
+    "delayed_scale": (checks.check_delayed_scale, DELAYED_SCALE, SOLUTIONS["delayed_scale"]),
 }
 
 test_check_passes_the_reference, test_check_says_not_implemented_for_a_stub, test_check_names_each_classic_mistake = check_contract(
@@ -48,3 +52,13 @@ def test_lora_reference_is_qedu_lora_layer():
     with torch.no_grad():
         got = lora_forward_reference(x, layer.weight, layer.bias, layer.lora_A, layer.lora_B, 16.0)
     assert torch.allclose(got, expected, atol=1e-6) and not math.isnan(float(got.sum()))
+
+
+def test_delayed_scale_reference_replays_qedu_delayed_scaling():
+    scaler = DelayedScaling(FP8_E4M3, history_len=3)
+    history, g = [], torch.Generator().manual_seed(0)
+    for k, size in enumerate([1.0, 2.0, 100.0, 1.0, 1.0, 1.0, 0.5]):
+        x = torch.randn(64, generator=g) * size
+        scaler.quantize(x)
+        history, scale = delayed_scale_reference(history, float(x.abs().max()), 3)
+        assert list(scaler.amax_history) == history and scaler.scale == scale, f"step {k}"

@@ -1,4 +1,5 @@
-"""Checks for the exercises of lesson 12: the E8M0 shared exponent of an MX block, and a LoRA forward.
+"""Checks for the exercises of lesson 12: the E8M0 shared exponent of an MX block, a LoRA forward, and
+the amax history of delayed FP8 scaling.
 
 After a mismatch a classic mistake is named only when a second probe confirms it (the framework's rule).
 """
@@ -11,8 +12,8 @@ import torch
 
 from qedu.checks.framework import Case, CheckSpec, Mistake, run_check
 
-__all__ = ["e8m0_exponent_reference", "lora_forward_reference", "check_e8m0_exponent", "check_lora_forward",
-           "E8M0_EXPONENT", "LORA_FORWARD"]
+__all__ = ["e8m0_exponent_reference", "lora_forward_reference", "delayed_scale_reference", "check_e8m0_exponent",
+           "check_lora_forward", "check_delayed_scale", "E8M0_EXPONENT", "LORA_FORWARD", "DELAYED_SCALE"]
 
 
 # --- 1. the shared exponent of an MX block (OCP MX v1.0, floor rule) -----------------------------
@@ -141,3 +142,68 @@ LORA_FORWARD = CheckSpec(
 def check_lora_forward(fn):
     """Check ``fn(x, weight, bias, lora_A, lora_B, alpha) -> y``."""
     return run_check(LORA_FORWARD, fn)
+
+
+# --- 3. delayed scaling's amax history ----------------------------------------------------------
+
+def delayed_scale_reference(history, amax, history_len, fp8_max=448.0):
+    """``(new_history, scale)``: append ``amax``, keep the newest ``history_len`` values, and
+    ``scale = fp8_max / max(new_history)`` (1.0 while the history holds only zeros), as
+    :class:`qedu.loss_scaling.DelayedScaling` (Transformer Engine's ``amax_compute_algo="max"``)."""
+    new = (list(history) + [float(amax)])[-history_len:]
+    top = max(new)
+    return new, (fp8_max / top if top > 0 else 1.0)
+
+
+def _history_never_truncated(history, amax, history_len, fp8_max=448.0):
+    new = list(history) + [float(amax)]
+    top = max(new)
+    return new, (fp8_max / top if top > 0 else 1.0)
+
+
+def _newest_amax_only(history, amax, history_len, fp8_max=448.0):
+    new = (list(history) + [float(amax)])[-history_len:]
+    return new, (fp8_max / amax if amax > 0 else 1.0)
+
+
+def _oldest_kept(history, amax, history_len, fp8_max=448.0):
+    new = (list(history) + [float(amax)])[:history_len]
+    top = max(new)
+    return new, (fp8_max / top if top > 0 else 1.0)
+
+
+def _history_case(rng: np.random.Generator) -> Case:
+    n, length = int(rng.integers(0, 8)), int(rng.integers(1, 6))
+    history = [float(v) for v in np.exp2(rng.uniform(-4, 4, n)).round(3)]
+    return Case((history, float(np.exp2(rng.uniform(-4, 4)).round(3)), length), label=f"history of {n}, history_len={length}")
+
+
+DELAYED_SCALE = CheckSpec(
+    name="delayed_scale",
+    reference=delayed_scale_reference,
+    golden=[
+        Case(([], 2.0, 4), label="the first step: an empty history"),
+        Case(([1.0, 8.0, 2.0], 4.0, 4), label="the history's max (8), not the newest amax, sets the scale"),
+        Case(([8.0, 1.0, 2.0], 4.0, 3), label="history_len=3: the oldest value (8) drops out"),
+        Case(([0.0], 0.0, 2), label="only zeros: scale 1"),
+        Case(([1.0, 2.0], 16.0, 1), {"fp8_max": 57344.0}, label="history_len=1, e5m2"),
+    ],
+    random_case=_history_case,
+    probes=[Case(([9.0, 1.0, 1.0, 1.0], 2.0, 2), label="an old spike outside the window"),
+            Case(([3.0, 1.0], 0.5, 2), label="a quiet step after a larger one")],
+    mistakes=[
+        Mistake("the history was never truncated to history_len", _history_never_truncated,
+                "keep only the newest history_len values: (history + [amax])[-history_len:]."),
+        Mistake("the scale came from the newest amax alone", _newest_amax_only,
+                "the scale comes from the max over the whole (truncated) history, not from this step's amax."),
+        Mistake("the oldest values were kept instead of the newest", _oldest_kept,
+                "drop the oldest values: slice from the end, [-history_len:]."),
+    ],
+    hints=["new = (history + [amax])[-history_len:]; scale = fp8_max / max(new) (1.0 if max(new) == 0)."],
+    rtol=1e-6,
+)
+
+
+def check_delayed_scale(fn):
+    """Check ``fn(history, amax, history_len, fp8_max=448.0) -> (new_history, scale)``."""
+    return run_check(DELAYED_SCALE, fn)
