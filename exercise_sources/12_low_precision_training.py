@@ -1,8 +1,9 @@
 # %% [markdown]
 # # 12 · Training at the frontier: exercises
 #
-# Three pieces of lesson 12: the **shared exponent** of an MX block (stored as an E8M0 number),
-# the **forward pass of a LoRA layer**, and the **amax history** of delayed FP8 scaling.
+# Four pieces of lesson 12: the **shared exponent** of an MX block (stored as an E8M0 number),
+# the **forward pass of a LoRA layer**, the **amax history** of delayed FP8 scaling, and a whole
+# **MXFP4 block**.
 
 # %%
 import math
@@ -116,3 +117,35 @@ try:
         print(f"history_len={length}: scales {scales}")
 except NotImplementedError:
     print("Write delayed_scale above first.")
+
+# %% [markdown]
+# ## 4. One MXFP4 block
+#
+# Put exercise 1 to work: quantize one block to MXFP4. With $e$ from the floor rule
+# ($e_{\max} = 2$ for fp4), return `(scale_code, elements)`: `scale_code = e + 127` (an int),
+# and `elements` = $x / 2^e$ rounded to the nearest fp4 value in
+# $\pm\{0, 0.5, 1, 1.5, 2, 3, 4, 6\}$ (ties to the even mantissa: 2.5 → 2, 5 → 4, 0.25 → 0),
+# saturating at ±6.
+#
+# Hints: `torch.tensor([0, 0.5, 1, 1.5, 2, 3, 4, 6])` holds the magnitudes; for ties, the grid
+# points with an even mantissa are 0, 1, 2 and 4 (0.5, 1.5, 3 and 6 have mantissa bit 1).
+
+# %%
+def mxfp4_block(block):
+    """The E8M0 scale code and the fp4 elements of one MXFP4 block."""
+    ### BEGIN SOLUTION
+    amax = float(block.abs().max())
+    e = -127 if amax == 0 else int(min(max(math.floor(math.log2(amax)) - 2, -127), 127))
+    grid = torch.tensor([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+    even = torch.tensor([True, False, True, False, True, False, True, False])  # 0, 1, 2, 4 have an even mantissa
+    a = (block.float() / 2.0**e).abs().clamp(max=6.0)
+    d = (a[:, None] - grid).abs()
+    best = d.min(dim=1, keepdim=True).values
+    tied = d == best
+    idx = torch.where(tied.sum(dim=1) > 1, (tied & even).float().argmax(dim=1), d.argmin(dim=1))
+    return e + 127, torch.sign(block.float()) * grid[idx]
+    ### END SOLUTION
+
+
+# %%
+checks.check_mxfp4_block(mxfp4_block)

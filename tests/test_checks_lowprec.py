@@ -4,7 +4,7 @@ import math
 import torch
 
 from qedu import checks
-from qedu.checks.lowprec import (DELAYED_SCALE, E8M0_EXPONENT, LORA_FORWARD, delayed_scale_reference,
+from qedu.checks.lowprec import (DELAYED_SCALE, E8M0_EXPONENT, LORA_FORWARD, MXFP4_BLOCK, delayed_scale_reference,
                                  e8m0_exponent_reference, lora_forward_reference)
 from qedu.formats import FP8_E4M3
 from qedu.loss_scaling import DelayedScaling
@@ -27,6 +27,7 @@ CHECKS = {
     "e8m0_exponent": (checks.check_e8m0_exponent, E8M0_EXPONENT, SOLUTIONS["e8m0_exponent"], e8m0_exponent_frexp),
     "lora_forward": (checks.check_lora_forward, LORA_FORWARD, SOLUTIONS["lora_forward"]),
     "delayed_scale": (checks.check_delayed_scale, DELAYED_SCALE, SOLUTIONS["delayed_scale"]),
+    "mxfp4_block": (checks.check_mxfp4_block, MXFP4_BLOCK, SOLUTIONS["mxfp4_block"]),
 }
 
 test_check_passes_the_reference, test_check_says_not_implemented_for_a_stub, test_check_names_each_classic_mistake = check_contract(

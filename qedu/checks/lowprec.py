@@ -1,5 +1,5 @@
 """Checks for the exercises of lesson 12: the E8M0 shared exponent of an MX block, a LoRA forward, and
-the amax history of delayed FP8 scaling.
+the amax history of delayed FP8 scaling, and one MXFP4 block.
 
 After a mismatch a classic mistake is named only when a second probe confirms it (the framework's rule).
 """
@@ -13,7 +13,8 @@ import torch
 from qedu.checks.framework import Case, CheckSpec, Mistake, run_check
 
 __all__ = ["e8m0_exponent_reference", "lora_forward_reference", "delayed_scale_reference", "check_e8m0_exponent",
-           "check_lora_forward", "check_delayed_scale", "E8M0_EXPONENT", "LORA_FORWARD", "DELAYED_SCALE"]
+           "check_lora_forward", "check_delayed_scale", "E8M0_EXPONENT", "LORA_FORWARD", "DELAYED_SCALE",
+           "mxfp4_block_reference", "check_mxfp4_block", "MXFP4_BLOCK"]
 
 
 # --- 1. the shared exponent of an MX block (OCP MX v1.0, floor rule) -----------------------------
@@ -207,3 +208,88 @@ DELAYED_SCALE = CheckSpec(
 def check_delayed_scale(fn):
     """Check ``fn(history, amax, history_len, fp8_max=448.0) -> (new_history, scale)``."""
     return run_check(DELAYED_SCALE, fn)
+
+
+# --- 4. one MXFP4 block -------------------------------------------------------------------------
+
+FP4_GRID = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0)
+
+
+def mxfp4_block_reference(block: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """``(scale_code, elements)`` of one MXFP4 block (floor rule): :func:`qedu.mx.mx_quantize`'s answer."""
+    from qedu.mx import mx_quantize
+
+    mx = mx_quantize(block.reshape(1, -1).float(), "fp4_e2m1", block.numel(), "floor")
+    return int(mx.scale_code.reshape(-1)[0]), mx.elements.reshape(-1)
+
+
+def _fp4_round(v: torch.Tensor, ties_away: bool) -> torch.Tensor:
+    grid = torch.tensor(FP4_GRID)
+    a = v.abs().clamp(max=6.0)
+    d = (a[:, None] - grid).abs()
+    idx = d.argmin(dim=1)
+    if ties_away:  # a tie goes to the larger magnitude
+        idx = (d.shape[1] - 1) - d.flip(1).argmin(dim=1)
+    return torch.sign(v) * grid[idx]
+
+
+def _mxfp4_from(block, e, ties_away=False):
+    code = e + 127
+    return code, _fp4_round(block.float() / 2.0**e, ties_away)
+
+
+def _mx_e(block, ceil=False, emax=2):
+    amax = float(block.abs().max())
+    if amax == 0:
+        return -127
+    e = (math.ceil if ceil else math.floor)(math.log2(amax)) - emax
+    return int(min(max(e, -127), 127))
+
+
+def _mxfp4_ties_away(block):
+    return _mxfp4_from(block, _mx_e(block), ties_away=True)
+
+
+def _mxfp4_no_emax(block):
+    return _mxfp4_from(block, _mx_e(block, emax=0))
+
+
+def _mxfp4_dequantized(block):
+    e = _mx_e(block)
+    code, elements = _mxfp4_from(block, e)
+    return code, elements * 2.0**e
+
+
+def _mxfp4_case(rng: np.random.Generator) -> Case:
+    k = int(rng.integers(-10, 10))
+    return Case((torch.tensor(rng.standard_normal(32) * 2.0**k, dtype=torch.float32),), label=f"32 values of size ~2^{k}")
+
+
+MXFP4_BLOCK = CheckSpec(
+    name="mxfp4_block",
+    reference=mxfp4_block_reference,
+    golden=[
+        Case((torch.tensor([0.5, -1.0, 3.0, 7.9]),), label="max 7.9: e = 0, 7.9 saturates to 6"),
+        Case((torch.tensor([2.5, 0.25, -5.0, 1.0]),), label="ties: 2.5 -> 2 and 5 -> 4 (to even), 0.25 -> 0"),
+        Case((torch.tensor([0.02, -0.011, 0.003, 0.0]),), label="small weights: a negative exponent"),
+        Case((torch.zeros(4),), label="an all-zero block"),
+    ],
+    random_case=_mxfp4_case,
+    probes=[Case((torch.tensor([1.25, 0.75, -2.5, 4.0]),), label="ties at 1.25, 0.75 and 2.5"),
+            Case((torch.tensor([12.0, 5.0, -1.0, 0.3]),), label="max 12: e = 1")],
+    mistakes=[
+        Mistake("ties rounded away from zero instead of to even", _mxfp4_ties_away,
+                "a value halfway between two fp4 values goes to the one with an even mantissa: 2.5 -> 2, 5 -> 4."),
+        Mistake("emax_elem (2 for fp4) not subtracted from the exponent", _mxfp4_no_emax,
+                "e = floor(log2(amax)) - 2, so that the block's max lands in fp4's top binade [4, 6]."),
+        Mistake("returned x_hat (elements times the scale) instead of the elements", _mxfp4_dequantized,
+                "return the fp4 elements themselves (values in ±{0, 0.5, ..., 6}), not elements * 2**e."),
+    ],
+    hints=["e = floor(log2(max|x|)) - 2; scale_code = e + 127; elements = x / 2**e rounded to the nearest fp4 "
+           "value (ties to even), saturating at ±6."],
+)
+
+
+def check_mxfp4_block(fn):
+    """Check ``fn(block) -> (scale_code: int, elements: float tensor of fp4 values)``."""
+    return run_check(MXFP4_BLOCK, fn)
