@@ -234,8 +234,10 @@ def _fp4_round(v: torch.Tensor, ties_away: bool) -> torch.Tensor:
 
 
 def _mxfp4_from(block, e, ties_away=False):
-    code = e + 127
-    return code, _fp4_round(block.float() / 2.0**e, ties_away)
+    from qedu.floats import FP4_E2M1, cast
+
+    v = block.float() / 2.0**e
+    return e + 127, (_fp4_round(v, True) if ties_away else cast(v.clamp(-6.0, 6.0), FP4_E2M1))
 
 
 def _mx_e(block, ceil=False, emax=2):
