@@ -192,6 +192,7 @@ GENERIC = [
     "lessons/07_low_bit_optimizers_and_memory.ipynb",
     "lessons/08_evaluating_quantized_models.ipynb",
     "lessons/09_data_quality_and_security.ipynb",
+    "lessons/12_low_precision_training.ipynb",
 ]
 
 
