@@ -43,6 +43,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/widgets.py
 	$(BIN)/python benchmarks/quantizer_throughput.py
+	$(BIN)/python benchmarks/gptq_speed.py
 	$(BIN)/python benchmarks/lessons.py
 	$(BIN)/python benchmarks/mixed_precision.py --quick
 	$(BIN)/python benchmarks/browser_latency.py

@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from qedu.gptq import gptq_quantize  # noqa: E402
 from qedu.layerwise import linear_inputs, quantize_linears  # noqa: E402
-from qedu.memory import TinyGPT  # noqa: E402
+from qedu.models import TinyGPT  # noqa: E402
 from qedu.rtn import rtn_quantize  # noqa: E402
 
 CONFIGS = {  # name -> TinyGPT arguments

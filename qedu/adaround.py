@@ -50,9 +50,10 @@ def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
 
 
 def _layer_output(layer: nn.Module, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    bias = None if layer.bias is None else layer.bias.detach()  # no gradient reaches the caller's bias
     if isinstance(layer, nn.Linear):
-        return F.linear(x, weight, layer.bias)
-    return layer._conv_forward(x, weight, layer.bias)  # Conv1d / Conv2d
+        return F.linear(x, weight, bias)
+    return layer._conv_forward(x, weight, bias)  # Conv1d / Conv2d
 
 
 def _reconstruction(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -87,7 +88,7 @@ def adaround_layer(layer: nn.Module, x: torch.Tensor, target: torch.Tensor, scal
     Returns:
         :class:`AdaRoundResult`; ``q`` differs from ``q_rtn`` by at most one code everywhere.
     """
-    w = layer.weight.detach()
+    x, target, w = x.detach(), target.detach(), layer.weight.detach()  # the caller's tensors get no gradients
     w_scaled = w * (1.0 / scale)  # the same product RTN rounds
     w_floor = torch.floor(w_scaled)
     frac = (w_scaled - w_floor).clamp(0.01, 0.99)

@@ -58,7 +58,15 @@ def _check_inputs(x, in_features: int) -> torch.Tensor:
         raise ValueError(f"x has {x.shape[1]} features per row, but the weight has {in_features} input columns.")
     if not bool(torch.isfinite(x).all()):
         raise ValueError("x contains NaN or inf; calibration inputs must be finite.")
-    return x.double()
+    return x.float()  # float32 products: ample precision to compare errors, 2-4x faster than float64
+
+
+def _gram(x: torch.Tensor) -> torch.Tensor:
+    """``G = X^T X / n``, refusing inputs so large that it overflows float32."""
+    gram = x.T @ x / x.shape[0]  # (C_in, n) @ (n, C_in) -> (C_in, C_in)
+    if not bool(torch.isfinite(gram).all()):
+        raise ValueError("x is too large: X^T X / n overflows float32 (|x| up to ~1e19 fits); rescale the inputs.")
+    return gram
 
 
 def activation_scale(x) -> torch.Tensor:
@@ -87,8 +95,8 @@ def awq_scales(act_scale, alpha: float) -> torch.Tensor:
     """
     if not isinstance(act_scale, torch.Tensor) or act_scale.ndim != 1 or act_scale.numel() == 0:
         raise TypeError("act_scale must be a 1-D tensor with one mean magnitude per input channel (activation_scale(x)).")
-    if not bool((act_scale >= 0).all()) or not bool(torch.isfinite(act_scale).all()):
-        raise ValueError("act_scale must be finite and >= 0 (mean absolute activations).")
+    if not bool((act_scale >= 0).all()) or not bool(torch.isfinite(act_scale.float()).all()):
+        raise ValueError("act_scale must be >= 0 and fit float32 (mean absolute activations).")
     if isinstance(alpha, bool) or not isinstance(alpha, numbers.Real) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be a number in [0, 1], got {alpha!r}.")
     s = act_scale.float().pow(float(alpha)).clamp(min=MIN_SCALE)
@@ -115,24 +123,24 @@ def clip_search(weight, x, bits: int = 4, group_size: int | None = 128, symmetri
     >>> clip_search(w, x, bits=2, group_size=None)                # clip it, keep the others fine
     tensor([[0.5500]])
     """
-    w = _check_weight(weight).double()
+    w = _check_weight(weight)
     c_out, c_in = w.shape
     g = _check_group_size(group_size, c_in) or c_in
     x = _check_inputs(x, c_in)
     n_grid = check_int(n_grid, "n_grid", 1)
     if isinstance(max_shrink, bool) or not isinstance(max_shrink, numbers.Real) or not 0 < max_shrink <= 1:
         raise ValueError(f"max_shrink must be in (0, 1], got {max_shrink!r}.")
-    gram = x.T @ x / x.shape[0]  # (C_in, C_in)
+    gram = _gram(x)  # (C_in, C_in)
     n_groups = c_in // g
     gram_blocks = torch.stack([gram[j * g:(j + 1) * g, j * g:(j + 1) * g] for j in range(n_groups)])  # (n_groups, g, g)
     groups = w.reshape(c_out, n_groups, g)  # (C_out, C_in) -> (C_out, n_groups, g)
     org_max = groups.abs().amax(dim=2, keepdim=True)  # (C_out, n_groups, 1)
-    best_err = torch.full((c_out, n_groups), float("inf"), dtype=torch.float64)
+    best_err = torch.full((c_out, n_groups), float("inf"))
     best_max = org_max[..., 0].clone()
     for i in range(max(1, int(max_shrink * n_grid))):
         max_val = org_max * (1 - i / n_grid)
         clipped = torch.clamp(groups, -max_val, max_val).reshape(c_out, c_in)
-        d = (rtn_quantize(clipped, bits, group_size, symmetric, convention).double() - w).reshape(c_out, n_groups, g)
+        d = (rtn_quantize(clipped, bits, group_size, symmetric, convention) - w).reshape(c_out, n_groups, g)
         err = torch.einsum("ogi,gij,ogj->og", d, gram_blocks, d)  # (C_out, n_groups)
         better = err < best_err
         best_err = torch.where(better, err, best_err)
@@ -176,23 +184,22 @@ def awq_quantize(weight, x, bits: int = 4, group_size: int | None = 128, symmetr
     _check_group_size(group_size, c_in)
     n_grid = check_int(n_grid, "n_grid", 1)
     clip = check_bool(clip, "clip")
-    x64 = _check_inputs(x, c_in)
-    gram = x64.T @ x64 / x64.shape[0]  # (C_in, C_in)
+    x32 = _check_inputs(x, c_in)
+    gram = _gram(x32)  # (C_in, C_in)
     act = activation_scale(x)  # (C_in,) mean |x| per channel, in x's own precision (as llm-awq)
-    w64 = w.double()
     errors, best = [], None
     for i in range(n_grid):
         alpha = i / n_grid
         s = awq_scales(act, alpha)  # (C_in,)
         w_hat = rtn_quantize(w * s, bits, group_size, symmetric, convention) / s  # Q(W diag(s)) diag(s)^-1
-        errors.append(_output_error(w64 - w_hat.double(), gram))
+        errors.append(_output_error(w - w_hat, gram))
         if best is None or errors[-1] < best[0]:
             best = (errors[-1], alpha, s, w_hat)
     _, alpha, s, w_hat = best
     clip_max = None
     if clip:  # search the ranges of the scaled weight, seen through the scaled inputs x / s
         ws = w * s
-        clip_max = clip_search(ws, (x64 / s.double()).float(), bits, group_size, symmetric, convention)
+        clip_max = clip_search(ws, x32 / s, bits, group_size, symmetric, convention)
         g = group_size or c_in
         bound = clip_max.repeat_interleave(g, dim=1)  # (C_out, n_groups) -> (C_out, C_in)
         w_hat = rtn_quantize(torch.clamp(ws, -bound, bound), bits, group_size, symmetric, convention) / s

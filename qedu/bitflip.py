@@ -10,8 +10,8 @@ signed ``b``-bit code stored in two's complement, flipping bit ``k`` changes the
     q'      = stored' - 2**b  if stored' >= 2**(b-1)  else stored'      (signed formats)
     w'      = scale * (q' - zero_point)                                  # the weight the model now uses
 
-Flipping the sign bit of an int8 code moves its weight by 128 steps, about the whole range of
-the layer. :func:`bit_flip_attack` is Rakin et al.'s *progressive bit search*: per round,
+Flipping the sign bit of an int8 code moves its weight by 128 steps, as far as from zero to
+the largest weight of its row (symmetric grid: ``max|w| = 127 * scale``). :func:`bit_flip_attack` is Rakin et al.'s *progressive bit search*: per round,
 rank every (weight, bit) by the first-order loss increase ``grad_w * (w' - w)`` (one backward
 pass), evaluate the ``top_k`` best candidates exactly, keep the most damaging, repeat.
 :func:`exhaustive_flip_search` tries every single flip (one forward pass each: seconds for a

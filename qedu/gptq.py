@@ -36,6 +36,9 @@ and then column ``i`` leaves ``Hinv`` (one step of Gaussian elimination). GPTQ m
 Groups: with ``group_size`` every run of ``group_size`` columns gets its own RTN grid
 (:func:`qedu.rtn.rtn_qparams`), chosen when the quantizer reaches its first column, from the
 weights as updated so far. Per-channel (``group_size=None``) grids come from the original weights.
+With act-order the groups are runs in the *quantization* order, so a group's columns are
+scattered in the stored order (GPTQ checkpoints keep a per-column group index, ``g_idx``; here
+``GPTQResult.scale`` simply holds every column's grid).
 
 >>> g = torch.Generator().manual_seed(0); W, X = torch.randn(4, 8, generator=g), torch.randn(64, 8, generator=g)
 >>> result = gptq_quantize(W, X, bits=3, group_size=None)
@@ -45,6 +48,7 @@ True
 from __future__ import annotations
 
 import copy
+import math
 from typing import NamedTuple
 
 import torch
@@ -72,7 +76,15 @@ def hessian(x) -> torch.Tensor:
             [2., 4.]])
     """
     x = _check_inputs(x)
-    return (2.0 / x.shape[0]) * (x.T @ x)  # (C_in, n) @ (n, C_in) -> (C_in, C_in)
+    H = (2.0 / x.shape[0]) * (x.T @ x)  # (C_in, n) @ (n, C_in) -> (C_in, C_in)
+    _check_finite_hessian(H, "x")
+    return H
+
+
+def _check_finite_hessian(H: torch.Tensor, name: str) -> None:
+    if not bool(torch.isfinite(H).all()):
+        raise ValueError(f"{name} gives a Hessian 2/n X^T X beyond the range of {H.dtype} (inputs up to "
+                         f"|x| ~ {math.sqrt(torch.finfo(H.dtype).max / 2):.3g} fit); rescale the calibration inputs.")
 
 
 def _check_inputs(x, in_features: int | None = None, name: str = "x") -> torch.Tensor:
@@ -209,6 +221,7 @@ def gptq_quantize(weight, x=None, *, H=None, bits: int = 4, group_size: int | No
         got = tuple(H.shape) if isinstance(H, torch.Tensor) else type(H).__name__
         raise ValueError(f"H must be a float tensor of shape ({n_cols}, {n_cols}) (hessian(x)), got {got}.")
     H = H.to(dtype).clone()
+    _check_finite_hessian(H, "H")
 
     dead = H.diagonal() == 0  # inputs that are always 0: their weights cannot change the output
     H[dead, dead] = 1.0

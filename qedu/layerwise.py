@@ -6,10 +6,10 @@ This module connects them to a model:
 
 * :func:`linear_inputs` runs the model once and returns every Linear's inputs;
 * :func:`quantize_linears` returns a **copy** of the model whose Linear weights are replaced by
-  ``quantize_weight(W, X)``. With ``sequential=True`` (GPTQ's way) each layer sees the inputs
-  produced by the layers *already quantized* before it, so later layers can correct for the
-  earlier layers' errors; the model runs once per layer, stopped as soon as the layer's
-  input is known.
+  ``quantize_weight(W, X)``. With ``sequential=True`` (GPTQ's ``--true-sequential``) each
+  layer sees the inputs produced by the layers *already quantized* before it, so later layers
+  can correct for the earlier layers' errors; the model runs once per layer, stopped as soon
+  as the layer's input is known.
 * :func:`replace_linears` swaps each Linear for a module built from it (an int8 or NF4 layer).
 
 The caller's model is never changed.
@@ -59,7 +59,7 @@ def _run(model: nn.Module, inputs):
 
 
 def linear_inputs(model: nn.Module, inputs, names=None) -> dict[str, torch.Tensor]:
-    """Every selected Linear's input during one forward pass, flattened to ``(n, C_in)``.
+    """Every selected Linear's input during one forward pass (of a copy in eval mode), flattened to ``(n, C_in)``.
 
     Args:
         model: any module; it runs on ``inputs`` (a tensor, or a tuple of positional arguments).
@@ -74,6 +74,7 @@ def linear_inputs(model: nn.Module, inputs, names=None) -> dict[str, torch.Tenso
     torch.Size([20, 3])
     """
     names = linear_names(model, names)
+    model = copy.deepcopy(model).eval()  # eval: no dropout noise; a copy: the caller's mode and hooks stay as they are
     modules = dict(model.named_modules())
     seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
     hooks = [modules[n].register_forward_pre_hook(
@@ -114,8 +115,9 @@ def quantize_linears(model: nn.Module, inputs, quantize_weight: Callable, names=
     """A copy of ``model`` with each selected Linear's weight replaced by ``quantize_weight(W, X)``.
 
     ``X`` is the layer's calibration input ``(n, C_in)``. With ``sequential=True`` it comes
-    from the copy, in which the layers before have already been quantized (GPTQ's order);
-    with ``False`` all inputs come from one pass of the float model.
+    from the copy, in which the layers before have already been quantized (GPTQ's
+    ``--true-sequential``; by default its code takes a whole transformer block's inputs at
+    once); with ``False`` all inputs come from one pass of the float model.
 
     Args:
         model: the float model (not changed).

@@ -170,6 +170,9 @@ def int8_linear(x, wq: torch.Tensor, w_absmax: torch.Tensor, bias=None, threshol
     if cols.numel():
         w_hat = wq[:, cols].float() * (w_absmax[:, None] / 127.0)  # dequantized outlier columns (C_out, k)
         out = out + x2[:, cols].float() @ w_hat.T  # the float part: (n, k) @ (k, C_out)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"x (max |x| = {float(x2.abs().max()):.3g}) and the weight (max |w| = {float(w_absmax.max()):.3g}) "
+                         "give outputs beyond float32; rescale the inputs.")
     return out.reshape(*x.shape[:-1], wq.shape[0])
 
 

@@ -92,7 +92,8 @@ class LoRALinear(nn.Module):
     def merged(self) -> nn.Linear:
         """A plain ``nn.Linear`` with ``W + (alpha / r) B A`` (the NF4 base dequantized): same outputs."""
         out_features, in_features = self.lora_B.shape[0], self.lora_A.shape[1]
-        linear = nn.Linear(in_features, out_features, bias=self.bias is not None)
+        with torch.random.fork_rng(devices=[]):  # nn.Linear's random init must not touch the caller's RNG
+            linear = nn.Linear(in_features, out_features, bias=self.bias is not None)
         with torch.no_grad():
             linear.weight.copy_(self.base_weight() + self.scaling * (self.lora_B @ self.lora_A))
             if self.bias is not None:

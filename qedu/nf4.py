@@ -25,7 +25,9 @@ which differ from the rest of qedu by design:
 * The table is QLoRA's published ``NF4_CODE`` (float32 literals); it differs from the computed
   :func:`qedu.nonuniform.nf4_levels` by at most 1.8e-7.
 * Values are scaled by multiplying with ``1 / absmax`` and compared with midpoints rounded to
-  float32; a value exactly on a midpoint goes to the lower code.
+  float32; a value exactly on a midpoint goes to the lower code. (In a last, partial block
+  bitsandbytes divides by the absmax instead; the two can differ only for a value within a
+  float32 rounding of a midpoint. Weights whose size is a multiple of 64 have no such block.)
   (:func:`qedu.nonuniform.blockwise_absmax_quantize` divides and compares with exact midpoints,
   so a value within a float32 rounding of a midpoint can land on the other side.)
 * **Packing: element 0 goes to the HIGH nibble** (``byte = q[0] << 4 | q[1]``);

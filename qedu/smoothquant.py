@@ -65,8 +65,8 @@ def smoothing_scales(act_absmax, weight_absmax, alpha: float = 0.5) -> torch.Ten
     for name, t in (("act_absmax", act_absmax), ("weight_absmax", weight_absmax)):
         if not isinstance(t, torch.Tensor) or t.ndim != 1 or t.numel() == 0:
             raise TypeError(f"{name} must be a 1-D tensor with one value per input channel.")
-        if not bool(torch.isfinite(t).all()) or not bool((t >= 0).all()):
-            raise ValueError(f"{name} must be finite and >= 0 (a maximum of absolute values).")
+        if not bool(torch.isfinite(t.float()).all()) or not bool((t >= 0).all()):
+            raise ValueError(f"{name} must be >= 0 and fit float32 (a maximum of absolute values), got max {float(t.max()):.3g}.")
     if act_absmax.shape != weight_absmax.shape:
         raise ValueError(f"act_absmax and weight_absmax must have the same shape, got {tuple(act_absmax.shape)} "
                          f"and {tuple(weight_absmax.shape)}.")
@@ -108,7 +108,7 @@ def default_pairs(model: nn.Module) -> list[tuple[str, list[str]]]:
     """The (LayerNorm, Linears) pairs of a qedu TinyGPT-style model: in every block with
     ``ln1``/``qkv`` and ``ln2``/``fc1``, ``ln1 -> [qkv]`` and ``ln2 -> [fc1]``.
 
-    >>> from qedu.memory import TinyGPT
+    >>> from qedu.models import TinyGPT
     >>> default_pairs(TinyGPT(vocab_size=8, seq_len=4, hidden=8, n_layers=1, n_heads=2))
     [('blocks.0.ln1', ['blocks.0.qkv']), ('blocks.0.ln2', ['blocks.0.fc1'])]
     """
@@ -137,7 +137,7 @@ def smooth_model(model: nn.Module, inputs, alpha: float = 0.5, pairs=None) -> nn
     Returns:
         the smoothed copy, in eval mode.
 
-    >>> from qedu.memory import TinyGPT
+    >>> from qedu.models import TinyGPT
     >>> model = TinyGPT(vocab_size=8, seq_len=4, hidden=8, n_layers=1, n_heads=2).double()
     >>> tokens = torch.randint(0, 8, (2, 4)); smoothed = smooth_model(model, tokens, alpha=0.5)
     >>> torch.allclose(smoothed(tokens), model(tokens))
@@ -206,7 +206,7 @@ def alpha_sweep(model: nn.Module, inputs, alphas=(0.0, 0.25, 0.5, 0.75, 1.0), pa
     the calibration ``inputs``). ``alpha = 0`` divides by the weight maxima only (no activation
     information); compare with ``w8a8_model(model)`` for no smoothing at all.
 
-    >>> from qedu.memory import TinyGPT
+    >>> from qedu.models import TinyGPT
     >>> model = TinyGPT(vocab_size=8, seq_len=4, hidden=8, n_layers=1, n_heads=2)
     >>> [alpha for alpha, mse in alpha_sweep(model, torch.randint(0, 8, (2, 4)), alphas=(0.5, 0.8))]
     [0.5, 0.8]

@@ -64,7 +64,7 @@ def test_search_picks_the_same_alpha_and_scales_as_llm_awq(bits, group_size):
     loss, ratio, scales = llm_awq_search(w, x, bits, group_size)
     r = awq_quantize(w, x, bits, group_size)
     assert r.alpha == ratio and torch.equal(r.scales, scales)
-    assert min(r.errors) == pytest.approx(loss, rel=1e-3)  # llm-awq measures in float32, qedu in float64
+    assert min(r.errors) == pytest.approx(loss, rel=1e-3)  # the same error, summed in a different order
     assert r.alpha > 0  # salient channels: scaling helps
 
 
@@ -73,8 +73,8 @@ def test_alpha_zero_is_rtn_and_awq_is_never_worse_on_the_calibration_data():
         w, x = salient_layer(seed)
         r = awq_quantize(w, x, bits=3, group_size=64)
         rtn = layer_error(w, rtn_quantize(w, 3, 64, convention="awq"), x)
-        assert r.errors[0] == pytest.approx(rtn, rel=1e-9)
-        assert layer_error(w, r.weight, x) == pytest.approx(min(r.errors), rel=1e-9)
+        assert r.errors[0] == pytest.approx(rtn, rel=1e-4)  # float32 Gram form vs float64 direct
+        assert layer_error(w, r.weight, x) == pytest.approx(min(r.errors), rel=1e-4)
         assert layer_error(w, r.weight, x) < 0.8 * rtn
 
 
@@ -113,6 +113,8 @@ def test_awq_linear_copies():
     (lambda: clip_search(torch.randn(4, 32), torch.randn(8, 32), group_size=None, max_shrink=2), "max_shrink"),
     (lambda: scaled_linear(nn.Linear(4, 2), torch.tensor([1.0, -1.0, 1.0, 1.0])), "positive"),
     (lambda: awq_linear(torch.randn(2, 4), torch.randn(3, 4)), "nn.Linear"),
+    (lambda: awq_quantize(torch.randn(4, 32), torch.full((8, 32), 3e38), group_size=None), "overflows float32"),
+    (lambda: awq_scales(torch.tensor([1e39], dtype=torch.float64), 0.5), "fit float32"),
 ])
 def test_bad_input_raises_a_clear_error(call, match):
     with pytest.raises((TypeError, ValueError), match=match):

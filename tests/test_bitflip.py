@@ -88,3 +88,16 @@ def test_exhaustive_search_finds_at_least_the_greedy_first_flip():
         assert best.loss >= greedy.loss - 1e-9
     with pytest.raises(ValueError, match="not quantized layers"):
         exhaustive_flip_search(q, x, y, layers=["nope"])
+
+
+def test_lesson_09_exhaustive_search_claims():
+    from qedu.results import load_results
+
+    rows = {r["config"].split(",")[0]: r for r in load_results("bitflip")["rows"]}
+    assert (rows["W8A8"]["flips_tried"], rows["W4A8"]["flips_tried"]) == (136_192, 68_096)  # "tried every one"
+    for r in rows.values():  # "the gradient-guided search found the most damaging single flip on its first try"
+        assert r["greedy_rank"] == 1 and r["best"]["loss"] == r["greedy_first"]["loss"]
+    assert (rows["W8A8"]["best"]["old_code"], rows["W8A8"]["best"]["new_code"]) == (-1, 127)  # the lesson's first flip
+    import math
+
+    assert len(str(math.comb(136_192, 10))) == 45  # "about 10^45 sets of ten"

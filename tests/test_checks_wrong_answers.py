@@ -17,6 +17,14 @@ WRONG = [(s, a) for s in SETS for a in s.wrongs]
 RIGHT = [(s, a) for s in SETS for a in s.rights]
 
 
+@pytest.fixture(autouse=True)
+def _probe_errors_raise(monkeypatch):
+    """A describe probe that crashes on a learner's answer is a bug in the check: let it show."""
+    from qedu.checks import framework
+
+    monkeypatch.setattr(framework, "RAISE_PROBE_ERRORS", True)
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _model_cache(tmp_path_factory):
     """The sensitivity check trains the digits MLP once, in a temporary cache shared by the session."""

@@ -5,7 +5,7 @@ from torch import nn
 
 from qedu.formats import IntFormat
 from qedu.gptq import _grid, _round_column, gptq_linear, gptq_quantize, hessian, layer_error
-from qedu.memory import TinyGPT
+from qedu.models import TinyGPT
 from qedu.quantizers import fake_quantize
 from qedu.rtn import rtn_qparams, rtn_quantize
 
@@ -245,6 +245,8 @@ def test_gptq_linear_returns_a_copy():
     (lambda: gptq_quantize(torch.randn(4, 8), torch.full((16, 8), float("nan")), group_size=None), "NaN"),
     (lambda: gptq_linear(torch.randn(4, 8), torch.randn(16, 8)), "nn.Linear"),
     (lambda: layer_error(torch.randn(4, 8), torch.randn(4, 7), torch.randn(2, 8)), "same shape"),
+    (lambda: hessian(torch.full((4, 8), 3e38)), "Hessian 2/n X\\^T X beyond the range"),
+    (lambda: gptq_quantize(torch.randn(4, 8), H=torch.full((8, 8), float("inf")), group_size=None), "H gives a Hessian"),
 ])
 def test_bad_input_raises_a_clear_error(call, match):
     with pytest.raises((TypeError, ValueError), match=match):

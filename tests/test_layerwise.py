@@ -5,7 +5,7 @@ from torch import nn
 
 from qedu.gptq import gptq_quantize
 from qedu.layerwise import linear_inputs, linear_names, quantize_linears, replace_linears
-from qedu.memory import TinyGPT
+from qedu.models import TinyGPT
 
 
 def _mlp():

@@ -99,6 +99,8 @@ def test_default_factor_is_one_over_127_squared():
     (lambda: int8_linear(torch.randn(2, 4), torch.zeros(3, 4), torch.ones(3)), "int8"),
     (lambda: int8_linear(torch.randn(2, 5), torch.zeros(3, 4, dtype=torch.int8), torch.ones(3)), "features"),
     (lambda: Int8Linear(torch.randn(3, 3)), "nn.Linear"),
+    (lambda: int8_linear(torch.full((2, 4), 3e38), *vectorwise_quantize(torch.full((3, 4), 3e38))[:2], threshold=0.0),
+     "beyond float32"),
     (lambda: llm_int8_model(nn.Linear(2, 2), threshold="6"), "threshold"),
 ])
 def test_bad_input_raises_a_clear_error(call, match):

@@ -194,6 +194,9 @@ def test_lesson07_recomputation_and_zero_claims():
     assert none == L * s * b * h * 114
     assert transformer_activation_bytes(L, h, s, b, a, recompute="full") == none * 2 / 114  # "keeps 2 of the 114"
     assert 0.025 < recompute_flops_overhead(h, s, "selective") < 0.035  # "about 3 % more compute"
+    # "2.03 bytes instead of 8 for blocks of 256 (2.004 for 2048)"
+    assert round(training_memory(1, "mixed_adam8bit", block_size=256).optimizer, 2) == 2.03
+    assert round(training_memory(1, "mixed_adam8bit", block_size=2048).optimizer, 3) == 2.004
     # "Stage 3 brings the 6.7B model's 100 GiB of states down to 12.5 GiB per GPU"
     assert round(zero_memory(6.7e9, 0, 8).total / 2**30) == 100
     assert round(zero_memory(6.7e9, 3, 8).total / 2**30, 1) == 12.5

@@ -24,7 +24,8 @@ import qedu
 from qedu import analysis, calibration, data, evaluation, floats, granularity, loss_scaling, lsq, memory
 from qedu import mixed_precision, models, nonuniform, optim, packing, ptq, qat, quantizers, robustness, rounding
 from qedu import security, tasks
-from qedu.formats import INT4, INT8, UINT8, FP16, FP8_E4M3, IntFormat
+from qedu import accumulation, adaround, bias_correction, equalization, integer_arithmetic, ternary
+from qedu.formats import INT4, INT8, UINT8, BF16, FP16, FP8_E4M3, IntFormat
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*deprecated.*", "ignore:Please use quant_min and quant_max")
 
@@ -337,6 +338,149 @@ ENTRIES = {
     "qedu.curriculum.lesson_map": skip(NO_TENSOR),
 }
 
+# ----------------------------------------------------------------------------- packaging, block formats, fp8, LoRA
+def _lin(seed=0):
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return nn.Linear(32, 32).train()
+
+
+def _lora_model():
+    return nn.Sequential(_lin(0), nn.ReLU(), _lin(1)).train()
+
+
+def _lazy(module_name: str, attr: str):
+    return getattr(importlib.import_module(module_name), attr)
+
+
+ENTRIES.update({
+    # the qedu command and where the bundled notebooks/results live: files and text
+    "qedu.bundle.KINDS": skip(CONSTANT),
+    "qedu.bundle.bundle_path": skip(NO_TENSOR),
+    "qedu.bundle.notebooks": skip(NO_TENSOR),
+    "qedu.cli.copy_lessons": skip(NO_TENSOR + " (copies notebooks into a folder; tests/test_cli.py)"),
+    "qedu.cli.main": skip(NO_TENSOR),
+    "qedu.doctor.doctor_report": skip(NO_TENSOR),
+    "qedu.doctor.doctor_text": skip(NO_TENSOR),
+    "qedu.doctor.extras_status": skip(NO_TENSOR),
+    # OCP MX and NVFP4
+    **{f"qedu.mx.{n}": skip(CONSTANT) for n in ("E8M0_BIAS", "ELEMENTS", "RULES")},
+    "qedu.mx.MXTensor": skip(NO_TENSOR + " (what mx_quantize returns)"),
+    "qedu.mx.NVFP4Tensor": skip(NO_TENSOR + " (what nvfp4_quantize returns)"),
+    "qedu.mx.bits_per_value": skip(NO_TENSOR),
+    "qedu.mx.shared_exponent": lambda: Call(_lazy("qedu.mx", "shared_exponent"), (torch.tensor([6.0, 0.0]), "fp4_e2m1")),
+    "qedu.mx.mx_quantize": lambda: Call(_lazy("qedu.mx", "mx_quantize"), (x2d().repeat(1, 4), "fp4_e2m1")),
+    "qedu.mx.mx_dequantize": lambda: Call(_lazy("qedu.mx", "mx_dequantize"),
+                                          (_lazy("qedu.mx", "mx_quantize")(x2d().repeat(1, 4), "fp8_e4m3"),)),
+    "qedu.mx.nvfp4_quantize": lambda: Call(_lazy("qedu.mx", "nvfp4_quantize"), (x2d().repeat(1, 2),)),
+    "qedu.mx.nvfp4_dequantize": lambda: Call(_lazy("qedu.mx", "nvfp4_dequantize"),
+                                             (_lazy("qedu.mx", "nvfp4_quantize")(x2d().repeat(1, 2)),)),
+    "qedu.mx.pack_fp4": lambda: Call(_lazy("qedu.mx", "pack_fp4"), (torch.tensor([0.5, -6.0, 1.0, 3.0]),)),
+    "qedu.mx.unpack_fp4": lambda: Call(_lazy("qedu.mx", "unpack_fp4"), (torch.tensor([241, 18], dtype=torch.uint8),)),
+    # FP8 training recipes
+    **{f"qedu.fp8_training.{n}": skip(CONSTANT) for n in ("RECIPES", "ROLES")},
+    "qedu.fp8_training.FP8Stats": skip(NO_TENSOR + " (a counter)"),
+    "qedu.fp8_training.amax_to_scale": lambda: Call(_lazy("qedu.fp8_training", "amax_to_scale"), (torch.tensor([2.0, 0.0]),)),
+    "qedu.fp8_training.fp8_matmul": lambda: Call(_lazy("qedu.fp8_training", "fp8_matmul"),
+                                                 (x2d(), x2d(1).t().contiguous(), FP8_E4M3, FP8_E4M3, "rowwise")),
+    "qedu.fp8_training.Float8Linear": lambda: Call(_lazy("qedu.fp8_training", "Float8Linear"), (_lin(),)),
+    "qedu.fp8_training.convert_to_float8": lambda: Call(_lazy("qedu.fp8_training", "convert_to_float8"), (_lora_model(), "delayed")),
+    # LoRA / QLoRA
+    # integer-only inference
+    **{f"qedu.integer.{n}": skip(CONSTANT) for n in ("INT32_MIN", "INT32_MAX", "ROUNDINGS")},
+    "qedu.integer.quantize_multiplier": skip(NO_TENSOR + " (a number in, two integers out)"),
+    "qedu.integer.saturating_rounding_doubling_high_mul": lambda: Call(_lazy("qedu.integer", "saturating_rounding_doubling_high_mul"),
+                                                                       (torch.tensor([3, -3]), 2**30)),
+    "qedu.integer.rounding_divide_by_pot": lambda: Call(_lazy("qedu.integer", "rounding_divide_by_pot"), (torch.tensor([5, -5]), 1)),
+    "qedu.integer.multiply_by_quantized_multiplier": lambda: Call(_lazy("qedu.integer", "multiply_by_quantized_multiplier"),
+                                                                  (torch.tensor([100, -7]), 2**30, -1)),
+    "qedu.integer.requantize_float": lambda: Call(_lazy("qedu.integer", "requantize_float"),
+                                                  (torch.tensor([[100, -7]]), torch.tensor([0.01, 0.02]))),
+    "qedu.integer.IntegerLinear": lambda: Call(_lazy("qedu.integer", "IntegerLinear"), (_lin(), (0.02, 128), (0.05, 100))),
+    "qedu.integer.IntegerMLP": lambda: Call(_lazy("qedu.integer", "IntegerMLP"), (mlp(), images(16))),
+    "qedu.lora.BASES": skip(CONSTANT),
+    "qedu.lora.LoRALinear": lambda: Call(_lazy("qedu.lora", "LoRALinear"), (_lin(),), {"r": 4, "base_format": "nf4"}),
+    "qedu.lora.add_lora": lambda: Call(_lazy("qedu.lora", "add_lora"), (_lora_model(), ["0", "2"]), {"base_format": "nf4"}),
+    "qedu.lora.merge_lora": lambda: Call(_lazy("qedu.lora", "merge_lora"),
+                                         (_lazy("qedu.lora", "add_lora")(_lora_model(), ["0"]),)),
+    "qedu.lora.trainable_parameters": lambda: Call(_lazy("qedu.lora", "trainable_parameters"),
+                                                   (_lazy("qedu.lora", "add_lora")(_lora_model(), ["0"]),)),
+})
+
+
+# ----------------------------------------------------------------------------- classic PTQ methods, integer arithmetic, accumulation
+def _codes(low, high, shape, seed):
+    return torch.randint(low, high, shape, generator=gen(seed))
+
+
+def _zero_point_args():
+    """Input codes (4, 8) with zero point 3, weight codes (2, 8) with zero point 0."""
+    return _codes(0, 16, (4, 8), 4), 3, _codes(-8, 8, (2, 8), 5), 0
+
+
+def _adaround_layer_args():
+    layer, x = _linear(), _inputs()
+    scale, zero_point = quantizers.choose_qparams(layer.weight.detach(), INT4, granularity.PerChannel(0))
+    return layer, x, layer(x), scale, zero_point, INT4  # target not detached: no gradient may reach the layer through it
+
+
+def _dynamic_int8_reference_if_supported(model, x):
+    """A dynamic int8 copy's layers cannot be snapshotted (packed weights): check the float model and input."""
+    ok, _ = evaluation.int8_support()
+    return evaluation.dynamic_int8_reference(evaluation.dynamic_int8(model).fc1, x.flatten(1)) if ok else None
+
+
+ENTRIES.update({
+    # accumulation
+    "qedu.accumulation.SUM_METHODS": skip(CONSTANT),
+    "qedu.accumulation.sequential_sum": lambda: Call(accumulation.sequential_sum, (x2d(), FP16)),
+    "qedu.accumulation.kahan_sum": lambda: Call(accumulation.kahan_sum, (x2d(), BF16)),
+    "qedu.accumulation.dot": lambda: Call(accumulation.dot, (x2d(), x2d(1)), {"inputs": BF16, "accumulate": FP16}),
+    "qedu.accumulation.kahan_add": lambda: Call(accumulation.kahan_add, (floats.cast(x2d(), BF16), torch.zeros(4, 8), x2d(1) * 1e-3, BF16)),
+    "qedu.accumulation.relative_error": lambda: Call(accumulation.relative_error, (x2d(), x2d(1))),
+    "qedu.accumulation.summation_errors": lambda: Call(accumulation.summation_errors, (), {"lengths": (64,), "n_rows": 2}),
+    # AdaRound
+    **{f"qedu.adaround.{n}": skip(CONSTANT) for n in ("ZETA", "GAMMA")},
+    "qedu.adaround.rectified_sigmoid": lambda: Call(adaround.rectified_sigmoid, (x2d(),)),
+    "qedu.adaround.AdaRoundResult": skip(NO_TENSOR + " (a result)"),
+    "qedu.adaround.adaround_layer": lambda: Call(adaround.adaround_layer, _adaround_layer_args(), {"iters": 3}),
+    "qedu.adaround.adaround_model": lambda: Call(adaround.adaround_model, (cnn(), 4, images()), {"iters": 2}),
+    "qedu.adaround.rtn_model": lambda: Call(adaround.rtn_model, (cnn(), 4)),
+    # bias correction
+    "qedu.bias_correction.layer_output": lambda: Call(bias_correction.layer_output, (_linear(), _inputs(), x2d(), torch.ones(4))),
+    "qedu.bias_correction.output_shift": lambda: Call(bias_correction.output_shift, (mlp().fc1, ptq_model().fc1, images().flatten(1))),
+    "qedu.bias_correction.correct_bias": lambda: Call(bias_correction.correct_bias, (mlp(), ptq_model(), images())),
+    # energy per operation: a table of numbers
+    **{f"qedu.energy.{n}": skip(CONSTANT) for n in ("ENERGY_45NM_PJ", "SOURCE")},
+    "qedu.energy.energy_table": skip(NO_TENSOR),
+    # cross-layer equalization
+    "qedu.equalization.equalizable_pairs": lambda: Call(equalization.equalizable_pairs, (cnn(),)),
+    "qedu.equalization.equalization_scales": lambda: Call(equalization.equalization_scales, (x2d(), x2d(1))),
+    "qedu.equalization.equalize": lambda: Call(equalization.equalize, (cnn(),), {"sweeps": 2}),
+    # integer arithmetic
+    "qedu.integer_arithmetic.ZeroPointTerms": skip(NO_TENSOR + " (a result tuple)"),
+    "qedu.integer_arithmetic.zero_point_terms": lambda: Call(integer_arithmetic.zero_point_terms, _zero_point_args()),
+    "qedu.integer_arithmetic.accumulate": lambda: Call(integer_arithmetic.accumulate,
+                                                       (integer_arithmetic.zero_point_terms(*_zero_point_args()),)),
+    "qedu.integer_arithmetic.integer_linear": lambda: Call(integer_arithmetic.integer_linear, (_codes(0, 16, (4, 8), 4), torch.tensor(0.1), 3,
+                                                                                               _codes(-8, 8, (2, 8), 5), torch.tensor([0.5, 0.25]),
+                                                                                               torch.tensor([0, 1]), torch.ones(2))),
+    "qedu.integer_arithmetic.dequantize_linear": lambda: Call(integer_arithmetic.dequantize_linear,
+                                                              (_codes(0, 16, (4, 8), 4), torch.tensor(0.1), 3, _codes(-8, 8, (2, 8), 5),
+                                                               torch.full((2, 2), 0.5).repeat_interleave(4, dim=1), 0, torch.ones(2))),
+    # ternary weights
+    "qedu.ternary.twn_quantize": lambda: Call(ternary.twn_quantize, (x2d(),)),
+    "qedu.ternary.twn_ptq": lambda: Call(ternary.twn_ptq, (mlp(),)),
+    # memory: numbers in, numbers out
+    "qedu.memory.RECOMPUTE": skip(CONSTANT),
+    "qedu.memory.ZERO_STAGES": skip(CONSTANT),
+    "qedu.memory.recompute_flops_overhead": skip(NO_TENSOR),
+    "qedu.memory.zero_memory": skip(NO_TENSOR),
+    "qedu.mixed_precision.WEIGHT_ROUNDINGS": skip(CONSTANT),
+    "qedu.evaluation.dynamic_int8_reference": lambda: Call(_dynamic_int8_reference_if_supported, (mlp(), images())),
+})
+
+
 _CACHE = None  # set per test to a temporary folder (pretrained writes its cache there)
 
 
@@ -367,6 +511,125 @@ def _dynamic_int8_if_supported(model):
 
 
 # ----------------------------------------------------------------------------- the machinery
+# ----------------------------------------------------------------------------- LLM weight quantization (issue 16)
+def _linear():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return nn.Linear(8, 4).train()
+
+
+def _inputs(scale=1.0):
+    return torch.randn(16, 8, generator=gen(2)) * scale
+
+
+def _tokens():
+    return torch.randint(0, 16, (2, 8), generator=gen(3))
+
+
+def _int8_weight():
+    from qedu import llm_int8
+    return llm_int8.vectorwise_quantize(x2d())[:2]
+
+
+def _llm_entries():
+    from qedu import awq, gptq, layerwise, llm_int8, nf4, rtn, smoothquant
+    return {
+        "qedu.rtn.CONVENTIONS": skip(CONSTANT),
+        "qedu.rtn.RTNParams": skip(NO_TENSOR + " (a result tuple)"),
+        "qedu.rtn.bits_per_weight": skip(NO_TENSOR),
+        "qedu.rtn.rtn_qparams": lambda: Call(rtn.rtn_qparams, (x2d(), 4, 4), {"convention": "awq"}),
+        "qedu.rtn.rtn_quantize": lambda: Call(rtn.rtn_quantize, (x2d(), 3, 4, True)),
+        "qedu.rtn.rtn_linear": lambda: Call(rtn.rtn_linear, (_linear(), 4, 4)),
+        "qedu.gptq.GPTQResult": skip(NO_TENSOR + " (a result tuple)"),
+        "qedu.gptq.hessian": lambda: Call(gptq.hessian, (_inputs(),)),
+        "qedu.gptq.layer_error": lambda: Call(gptq.layer_error, (x2d(), x2d(1), _inputs())),
+        "qedu.gptq.gptq_quantize": lambda: Call(gptq.gptq_quantize, (x2d(), _inputs()), {"group_size": 4, "act_order": True}),
+        "qedu.gptq.gptq_linear": lambda: Call(gptq.gptq_linear, (_linear(), _inputs()), {"group_size": None}),
+        "qedu.awq.AWQResult": skip(NO_TENSOR + " (a result tuple)"),
+        "qedu.awq.activation_scale": lambda: Call(awq.activation_scale, (_inputs(),)),
+        "qedu.awq.awq_scales": lambda: Call(awq.awq_scales, (torch.tensor([1.0, 4.0]), 0.5)),
+        "qedu.awq.awq_quantize": lambda: Call(awq.awq_quantize, (x2d(), _inputs()), {"group_size": 4, "n_grid": 4, "clip": True}),
+        "qedu.awq.clip_search": lambda: Call(awq.clip_search, (x2d(), _inputs()), {"group_size": 4}),
+        "qedu.awq.scaled_linear": lambda: Call(awq.scaled_linear, (_linear(), torch.full((8,), 2.0))),
+        "qedu.awq.awq_linear": lambda: Call(awq.awq_linear, (_linear(), _inputs()), {"group_size": None, "n_grid": 4}),
+        "qedu.layerwise.linear_names": lambda: Call(layerwise.linear_names, (tiny_gpt(),)),
+        "qedu.layerwise.linear_inputs": lambda: Call(layerwise.linear_inputs, (tiny_gpt(), _tokens())),
+        "qedu.layerwise.quantize_linears": lambda: Call(layerwise.quantize_linears,
+                                                        (tiny_gpt(), _tokens(), lambda w, x: w.round())),
+        "qedu.layerwise.replace_linears": lambda: Call(layerwise.replace_linears, (tiny_gpt(), lambda lin: nn.Identity())),
+        "qedu.llm_int8.BNB_CPU_FACTOR": skip(CONSTANT),
+        "qedu.llm_int8.DEFAULT_THRESHOLD": skip(CONSTANT),
+        "qedu.llm_int8.outlier_columns": lambda: Call(llm_int8.outlier_columns, (_inputs(4.0),)),
+        "qedu.llm_int8.vectorwise_quantize": lambda: Call(llm_int8.vectorwise_quantize, (_inputs(4.0), 6.0)),
+        "qedu.llm_int8.int8_mm_dequant": lambda: Call(llm_int8.int8_mm_dequant, (torch.ones(2, 3, dtype=torch.int32),
+                                                                                  torch.ones(2), torch.ones(3), torch.ones(3))),
+        "qedu.llm_int8.int8_linear": lambda: Call(llm_int8.int8_linear, (_inputs(4.0), *_int8_weight())),
+        "qedu.llm_int8.Int8Linear": lambda: Call(lambda lin, x: llm_int8.Int8Linear(lin)(x), (_linear(), _inputs(4.0))),
+        "qedu.llm_int8.llm_int8_model": lambda: Call(llm_int8.llm_int8_model, (tiny_gpt(),)),
+        "qedu.nf4.ABSMAX_ROUNDINGS": skip(CONSTANT),
+        "qedu.nf4.NF4_CODE": skip(CONSTANT),
+        "qedu.nf4.NF4Weight": skip(NO_TENSOR + " (a result tuple)"),
+        "qedu.nf4.nf4_bits_per_parameter": skip(NO_TENSOR),
+        "qedu.nf4.nf4_quantize": lambda: Call(nf4.nf4_quantize, (x2d(),), {"block_size": 8, "absmax_rounding": "lut"}),
+        "qedu.nf4.nf4_dequantize": lambda: Call(nf4.nf4_dequantize, (nf4.nf4_quantize(x2d(), block_size=8),)),
+        "qedu.nf4.nf4_fake_quantize": lambda: Call(nf4.nf4_fake_quantize, (x2d(),)),
+        "qedu.nf4.pack_nibbles_high_first": lambda: Call(nf4.pack_nibbles_high_first, (torch.tensor([1, 2, 3]),)),
+        "qedu.nf4.unpack_nibbles_high_first": lambda: Call(nf4.unpack_nibbles_high_first,
+                                                           (torch.tensor([18, 52], dtype=torch.uint8), 3)),
+        "qedu.smoothquant.MIN_SCALE": skip(CONSTANT),
+        "qedu.smoothquant.smoothing_scales": lambda: Call(smoothquant.smoothing_scales, (torch.ones(8) * 3, torch.ones(8))),
+        "qedu.smoothquant.smooth_ln_linears": lambda: Call(smoothquant.smooth_ln_linears,
+                                                           (nn.LayerNorm(8).train(), [_linear()], torch.ones(8) * 3)),
+        "qedu.smoothquant.default_pairs": lambda: Call(smoothquant.default_pairs, (tiny_gpt(),)),
+        "qedu.smoothquant.smooth_model": lambda: Call(smoothquant.smooth_model, (tiny_gpt(), _tokens())),
+        "qedu.smoothquant.W8A8Linear": lambda: Call(lambda lin, x: smoothquant.W8A8Linear(lin)(x), (_linear(), _inputs())),
+        "qedu.smoothquant.w8a8_model": lambda: Call(smoothquant.w8a8_model, (tiny_gpt(),)),
+        "qedu.smoothquant.alpha_sweep": lambda: Call(smoothquant.alpha_sweep, (tiny_gpt(), _tokens()), {"alphas": (0.5,)}),
+    }
+
+
+ENTRIES.update(_llm_entries())
+
+
+# ----------------------------------------------------------------------------- lessons 08-09, second edition (issue 13)
+def _lessons_08_09_entries() -> dict:
+    from qedu import bitflip, drift, membership, stats
+
+    def tiny_ptq():  # 4 hidden units: an exhaustive flip search over its last layer is 160 forward passes
+        return ptq.quantize_model(models.make_mlp(hidden=(4,), seed=0), ptq.PTQConfig(weight_bits=4, act_bits=4), images(16, 1))
+
+    return {
+        "qedu.stats.McNemar": skip(NO_TENSOR + " (a result)"),
+        "qedu.stats.mcnemar_test": lambda: Call(stats.mcnemar_test, (labels(), labels(), labels().flip(0))),
+        "qedu.stats.BootstrapCI": skip(NO_TENSOR + " (a result)"),
+        "qedu.stats.bootstrap_delta": lambda: Call(stats.bootstrap_delta, (labels(), labels(), labels().flip(0)), {"n_resamples": 100}),
+        "qedu.stats.sign_flip_test": lambda: Call(stats.sign_flip_test, (x2d()[0],)),
+        "qedu.stats.worst_class_null": lambda: Call(stats.worst_class_null, (labels(), labels(), 2), {"n_trials": 5}),
+        "qedu.stats.ConfidenceCalibration": skip(NO_TENSOR + " (a result)"),
+        "qedu.stats.confidence_calibration": lambda: Call(stats.confidence_calibration, (torch.randn(8, 10, generator=torch.Generator().manual_seed(0)), labels())),
+        "qedu.stats.confidence_rank": lambda: Call(stats.confidence_rank, (x2d(),)),
+        "qedu.stats.pareto_front": skip(NO_TENSOR + " (dicts of numbers)"),
+        "qedu.drift.psi": lambda: Call(drift.psi, (torch.tensor([1.0, 2.0]), torch.tensor([2.0, 1.0]))),
+        "qedu.drift.code_histogram": lambda: Call(drift.code_histogram, (x2d(), 0.1, 3, 0, 15)),
+        "qedu.drift.DriftReport": skip(NO_TENSOR + " (a result)"),
+        "qedu.drift.DriftMonitor": lambda: Call(lambda q, xc, x: drift.DriftMonitor(q, xc).check(x), (ptq_model(), images(16, 1), images(8, 4))),
+        "qedu.drift.false_alarm_rate": lambda: Call(lambda q, xc, x: drift.false_alarm_rate(drift.DriftMonitor(q, xc), x, batch_size=4, n_batches=2),
+                                                    (ptq_model(), images(16, 1), images(8, 4))),
+        "qedu.membership.per_example_loss": lambda: Call(membership.per_example_loss, (mlp(), images(), labels())),
+        "qedu.membership.membership_auc": lambda: Call(membership.membership_auc, (x2d()[0], x2d(1)[0])),
+        "qedu.membership.MembershipResult": skip(NO_TENSOR + " (a result)"),
+        "qedu.membership.loss_threshold_attack": lambda: Call(membership.loss_threshold_attack, (mlp(), images(), labels(), images(8, 2), labels())),
+        "qedu.bitflip.flip_code": lambda: Call(bitflip.flip_code, (torch.tensor([3, -1, 127]), 7, 8)),
+        "qedu.bitflip.BitFlip": skip(NO_TENSOR + " (a result)"),
+        "qedu.bitflip.BitFlipResult": skip(NO_TENSOR + " (a result)"),
+        "qedu.bitflip.bit_flip_attack": lambda: Call(bitflip.bit_flip_attack, (ptq_model(), images(), labels()), {"n_flips": 1, "top_k": 2}),
+        "qedu.bitflip.exhaustive_flip_search": lambda: Call(bitflip.exhaustive_flip_search, (tiny_ptq(), images(), labels()), {"layers": ["fc2"]}),
+    }
+
+
+ENTRIES.update(_lessons_08_09_entries())
+
+
 def public_names() -> dict[str, object]:
     """Every name in every top-level qedu module's __all__, keyed by where the object is defined."""
     found = {f"qedu.{n}": getattr(qedu, n) for n in qedu.__all__}
@@ -484,3 +747,4 @@ def test_the_snapshot_sees_each_kind_of_change():
     state = _global_state()
     torch.rand(1)
     assert not _same(state["torch RNG"], _global_state()["torch RNG"])
+

@@ -381,6 +381,8 @@ def test_min_8bit_size_picks_the_same_tensors_as_bitsandbytes_adam8bit():
     for p in model.parameters():
         bnb_8bit = theirs.state[p]["state1"].dtype == torch.uint8
         assert ours.quantizes(p) == bnb_8bit, f"tensor of {p.numel()} elements"
+        if bnb_8bit:  # lesson 07: "bitsandbytes now uses blocks of 256" (one absmax per 256 values)
+            assert theirs.state[p]["absmax1"].numel() == math.ceil(p.numel() / 256)
     # the MLP: fc1 and fc2 weights (8192 each) in 8 bits; fc3's 640 weights and every bias in fp32
     assert sorted(p.numel() for p in model.parameters() if ours.quantizes(p)) == [8192, 8192]
 

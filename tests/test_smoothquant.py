@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from qedu.layerwise import linear_inputs
-from qedu.memory import TinyGPT
+from qedu.models import TinyGPT
 from qedu.smoothquant import (
     W8A8Linear, alpha_sweep, default_pairs, smooth_ln_linears, smooth_model, smoothing_scales, w8a8_model,
 )
@@ -120,6 +120,7 @@ def test_default_pairs():
     (lambda: smoothing_scales(torch.ones(3), torch.ones(2)), "same shape"),
     (lambda: smoothing_scales(torch.ones(3), torch.ones(3), alpha=2), "alpha"),
     (lambda: smoothing_scales(torch.tensor([-1.0]), torch.ones(1)), ">= 0"),
+    (lambda: smoothing_scales(torch.tensor([1e39], dtype=torch.float64), torch.ones(1)), "fit float32"),
     (lambda: smooth_ln_linears(nn.Linear(2, 2), [nn.Linear(2, 2)], torch.ones(2)), "LayerNorm"),
     (lambda: smooth_ln_linears(nn.LayerNorm(2), [nn.Linear(3, 2)], torch.ones(2)), "reading the LayerNorm"),
     (lambda: smooth_model(nn.Sequential(nn.Linear(2, 2)), torch.randn(1, 2)), "no \\(LayerNorm, Linears\\) pairs"),

@@ -122,6 +122,7 @@ def test_every_update_sends_a_busy_sign_that_shows_after_300_ms():
     panel.controls["k"].value = 2
     assert seen == [BUSY_HTML, ""]
     assert "0.3s both" in BUSY_HTML and "computing" in BUSY_HTML
+    assert all(ord(c) < 0x2000 or c == "\u2026" for c in BUSY_HTML), "no emoji: plain text and CSS only"
     panel.controls["k"].value = 0  # a failing update clears it too
     assert seen[-2:] == [BUSY_HTML, ""]
 

@@ -128,22 +128,25 @@ def test_evaluation_explorer_disables_severity_without_a_corruption(panel_08):
     panel_08.controls["corruption"].value = "none"
 
 
-def test_evaluation_explorer_axes_follow_the_data(panel_08):
-    """Issue 15 item 5: per-class bars were clipped at -30 while the worst class lost 88.6 points;
-    the robustness curves could leave the frame, and float32 hid under W8A8."""
+def test_evaluation_explorer_marks_what_its_axes_cut(panel_08):
+    """Issue 15 item 5: per-class bars were clipped at -30 while the worst class lost 88.6 points, with
+    no mark; the robustness curves could leave the frame, and float32 hid under W8A8."""
     ax_d, ax_c = panel_08.figure.axes
+    low, high = ax_d.get_ylim()
     panel_08.controls["bits"].value = 2
-    deltas = [bar.get_height() for bar in ax_d.patches]
-    worst = min(deltas)
-    assert worst < -30  # the case of the issue: the bar now has its true height...
-    assert ax_d.get_ylim()[0] < worst and ax_d.get_ylim()[1] > max(deltas)  # ...and the axis shows all of it
-    assert f"worst class {worst:+.1f} points" in panel_08.readout.value
+    worst = float(panel_08.readout.value.split("worst class ")[1].split(" points")[0])
+    assert worst < low  # the case of the issue: this class's bar is cut at the axis...
+    marks = {t.get_text() for t in ax_d.texts if t.get_visible() and t.get_text()}
+    assert f"{worst:.0f}\u2193" in marks  # ...and its value is written at the cut
+    assert all(low <= bar.get_height() <= high for bar in ax_d.patches)
+    panel_08.controls["bits"].value = 8  # nothing cut: no marks
+    assert not any(t.get_visible() and t.get_text() for t in ax_d.texts if t is not ax_d.texts[-1])
     panel_08.controls["corruption"].value = "blur"
     for bits in (8, 4, 2):
         panel_08.controls["bits"].value = bits
         line_f, line_q = ax_c.lines[:2]
-        lowest = min(min(line_f.get_ydata()), min(line_q.get_ydata()))
-        assert ax_c.get_ylim()[0] <= lowest and ax_c.get_ylim()[1] >= 100
+        points = [*line_f.get_ydata(), *line_q.get_ydata()]
+        assert ax_c.get_ylim()[0] <= min(points) and max(points) <= ax_c.get_ylim()[1]
     assert line_f.get_linewidth() > 2 * line_q.get_linewidth() and line_f.get_zorder() <= line_q.get_zorder()
     panel_08.controls["corruption"].value = "none"
     panel_08.controls["bits"].value = 4
@@ -158,13 +161,25 @@ def test_calibration_explorer_disables_the_poison_factor_without_poison(panel_09
     panel_09.controls["poison"].value = "none"
 
 
-def test_calibration_explorer_clipping_axis_follows_the_data(panel_09):
-    """Issue 15 item 5: the clipping chart was fixed at 0-30 % for values of 0.2-0.4 %."""
-    _, ax_c = panel_09.figure.axes
-    for calibration_set in ("balanced, 256 images", "1 image", "faded (contrast 3)"):
+def test_calibration_explorer_axes_show_small_and_large_values(panel_09):
+    """Issue 15 item 5: the clipping chart was fixed at 0-30 % for values of 0.2-0.4 %. Now a log axis
+    from 0.01 % to 100 % with each value written on its bar (a zero too); the scale axis holds every
+    ratio the sets and the poison give."""
+    ax_s, ax_c = panel_09.figure.axes
+    assert ax_c.get_yscale() == "log" and ax_c.get_ylim() == (0.01, 100)
+    for calibration_set, poison, factor in (("balanced, 256 images", "none", 20.0), ("1 image", "none", 20.0),
+                                            ("faded (contrast 3)", "none", 20.0), ("balanced, 256 images", "20 %", 20.0),
+                                            ("balanced, 256 images", "20 %", 0.1)):
         panel_09.controls["calibration_set"].value = calibration_set
+        panel_09.controls["poison"].value = poison
+        panel_09.controls["factor"].value = factor
         heights = [bar.get_height() for bar in ax_c.patches]
-        top = ax_c.get_ylim()[1]
-        assert max(heights) <= top <= max(1.0, 1.25 * max(heights) + 1e-9)
-        assert [t.get_text() for t in ax_c.texts] == [f"{h:.2g} %" if h else "0" for h in heights]
+        texts = [t.get_text() for t in ax_c.texts]
+        assert texts == ["" if h >= 1e-5 else "0" for h in heights]  # a zero has no bar on the log axis: a "0"
+        assert all(h < 100 and (h >= 0.01 or h < 1e-5) for h in heights)  # in the axis' range, or written as 0
+        assert "clean test values clipped: fc1 " in panel_09.readout.value
+        lo, hi = ax_s.get_ylim()
+        assert all(lo <= bar.get_height() <= hi for bar in ax_s.patches), (calibration_set, poison, factor)
+    panel_09.controls["poison"].value = "none"
+    panel_09.controls["factor"].value = 20.0
     panel_09.controls["calibration_set"].value = "balanced, 256 images"

@@ -286,7 +286,17 @@ def _describe_clip(f: Failure) -> list[str]:
     wrong, features = f.pooled(per_case, n_cases=8)
     if wrong is not None and bool(wrong.any()):
         where = localize(wrong, features)
-        if where:
+        if not where:
+            examples = []
+            for i in range(min(x.numel(), 40)):
+                one = Case((x[i:i + 1].clone(), scale, zero_point, qmin, qmax))
+                mine, ref = _number(f.learner(one)), float(f.reference(one))
+                if isinstance(mine, (int, float)) and (float(mine) != 0.0) != (ref != 0.0):
+                    code = int(_codes(x[i:i + 1], scale, zero_point))
+                    examples.append(f"x = {float(x[i]):g} (code {code}): yours says {'clipped' if mine else 'not clipped'}")
+            if examples:
+                notes.append(f"tried one value at a time, with qmin = {qmin}, qmax = {qmax}: " + "; ".join(examples[:3]))
+        else:
             tip = {"exact tie": ": round with torch.round (ties to even), then compare",
                    "exactly qmin or qmax": ": a code equal to qmin or qmax is on the grid; only < qmin or > qmax clips",
                    "half a step": ": round to codes first, then compare with qmin and qmax",

@@ -60,6 +60,10 @@ __all__ = ["Case", "Mistake", "CheckSpec", "CheckResult", "CheckFailed", "Failur
 # Plain symbols present in every common font (no emoji font needed).
 PASS, TODO, FAIL = "✓", "○", "✗"
 
+# A describe probe that crashes says nothing (the failure itself still shows); tests set this to
+# True so that a broken probe cannot hide.
+RAISE_PROBE_ERRORS = False
+
 
 class CheckFailed(AssertionError):
     """Raised when a learner's function gives a wrong answer; the message says which and why.
@@ -490,6 +494,8 @@ class Failure:
             try:
                 got = per_case(case, expected, actual)
             except Exception:
+                if RAISE_PROBE_ERRORS:
+                    raise
                 got = None
             if got is None:
                 continue
@@ -573,11 +579,15 @@ def _diagnosis_lines(failure: Failure) -> list[str]:
         mistake, other = found
         return [f"  mistake:  {mistake.name} (it gives exactly your answers, here and on {other})",
                 f"  fix:      {mistake.hint}"]
+    if "right value" in failure.problem:  # only the type, dtype or shape is off: the problem line says how
+        return []
     lines = []
     if spec.describe is not None:
         try:
             notes = [n for n in spec.describe(failure) if n]
         except Exception:  # a probe that cannot run says nothing rather than hiding the failure
+            if RAISE_PROBE_ERRORS:
+                raise
             notes = []
         lines += [f"  what differs: {n}" for n in notes]
     lines += [f"  hint:     {h}" for h in spec.hints]

@@ -211,9 +211,13 @@ _ERROR_STYLE = "color:#b00020"
 _TEXT = "<div style='line-height:1.35'>{}</div>"
 # The busy sign is sent at the start of every update but fades in only after 0.3 s, so quick
 # updates never flicker and slow ones (a first visit that trains or calibrates) say so.
-BUSY_HTML = ("<style>@keyframes qedu-busy-in {from {opacity: 0} to {opacity: 1}}</style>"
+# A CSS spinner, not an emoji: an hourglass glyph shows as an empty box without an emoji font.
+BUSY_HTML = ("<style>@keyframes qedu-busy-in {from {opacity: 0} to {opacity: 1}}"
+             "@keyframes qedu-spin {to {transform: rotate(360deg)}}</style>"
              "<span class='qedu-busy' style='animation: qedu-busy-in 0.1s linear 0.3s both; color:#555'>"
-             "&#8987; computing&hellip;</span>")
+             "<span style='display:inline-block; width:0.8em; height:0.8em; border:2px solid #999; "
+             "border-top-color:transparent; border-radius:50%; animation: qedu-spin 0.8s linear infinite; "
+             "vertical-align:-0.1em'></span> computing&hellip;</span>")
 
 
 def decode_png(png: bytes) -> np.ndarray:

@@ -138,7 +138,8 @@ def calibration_explorer(model=None, data=None) -> Panel:
         err: ClippingError = clipping_error(test_acts[layer], lo, hi, IntFormat(bits, signed=False))
         for bar, text, v in zip(error_bars, bar_values, (err.clipping, err.rounding)):
             bar.set_height(max(v, 1e-12))
-            text.set_text("0\n(none)" if v == 0 else f"{v:.1e}" + ("\n(below the axis)" if v < 1e-7 else ""))
+            # written only where the bar cannot be seen (the values are in the readout: text is slow to draw)
+            text.set_text("0\n(none)" if v == 0 else f"{v:.1e}\n(below the axis)" if v < 1e-7 else "")
             text.set_y(2e-7 if v < 1e-6 else v * 1.3)
             text.set_va("bottom")
         ax_e.set_title(f"MSE on {layer}'s test inputs", fontsize=10)

@@ -40,6 +40,7 @@ CLIPPINGS = {  # label -> (rule, amount): a fraction of the min/max range, or a 
     "99th percentile": ("percentile", 99.0),
 }
 BITS = tuple(range(1, 9))
+_LEVEL, _END = (0.12, 0.47, 0.71, 0.6), (0.84, 0.15, 0.16, 1.0)  # C0 (a little transparent), C3
 
 
 class WeightQuantization(NamedTuple):
@@ -133,12 +134,10 @@ def slice_grids(w: torch.Tensor, r: WeightQuantization, bits: int, row: int) -> 
     zero_point = r.zero_point.expand_as(w)[row].numpy()
     fmt = IntFormat(bits)
     codes = np.arange(fmt.qmin, fmt.qmax + 1)
-    runs, start = [], 0
-    for j in range(1, len(scale) + 1):
-        if j == len(scale) or scale[j] != scale[start] or zero_point[j] != zero_point[start]:
-            runs.append((start, j, (codes - zero_point[start]) * scale[start]))
-            start = j
-    return runs
+    # a run starts at column 0 and wherever the scale or zero point changes from the column before
+    starts = np.flatnonzero(np.r_[True, (scale[1:] != scale[:-1]) | (zero_point[1:] != zero_point[:-1])])
+    ends = np.r_[starts[1:], len(scale)]
+    return [(int(a), int(b), (codes - zero_point[a]) * scale[a]) for a, b in zip(starts, ends)]
 
 
 def _fits(granularity, w: torch.Tensor) -> bool:
@@ -168,7 +167,8 @@ def quantization_explorer(weights=None) -> Panel:
     edges = np.linspace(-1.1 * w_max, 1.1 * w_max, 121)
     counts, _ = np.histogram(w.numpy(), edges)
     rows = example_rows(w)
-    fig = LiveFigure(figsize=(8.6, 5.6), mosaic="HHHHHHHSSSSS;" + "".join(c * 3 for c in "abcd"[:len(rows)]).ljust(12, "."),
+    row_max = {row: float(w[row].abs().max()) for row in rows}
+    fig = LiveFigure(figsize=(9.0, 4.7), dpi=80, mosaic="HHHHHHHSSSSS;" + "".join(c * 3 for c in "abcd"[:len(rows)]).ljust(12, "."),
                      gridspec_kw={"height_ratios": [1.25, 1]})
     ax_h, ax_c = fig.axes["H"], fig.axes["S"]
     ax_h.stairs(counts, edges, fill=True, color="0.75", label="weights")
@@ -191,13 +191,11 @@ def quantization_explorer(weights=None) -> Panel:
         ax.plot(np.arange(len(values)), values, ".", color="0.35", ms=2)
         ax.set(xlim=(-1, len(values)), ylim=(-top, top), xticks=[], yticks=[-round(top / 1.15, 2), round(top / 1.15, 2)])
         ax.tick_params(labelsize=7)
-        levels = LineCollection([], colors="C0", linewidths=0.7, alpha=0.6)
-        ends = LineCollection([], colors="C3", linewidths=1.0, linestyles="--")
+        levels = LineCollection([], linewidths=0.8)  # the levels (blue) and the grid's ends (red): one artist, one draw
         ax.add_collection(levels)
-        ax.add_collection(ends)
         ax.set_title(f"row {row}", fontsize=8)  # its scales and error are in the readout: text is slow to draw
-        small.append((row, ax, levels, ends))
-    fig.animate(grid, *clip_lines, title, sqnr_line, sqnr_point, *(a for _, _, lv, en in small for a in (lv, en)))
+        small.append((row, ax, levels))
+    fig.animate(grid, *clip_lines, title, sqnr_line, sqnr_point, *(lv for _, _, lv in small))
     # MSE = power * 10**(-SQNR / 10): one curve, read in dB on the left and as MSE on the right
     power = float((w.double() ** 2).mean()) or 1.0
     ax_c.set_ylim(-5, 55)  # SQNR of 1..8 bits on any tensor fits here (about 6 dB per bit)
@@ -223,21 +221,22 @@ def quantization_explorer(weights=None) -> Panel:
     def draw_slices(r: WeightQuantization, bits: int) -> str:
         """Draw each example row's grid(s); return an HTML table of their scales and errors."""
         table = []
-        for row, ax, levels, ends in small:
+        for row, ax, levels in small:
             runs = slice_grids(w, r, bits, row)
             lo, hi = ax.get_ylim()
-            segs, end_segs, in_view = [], [], 0
+            segs, colors, in_view = [], [], 0
             for a, b, lv in runs:
                 inside = lv[(lv >= lo) & (lv <= hi)]
                 in_view += len(inside)
-                if 2**bits <= 32:  # beyond 32 levels the lines merge into a block: draw the ends only
-                    segs += [[(a - 0.5, v), (b - 0.5, v)] for v in inside]
-                end_segs += [[(a - 0.5, v), (b - 0.5, v)] for v in (lv[0], lv[-1]) if lo <= v <= hi]
+                ends = [v for v in (lv[0], lv[-1]) if lo <= v <= hi]
+                shown = inside if 2**bits <= 32 else ends  # beyond 32 levels the lines merge into a block: ends only
+                segs += [[(a - 0.5, v), (b - 0.5, v)] for v in shown]
+                colors += [_END if v in ends else _LEVEL for v in shown]
             levels.set_segments(segs)
-            ends.set_segments(end_segs)
+            levels.set_colors(colors)
             scales = [float(lv[1] - lv[0]) for _, _, lv in runs]
             mse = float(((w[row] - r.x_hat[row]) ** 2).mean())
-            table.append(f"<tr><td>{row}</td><td>{float(w[row].abs().max()):.3f}</td><td>"
+            table.append(f"<tr><td>{row}</td><td>{row_max[row]:.3f}</td><td>"
                          + (f"{scales[0]:.4f}" if len(scales) == 1 else f"{min(scales):.4f} to {max(scales):.4f} ({len(scales)})")
                          + f"</td><td>{in_view} of {len(runs) * 2**bits}</td><td>{mse:.1e}</td></tr>")
         return ("<table style='border-collapse:collapse;font-size:90%'><tr><th>row</th><th>max |w|</th><th>scale</th>"

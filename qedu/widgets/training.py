@@ -246,12 +246,13 @@ def memory_planner() -> Panel:
         label.set_color(colors[kind])
     ax_parts.set_ylim(len(_KINDS) - 0.5, -0.5)
     ax_parts.set_xscale("log")
+    ax_parts.set_xlim(1e-3, 1e6)  # every part of every setting (tests/test_widgets_training.py)
     plain_log_ticks(ax_parts.xaxis, numticks=4)  # plain labels: mathtext (10^2) is slow to redraw
     ax_parts.set_xlabel("GiB (log scale)")
-    ax_parts.set_title(" ", fontsize=9, pad=14)
+    ax_parts.set_title("the chosen recipe's parts", fontsize=9, pad=14)
     # Drawn on every update, over a cached background of what never changes (y labels):
     fig.animate(ax.xaxis, *segments.values(), outline, capacity_line, capacity_text, ax.title,
-                ax_parts.xaxis, *part_bars, *part_values, ax_parts.title)
+                *part_bars, *part_values)
 
     def update(model: str, batch: int, seq_len: int, recipe: str, gpu: str, recompute: str = "none") -> str:
         table = memory_table(model, batch, seq_len)
@@ -282,9 +283,8 @@ def memory_planner() -> Panel:
             bar.set_width(max(v, floor))
             bar.set_visible(v > 0)
             text.set_x(max(v, floor) * 1.15)
-            text.set_text(f"{v:.3g}" if v > 0 else "0")
-        ax_parts.set_xlim(floor / 2, sizes.max() * 20)  # room for the value written after each bar
-        ax_parts.set_title(f"{recipe}: each part", fontsize=9, pad=14)
+            text.set_text("" if v > 0 else "0")  # the sizes are in the readout: text is slow to draw
+        # the fixed axis (0.001 GiB .. 10^6 GiB) holds every part of every setting
         parts = ", ".join(f"{k} {row[k]:.1f}" for k in _KINDS)
         verdict = "fits" if total <= capacity else f"does not fit: {total / capacity:.1f}x the memory"
         cost = (f"; recomputation adds {100 * recompute_flops_overhead(MODEL_PRESETS[model][1], seq_len, recompute):.0f} % "
