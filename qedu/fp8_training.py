@@ -22,6 +22,8 @@ Recipes differ in where ``amax`` comes from (the names are torchao's and Transfo
   (:class:`qedu.loss_scaling.DelayedScaling`, Transformer Engine's ``DelayedScaling`` with
   ``amax_compute_algo="max"``); a sudden spike saturates until the history catches up.
 - ``"mxfp8"``: blocks of 32 along the contraction, each with an E8M0 scale (:mod:`qedu.mx`).
+- ``"unscaled"``: no scale at all (``s = 1``), a plain saturating cast to e4m3 / e5m2: the
+  baseline that shows why the others exist (small gradients underflow to 0).
 
 :class:`Float8Linear` counts, per operand role, how many values overflowed (saturated) or
 underflowed (a nonzero value that became 0): where a recipe breaks shows there first.
@@ -49,7 +51,7 @@ from qedu.mx import mx_dequantize, mx_quantize
 
 __all__ = ["RECIPES", "ROLES", "amax_to_scale", "fp8_matmul", "FP8Stats", "Float8Linear", "convert_to_float8"]
 
-RECIPES = ("tensorwise", "rowwise", "delayed", "mxfp8")
+RECIPES = ("tensorwise", "rowwise", "delayed", "mxfp8", "unscaled")
 # the six operands of a linear layer's three matmuls
 ROLES = ("input", "weight", "grad_output", "weight_for_grad_input", "grad_output_for_grad_weight", "input_for_grad_weight")
 EPS = 1e-12  # torchao's floor on amax
@@ -123,6 +125,9 @@ def fp8_matmul(a: torch.Tensor, b: torch.Tensor, fmt_a: FloatFormat, fmt_b: Floa
                 stats.overflow[role] += round(scaler.last_overflow * x.numel())
                 stats.underflow[role] += round(scaler.last_underflow * x.numel())
         return a_hat @ b_hat
+    if recipe == "unscaled":  # a plain cast: s = 1
+        one = torch.ones(())
+        return _cast(a, fmt_a, one, roles[0], stats) @ _cast(b, fmt_b, one, roles[1], stats)
     rowwise = recipe == "rowwise"
     amax_a = a.abs().amax(dim=1, keepdim=True) if rowwise else a.abs().amax()  # (M, 1) or ()
     amax_b = b.abs().amax(dim=0, keepdim=True) if rowwise else b.abs().amax()  # (1, N) or ()
@@ -164,7 +169,7 @@ class Float8Linear(nn.Module):
         recipe: one of :data:`RECIPES`.
         history_len: amax history length of the "delayed" recipe.
 
-    Gradients are e5m2 in "tensorwise" and "delayed" (the hybrid recipe), e4m3 in "rowwise"
+    Gradients are e5m2 in "tensorwise", "delayed" and "unscaled" (the hybrid recipe), e4m3 in "rowwise"
     (torchao's choice) and "mxfp8". ``stats`` accumulates overflow/underflow counts per role.
     """
 

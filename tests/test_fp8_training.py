@@ -159,3 +159,26 @@ def test_every_recipe_trains_a_small_layer_like_fp32():
     for recipe in RECIPES:  # mxfp8 needs every contraction (32 features, 64 rows) a multiple of 32
         final = _fit(Float8Linear(base, recipe), x, target)
         assert final < 1.1 * fp32 + 0.01 * start, f"{recipe}: loss {final:.4f} against fp32's {fp32:.4f}"
+
+
+def test_unscaled_recipe_is_a_plain_saturating_cast_and_underflows_small_gradients():
+    """issue 18: the "unscaled" baseline casts without a scale: products of exactly representable
+    operands are exact, values past e4m3's 448 saturate, and tiny gradients become 0."""
+    from qedu.floats import FP8_E4M3, cast
+    from qedu.fp8_training import FP8Stats
+
+    a = torch.tensor([[1.0, 2.0], [1000.0, 1e-6]])
+    b = torch.tensor([[2.0], [4.0]])
+    stats = FP8Stats()
+    out = fp8_matmul(a, b, FP8_E4M3, FP8_E4M3, "unscaled", roles=("input", "weight"), stats=stats)
+    expected = cast(a.clamp(-448, 448), FP8_E4M3) @ b
+    assert torch.equal(out, expected) and out[0, 0] == 10.0 and out[1, 0] == 448.0 * 2
+    assert stats.overflow["input"] == 1 and stats.underflow["input"] == 1  # 1000 -> 448; 1e-6 -> 0
+    layer = Float8Linear(torch.nn.Linear(8, 4), "unscaled")
+    x = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    (layer(x).sum() * 1e-9).backward()  # gradients ~1e-9, far below e5m2's smallest subnormal 1.5e-5
+    assert layer.stats.underflow["grad_output"] == layer.stats.count["grad_output"] == 64
+    assert torch.count_nonzero(layer.weight.grad) == 0
+    scaled = Float8Linear(torch.nn.Linear(8, 4), "tensorwise")
+    (scaled(x).sum() * 1e-9).backward()
+    assert torch.count_nonzero(scaled.weight.grad) == 32  # with a scale, the same gradients survive

@@ -86,9 +86,9 @@ class AnswerSet:
 
 
 def all_sets() -> list[AnswerSet]:
-    from tests.wrong_answers import (calibration, evaluation, formats, heldout, heldout2, ptq, qat,  # noqa: F401
+    from tests.wrong_answers import (calibration, evaluation, formats, heldout, heldout2, lowprec, ptq, qat,  # noqa: F401
                                      quantizers, training, welcome)
     sets = []
-    for module in (welcome, formats, quantizers, calibration, ptq, qat, training, evaluation, heldout, heldout2):
+    for module in (welcome, formats, quantizers, calibration, ptq, qat, training, evaluation, heldout, heldout2, lowprec):
         sets += [v for v in vars(module).values() if isinstance(v, AnswerSet)]
     return sets
