@@ -59,7 +59,7 @@ def calibration_tokens(n_sequences: int, seed: int = 0, seq_len: int = 128) -> t
 
 def linear_layers(model: nn.Module) -> list[str]:
     """Names of the linear layers :func:`quantize_model` quantizes, in order (``blocks.0.qkv`` ...)."""
-    blocks = _blocks(model)
+    _blocks(model)  # refuses anything but a TinyGPT, naming what it got
     return [f"blocks.{i}.{name}" for i in range(len(blocks)) for name in LINEARS]
 
 
@@ -133,7 +133,7 @@ def quantize_model(model: nn.Module, method: LayerMethod, calib: torch.Tensor) -
         TypeError: not a TinyGPT, ``method`` not callable, ``calib`` not a 2-D integer tensor,
             or ``method`` returned something that is not a module.
     """
-    blocks = _blocks(model)
+    _blocks(model)  # refuses anything but a TinyGPT, naming what it got
     if not callable(method):
         raise TypeError(f"method must be a function method(layer, x) -> module, got {type(method).__name__}.")
     if not isinstance(calib, torch.Tensor) or calib.ndim != 2 or calib.is_floating_point():
