@@ -59,7 +59,7 @@ def calibration_tokens(n_sequences: int, seed: int = 0, seq_len: int = 128) -> t
 
 def linear_layers(model: nn.Module) -> list[str]:
     """Names of the linear layers :func:`quantize_model` quantizes, in order (``blocks.0.qkv`` ...)."""
-    _blocks(model)  # refuses anything but a TinyGPT, naming what it got
+    blocks = _blocks(model)
     return [f"blocks.{i}.{name}" for i in range(len(blocks)) for name in LINEARS]
 
 
