@@ -308,7 +308,7 @@ def _describe_clip(f: Failure) -> list[str]:
         notes.append("each value alone is judged right: the mistake is in how you average (divide by the number of values)")
     if zero_point != 0:
         at0 = Case((x.clone(), scale, 0, qmin, qmax))
-        if f.same(f.reference(at0), f.learner(at0)):
+        if f.right_on(at0):
             notes.append(f"right with zero_point = 0, wrong with zero_point = {zero_point}: the code is "
                          "round(x * (1/scale)) + zero_point")
     return notes

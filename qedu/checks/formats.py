@@ -72,12 +72,12 @@ def _describe_int_range(f: Failure) -> list[str]:
     bits, signed = f.case.args
     notes = _pair_notes(f.expected, f.actual)
     other = Case((bits, not signed))
-    if f.same(f.reference(other), f.learner(other)):
+    if f.right_on(other):
         notes.append(f"your {'unsigned' if signed else 'signed'} range for {bits} bits is right: only the "
                      f"{'signed' if signed else 'unsigned'} branch is wrong")
-    if bits != 8 and all(f.same(f.reference(Case((8, s))), f.learner(Case((8, s)))) for s in (True, False)):
+    if bits != 8 and all(f.right_on(Case((8, s))) for s in (True, False)):
         notes.append(f"right for 8 bits, wrong for {bits} bits: compute the range from bits, not fixed numbers")
-    wrong_bits = [b for b in range(1, 17) if not f.same(f.reference(Case((b, signed))), f.learner(Case((b, signed))))]
+    wrong_bits = [b for b in range(1, 17) if not f.right_on(Case((b, signed)))]
     if wrong_bits and len(wrong_bits) < 16:
         if all(b % 2 == 0 for b in wrong_bits):
             notes.append("wrong only for even bits: look at the sign of (-2) ** (bits - 1); write -(2 ** (bits - 1))")

@@ -465,6 +465,11 @@ class Failure:
     def same(self, expected, actual) -> bool:
         return actual is not None and _same(self.spec, expected, actual) is None
 
+    def right_on(self, case: Case) -> bool:
+        """Whether the learner's function gives the reference's answer on ``case`` (a probe:
+        "right when the zero point is 0", "right for 8 bits"...)."""
+        return self.same(self.reference(case), self.learner(case))
+
     def with_args(self, **changes) -> Case:
         """The failing case with some arguments replaced, by the reference's parameter names."""
         names = list(inspect.signature(self.spec.reference).parameters)

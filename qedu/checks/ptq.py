@@ -140,7 +140,7 @@ def _describe_observer(f: Failure) -> list[str]:
             notes.append("your answer changes when the same batches come in another order: the running min and max "
                          "must cover every batch (lo = min(lo, x.min()), hi = max(hi, x.max()))")
         together = Case(([torch.cat([b.reshape(-1) for b in batches])], bits))
-        if f.same(f.reference(together), f.learner(together)):
+        if f.right_on(together):
             notes.append("right when all the data comes in one batch, wrong with several: combine the batches' ranges")
     return notes
 
@@ -236,12 +236,12 @@ def _describe_percentile(f: Failure) -> list[str]:
     actual = _numbers(f.actual)
     notes = _pair_notes(f.expected, actual, ("lo", "hi")) if isinstance(actual, tuple) else []
     other = f.with_args(symmetric=not symmetric)
-    if f.same(f.reference(other), f.learner(other)):
+    if f.right_on(other):
         notes.append(f"your {'asymmetric' if symmetric else 'symmetric'} range for this x is right: only "
                      f"symmetric={symmetric} is wrong")
     if p != 100.0:
         full = f.with_args(percentile=100.0)
-        if f.same(f.reference(full), f.learner(full)):
+        if f.right_on(full):
             notes.append("right for percentile = 100 (min and max), wrong in between: np.percentile(values, p) "
                          "interpolates linearly between the two nearest sorted values")
     return notes
@@ -431,7 +431,7 @@ def _describe_fold(f: Failure) -> list[str]:
         notes.append("b_fold right, w_fold wrong: W' = W * s, one s per output channel (axis 0)")
     if b is not None:
         no_b = f.with_args(b=None)
-        if f.same(f.reference(no_b), f.learner(no_b)) and not b_ok:
+        if f.right_on(no_b) and not b_ok:
             notes.append("right when the layer has no bias, wrong when it has one: fold the layer's own bias b too")
     return notes
 

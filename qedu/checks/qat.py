@@ -365,7 +365,7 @@ def _describe_g(f: Failure) -> list[str]:
             notes.append(f"your g is 1 / sqrt(n * {qp_name}): Qp is 2**(bits-1) - 1 for signed codes, 2**bits - 1 for unsigned")
             break
     other = Case((n, bits, not signed))
-    if f.same(f.reference(other), f.learner(other)):
+    if f.right_on(other):
         notes.append(f"right for signed={not signed}, wrong for signed={signed}")
     return notes
 

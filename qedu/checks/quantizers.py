@@ -130,12 +130,12 @@ def _describe_qparams(f: Failure) -> list[str]:
             notes.append(f"scale off by a factor {factor(s / es)} (yours / expected)"
                          + ("; zero point right" if z == ez else f"; zero point off by {int(z - ez):+d}"))
     other = f.with_args(symmetric=not symmetric)
-    if f.same(f.reference(other), f.learner(other)):
+    if f.right_on(other):
         notes.append(f"your {'affine' if symmetric else 'symmetric'} answer for this x is right: only the "
                      f"{'symmetric' if symmetric else 'affine'} branch is wrong")
     if bits != 8:
         at8 = f.with_args(bits=8)
-        if f.same(f.reference(at8), f.learner(at8)):
+        if f.right_on(at8):
             notes.append(f"right for 8 bits, wrong for {bits} bits: derive qmin and qmax from bits "
                          "(-2**(bits-1) .. 2**(bits-1) - 1)")
     return notes
@@ -350,7 +350,7 @@ def _describe_quantize(f: Failure) -> list[str]:
                 notes.append(offset + " at every wrong position of this case")
     if zero_point != 0:
         at0 = f.with_args(zero_point=0)
-        if f.same(f.reference(at0), f.learner(at0)):
+        if f.right_on(at0):
             notes.append(f"right with zero_point = 0, wrong with zero_point = {zero_point}: add the zero point once, "
                          "after rounding and before clamping")
     if actual.numel() and (int(actual.max()) > qmax or int(actual.min()) < qmin):
@@ -451,7 +451,7 @@ def _describe_dequantize(f: Failure) -> list[str]:
                     notes.append(f"every value off by a factor {factor(float(r[0]))}: multiply (q - zero_point) by scale")
     if zero_point != 0:
         at0 = f.with_args(zero_point=0)
-        if f.same(f.reference(at0), f.learner(at0)):
+        if f.right_on(at0):
             notes.append(f"right with zero_point = 0, wrong with zero_point = {zero_point}: subtract it from q, "
                          "before multiplying by scale")
     return notes
@@ -548,7 +548,7 @@ def _describe_per_channel(f: Failure) -> list[str]:
     if w.shape[0] > 1 and len(bad_rows):
         r = int(bad_rows[0])
         one = Case((w[r:r + 1].clone(), bits))
-        if f.same(f.reference(one), f.learner(one)):
+        if f.right_on(one):
             notes.append("right for a single row, wrong once there are several: one scale per row, "
                          "w.abs().amax(dim=1, keepdim=True)")
     return notes
@@ -741,7 +741,7 @@ def _describe_pack4(f: Failure) -> list[str]:
     a = f.actual
     if q.numel() % 2 and q.numel() > 1:
         even = Case((q[:-1].clone(),))
-        if f.same(f.reference(even), f.learner(even)):
+        if f.right_on(even):
             notes.append(f"right for an even number of codes, wrong for an odd one ({q.numel()}): pad with one 0 code "
                          "at the end, so the last byte holds the last code in its low nibble")
     for lone, name in (([5, 0], "first"), ([0, 5], "second")):

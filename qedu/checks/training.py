@@ -117,11 +117,11 @@ def _describe_loss_scale(f: Failure) -> list[str]:
             notes.append(f"the new scale is {factor(a[0] / f.expected[0])} x the expected")
     scale, clean, found = f.case.args
     other = Case((scale, clean, not found), dict(f.case.kwargs))
-    if f.same(f.reference(other), f.learner(other)):
+    if f.right_on(other):
         notes.append(f"right for found_inf={not found}, wrong for found_inf={found}")
     if f.case.kwargs:
         plain = Case((scale, min(clean, 1998), found))
-        if f.same(f.reference(plain), f.learner(plain)):
+        if f.right_on(plain):
             notes.append(f"right with the default factors and interval, wrong with {f.case.kwargs}: use the arguments "
                          "growth_factor, backoff_factor and growth_interval, not fixed numbers")
     return notes
@@ -438,12 +438,12 @@ def _describe_bytes(f: Failure) -> list[str]:
         per = a / n
         notes.append(f"you count {per:g} bytes per parameter for {recipe!r}, the table gives {f.expected / n:g} "
                      f"(yours is {factor(a / f.expected)} x the expected)")
-    right = [r for r in _TABLE if f.same(f.reference(Case((n, r), dict(f.case.kwargs))), f.learner(Case((n, r), dict(f.case.kwargs))))]
+    right = [r for r in _TABLE if f.right_on(Case((n, r), dict(f.case.kwargs)))]
     if right and len(right) < len(_TABLE):
         notes.append(f"right for {', '.join(right)}; wrong for {', '.join(r for r in _TABLE if r not in right)}")
     if recipe == "mixed_adam8bit":
         other = Case((n, recipe), {"block_size": 64 if f.case.kwargs.get("block_size", 256) != 64 else 2048})
-        if not f.same(f.reference(other), f.learner(other)) and f.same(f.reference(Case((n, recipe))), f.learner(Case((n, recipe)))):
+        if not f.right_on(other) and f.right_on(Case((n, recipe))):
             notes.append("right for block_size=256 only: the absmax costs 2 * 4 / block_size bytes per parameter")
     return notes
 

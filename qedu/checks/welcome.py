@@ -105,7 +105,7 @@ def _describe_snap(f: Failure) -> list[str]:
     levels = f.case.args[1]
     if not bool(np.all(np.diff(levels) > 0)):
         ordered = Case((f.case.args[0].copy(), np.sort(levels)))
-        if f.same(f.reference(ordered), f.learner(ordered)):
+        if f.right_on(ordered):
             notes.append("right when the levels come sorted, wrong when they do not: sort them first (np.sort)")
     return notes
 
