@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from qedu.integer import (INT32_MAX, INT32_MIN, IntegerLinear, IntegerMLP, multiply_by_quantized_multiplier,
+from qedu.integer import (INT32_MAX, INT32_MIN, IntegerCNN, IntegerConv2d, IntegerLinear, IntegerMaxPool2d, IntegerMLP,
+                          multiply_by_quantized_multiplier, power_of_two_multiplier, trace_dtypes,
                           quantize_multiplier, rounding_divide_by_pot, saturating_rounding_doubling_high_mul)
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
@@ -188,3 +189,157 @@ def test_bad_input_is_refused():
         IntegerLinear(lin, (0.1, 0), (0.1, 0))(torch.ones(1, 4))
     with pytest.raises(ValueError, match="no nn.Linear"):
         IntegerMLP(nn.ReLU(), torch.ones(2, 4))
+
+
+# ---------------------------------------------------------------- per-channel requantization without a loop
+def test_vectorised_requantization_equals_one_channel_at_a_time():
+    g = torch.Generator().manual_seed(0)
+    acc = torch.randint(-(2**20), 2**20, (64, 12), generator=g)
+    reals = torch.rand(12, generator=g, dtype=torch.float64) * 0.02 + 1e-5
+    reals[3] = 1.7  # a multiplier above 1: a left shift first
+    pairs = [quantize_multiplier(float(r)) for r in reals]
+    m0 = torch.tensor([p[0] for p in pairs])
+    shift = torch.tensor([p[1] for p in pairs])
+    for rounding in ("double", "single"):
+        together = multiply_by_quantized_multiplier(acc, m0, shift, rounding)
+        apart = torch.stack([multiply_by_quantized_multiplier(acc[:, o], pairs[o][0], pairs[o][1], rounding)
+                             for o in range(12)], dim=1)
+        assert torch.equal(together, apart)
+    exps = torch.arange(12) % 5
+    assert torch.equal(rounding_divide_by_pot(acc, exps),
+                       torch.stack([rounding_divide_by_pot(acc[:, o], int(exps[o])) for o in range(12)], dim=1))
+    with pytest.raises(ValueError, match="exponent"):
+        rounding_divide_by_pot(acc, torch.tensor([1, 32]))
+    with pytest.raises(TypeError, match="m0"):
+        multiply_by_quantized_multiplier(acc, 0.5, 0)
+
+
+# ---------------------------------------------------------------- power-of-two multipliers: a shift
+def test_power_of_two_multiplier_rounds_in_log2():
+    assert power_of_two_multiplier(0.25) == (2**30, -1)  # exactly 2^-2 = 2^30 * 2^(-1 - 31)
+    assert power_of_two_multiplier(0.3) == (2**30, -1)  # log2 0.3 = -1.74 -> 2^-2
+    assert power_of_two_multiplier(0.37) == (2**30, 0)  # log2 0.37 = -1.43 -> 2^-1
+    assert power_of_two_multiplier(0.0) == (0, 0)
+    for real in (1e-4, 0.013, 0.7, 3.0):
+        m0, shift = power_of_two_multiplier(real)
+        pot = m0 * 2.0 ** (shift - 31)
+        assert math.log2(pot) == round(math.log2(real))
+        assert 2**-0.5 <= pot / real <= 2**0.5
+
+
+def test_a_power_of_two_layer_requantizes_by_a_rounding_shift():
+    lin, x, y_qp = _layer(seed=3)
+    x_qp = (2.0**-6, 64)
+    q_x = torch.clamp(torch.round(x / x_qp[0]) + x_qp[1], 0, 255).to(torch.uint8)
+    y_qp = (2.0 ** math.ceil(math.log2(y_qp[0])), y_qp[1])
+    layer = IntegerLinear(lin, x_qp, y_qp, power_of_two="scales")
+    assert torch.equal(layer.s_w, torch.exp2(torch.log2(layer.s_w).round()))  # weight scales are powers of two
+    real = x_qp[0] * layer.s_w.double() / y_qp[0]
+    assert torch.equal(real, torch.exp2(layer.shift.double() - 1))  # so M is exactly 2^(shift - 1): no rounding
+    acc = layer.accumulate(q_x) + layer.bias_q.long()
+    expected = (rounding_divide_by_pot(acc, 1 - layer.shift) + y_qp[1]).clamp(0, 255)
+    assert torch.equal(layer(q_x).long(), expected)
+    with pytest.raises(ValueError, match="power_of_two"):
+        IntegerLinear(lin, x_qp, y_qp, power_of_two=True)
+    with pytest.raises(ValueError, match="power_of_two"):
+        IntegerLinear(lin, x_qp, y_qp, rounding="float", power_of_two="scales")
+
+
+# ---------------------------------------------------------------- convolution from integer im2col
+def test_integer_conv_equals_an_exact_integer_convolution():
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 5, 3, padding=1, bias=True)
+    x_qp, y_qp = (0.02, 37), (0.05, 11)
+    q_x = torch.randint(0, 256, (2, 3, 6, 7), dtype=torch.uint8)
+    layer = IntegerConv2d(conv, x_qp, y_qp)
+    q_w = layer.linear.q_w.long().reshape(5, 3, 3, 3)  # (C_out, C_in*9) -> (C_out, C_in, 3, 3)
+    # float64 holds these integer sums exactly; padding with 0 after subtracting z_x = padding with z_x codes
+    acc = torch.nn.functional.conv2d(q_x.double() - x_qp[1], q_w.double(), padding=1).round().long()
+    acc = acc.permute(0, 2, 3, 1).reshape(-1, 5)  # (N, C_out, H, W) -> (N*H*W, C_out)
+    expected = layer.linear.requantize(acc).reshape(2, 6, 7, 5).permute(0, 3, 1, 2)
+    assert torch.equal(layer(q_x), expected)
+    assert layer(q_x).shape == (2, 5, 6, 7)
+    with pytest.raises(TypeError, match="conv"):
+        IntegerConv2d(nn.Linear(2, 2), x_qp, y_qp)
+    with pytest.raises(ValueError, match="groups"):
+        IntegerConv2d(nn.Conv2d(4, 4, 3, groups=2), x_qp, y_qp)
+
+
+def test_integer_max_pool_takes_the_max_code():
+    q = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    pooled = IntegerMaxPool2d(nn.MaxPool2d(2))(q)
+    assert pooled.dtype == torch.uint8
+    assert torch.equal(pooled.long(), torch.nn.functional.max_pool2d(q.float(), 2).long())
+
+
+# ---------------------------------------------------------------- no float op anywhere: a dispatch trace
+@pytest.fixture(scope="module")
+def digits():
+    from qedu.data import load_digits
+    return load_digits(seed=0)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize("rounding, power_of_two", [("double", None), ("single", None), ("double", "scales")])
+def test_every_intermediate_of_the_integer_model_is_an_integer(digits, kind, rounding, power_of_two):
+    from qedu.models import pretrained
+
+    model = pretrained(kind, seed=0)
+    cls = IntegerMLP if kind == "mlp" else IntegerCNN
+    imodel = cls(model, digits.x_calib, rounding=rounding, power_of_two=power_of_two)
+    q_x = imodel.quantize_input(digits.x_test[:8])
+    ops = trace_dtypes(imodel, q_x)
+    names = {name for name, _ in ops}
+    assert any("mm" in n for n in names)  # the matmuls were traced, not skipped
+    assert len(ops) > 50
+    floats = [(name, dt) for name, dt in ops if dt.is_floating_point or dt.is_complex]
+    assert floats == [], floats[:5]
+    assert imodel(q_x).dtype == torch.uint8
+
+
+def test_the_trace_sees_a_float_op_when_there_is_one(digits):
+    from qedu.models import pretrained
+
+    imodel = IntegerMLP(pretrained("mlp", seed=0), digits.x_calib, rounding="float")
+    ops = trace_dtypes(imodel, imodel.quantize_input(digits.x_test[:8]))
+    assert any(dt == torch.float32 for _, dt in ops)  # torch's float multiplier: the trace catches it
+
+
+# ---------------------------------------------------------------- integer models vs the fake-quantized ones
+def _fake_quant_predictions(model, digits):
+    from qedu.ptq import PTQConfig, quantize_model
+
+    fq = quantize_model(model, PTQConfig(), digits.x_calib)  # int8 per-channel weights, uint8 min/max activations
+    with torch.no_grad():
+        return fq(digits.x_test).argmax(1)
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_integer_model_agrees_with_the_fake_quantized_model(digits, kind):
+    from qedu.integer import integer_vs_fake_quant
+    from qedu.models import pretrained
+
+    model = pretrained(kind, seed=0)
+    report = integer_vs_fake_quant(model, digits)
+    fq_pred = _fake_quant_predictions(model, digits)
+    assert report["fake_quant_accuracy"] == pytest.approx((fq_pred == digits.y_test).float().mean().item())
+    assert report["agreement"] >= 0.99  # the same grids, computed in integers: at most 1 % of predictions differ
+    assert abs(report["integer_accuracy"] - report["fake_quant_accuracy"]) <= 0.01
+    assert report["integer_accuracy"] >= report["float_accuracy"] - 0.02
+
+
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+def test_power_of_two_scales_cost_less_than_power_of_two_multipliers(digits, kind):
+    from qedu.integer import integer_vs_fake_quant
+    from qedu.models import pretrained
+
+    model = pretrained(kind, seed=0)
+    exact = integer_vs_fake_quant(model, digits)
+    scales = integer_vs_fake_quant(model, digits, power_of_two="scales")
+    mult = integer_vs_fake_quant(model, digits, power_of_two="multiplier")
+    # rounding the scales coarsens every grid by < 2x: a few dB of logit SQNR, no accuracy on digits
+    assert exact["logit_sqnr_db"] - 6 < scales["logit_sqnr_db"] < exact["logit_sqnr_db"]
+    assert scales["integer_accuracy"] >= exact["integer_accuracy"] - 0.005
+    # rounding only the multipliers mis-scales every channel by up to sqrt(2): the logits fall apart
+    assert mult["logit_sqnr_db"] < 20 < scales["logit_sqnr_db"]
+    assert mult["integer_accuracy"] <= scales["integer_accuracy"]
