@@ -398,6 +398,13 @@ ENTRIES.update({
                                                   (torch.tensor([[100, -7]]), torch.tensor([0.01, 0.02]))),
     "qedu.integer.IntegerLinear": lambda: Call(_lazy("qedu.integer", "IntegerLinear"), (_lin(), (0.02, 128), (0.05, 100))),
     "qedu.integer.IntegerMLP": lambda: Call(_lazy("qedu.integer", "IntegerMLP"), (mlp(), images(16))),
+    # edge budgets
+    **{f"qedu.edge.{n}": skip(CONSTANT) for n in ("MCU_256KB", "MCU_320KB", "GRANULARITIES")},
+    **{f"qedu.edge.{n}": skip(NO_TENSOR + " (a frozen value)") for n in ("Budget", "Candidate", "Costs")},
+    "qedu.edge.energy_estimate": skip(NO_TENSOR + " (numbers in, a number out)"),
+    "qedu.edge.table": skip(NO_TENSOR + " (rows of numbers in, markdown out)"),
+    "qedu.edge.model_costs": lambda: Call(_lazy("qedu.edge", "model_costs"), (cnn(), images(2))),
+    "qedu.edge.BudgetSearch": lambda: Call(_lazy("qedu.edge", "BudgetSearch"), ({"mlp": mlp(), "cnn": cnn()}, digits())),
     "qedu.integer.POWER_OF_TWO": skip(CONSTANT),
     "qedu.integer.power_of_two_multiplier": skip(NO_TENSOR + " (a number in, two integers out)"),
     "qedu.integer.IntegerConv2d": lambda: Call(_lazy("qedu.integer", "IntegerConv2d"),
