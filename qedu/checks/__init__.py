@@ -13,5 +13,6 @@ from qedu.checks.qat import *  # noqa: F401,F403
 from qedu.checks.evaluation import *  # noqa: F401,F403
 from qedu.checks.training import *  # noqa: F401,F403
 from qedu.checks.lowprec import *  # noqa: F401,F403
+from qedu.checks.deploy import *  # noqa: F401,F403
 
 __all__ = ["Case", "CheckFailed", "CheckResult", "CheckSpec", "Failure", "Mistake", "compare", "localize", "run_check"]

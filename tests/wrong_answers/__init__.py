@@ -86,9 +86,10 @@ class AnswerSet:
 
 
 def all_sets() -> list[AnswerSet]:
-    from tests.wrong_answers import (calibration, evaluation, formats, heldout, heldout2, lowprec, ptq, qat,  # noqa: F401
-                                     quantizers, training, welcome)
+    from tests.wrong_answers import (calibration, deploy, evaluation, formats, heldout, heldout2, lowprec, ptq,  # noqa: F401
+                                     qat, quantizers, training, welcome)
     sets = []
-    for module in (welcome, formats, quantizers, calibration, ptq, qat, training, evaluation, heldout, heldout2, lowprec):
+    for module in (welcome, formats, quantizers, calibration, ptq, qat, training, evaluation, heldout, heldout2, lowprec,
+                   deploy):
         sets += [v for v in vars(module).values() if isinstance(v, AnswerSet)]
     return sets
