@@ -33,7 +33,8 @@ LESSONS = (
     Lesson("08_evaluating_quantized_models", "Evaluating quantized models", "latency, size, silent per-class regressions, significance tests, calibration error, Pareto fronts", True),
     Lesson("09_data_quality_and_security", "Data quality and security", "calibration data, poisoning, drift tests, adaptive attacks, membership inference, bit flips", True),
     Lesson("10_llm_weight_quantization", "LLM weight quantization", "memory-bound decoding, group-wise int4, outliers, GPTQ, AWQ, SmoothQuant, NF4", True),
-    Lesson("11_deployment_and_monitoring", "Deployment and monitoring", "real int8 kernels, export, range drift alarms", False),
+    Lesson("11_deployment_and_monitoring", "Deployment and monitoring",
+           "integer-only inference, real int8 kernels, edge budgets, canary rollout and rollback", True),
     Lesson("12_low_precision_training", "Training at the frontier", "block-scaled formats (MX, NVFP4), FP8 training recipes, QLoRA", True),
 )
 
