@@ -343,3 +343,31 @@ def test_power_of_two_scales_cost_less_than_power_of_two_multipliers(digits, kin
     # rounding only the multipliers mis-scales every channel by up to sqrt(2): the logits fall apart
     assert mult["logit_sqnr_db"] < 20 < scales["logit_sqnr_db"]
     assert mult["integer_accuracy"] <= scales["integer_accuracy"]
+
+
+@pytest.mark.parametrize("engine, rounding", [("x86", "float"), ("fbgemm", "float"), ("onednn", "float"),
+                                              ("qnnpack", "float_int32_bias")])
+def test_integer_conv_equals_torchs_quantized_conv2d(engine, rounding):
+    """Integer im2col + the linear layer's requantization = torch's int8 conv kernels, bit for bit
+    (padding with the input zero point included), with 7-bit activation codes as for linear."""
+    if engine not in torch.backends.quantized.supported_engines:
+        pytest.skip(f"this torch build has no {engine} engine")
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 8, 3, padding=1, bias=True)
+    x = torch.rand(4, 3, 8, 8, generator=torch.Generator().manual_seed(0)) * 4 - 1
+    with torch.no_grad():
+        y = conv(x)
+    s_y = float((y.max() - y.min()) / 255)
+    y_qp, x_qp = (s_y, int(round(-float(y.min()) / s_y))), (10 / 255, 25)
+    q_x = torch.clamp(torch.round(x / x_qp[0]) + x_qp[1], 0, 127).to(torch.uint8)
+    layer = IntegerConv2d(conv, x_qp, y_qp, rounding=rounding)
+    previous, torch.backends.quantized.engine = torch.backends.quantized.engine, engine
+    try:
+        qw = torch._make_per_channel_quantized_tensor(layer.linear.q_w.reshape(8, 3, 3, 3), layer.linear.s_w.double(),
+                                                      torch.zeros(8, dtype=torch.int64), 0)
+        packed = torch.ops.quantized.conv2d_prepack(qw, layer.linear.bias, [1, 1], [1, 1], [1, 1], 1)
+        qx = torch._make_per_tensor_quantized_tensor(q_x, *x_qp)
+        theirs = torch.ops.quantized.conv2d(qx, packed, y_qp[0], y_qp[1]).int_repr()
+    finally:
+        torch.backends.quantized.engine = previous
+    assert torch.equal(layer(q_x), theirs)
