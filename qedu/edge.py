@@ -44,7 +44,7 @@ from qedu.granularity import PerChannel, PerGroup, PerTensor
 from qedu.ptq import PTQConfig, QuantLayer, calibrate, convert, fold_batchnorm, model_size, quantizable_layers
 
 __all__ = ["Budget", "MCU_256KB", "MCU_320KB", "Candidate", "Costs", "model_costs", "energy_estimate",
-           "BudgetSearch", "GRANULARITIES", "table"]
+           "BudgetSearch", "GRANULARITIES", "table", "plot_tradeoff"]
 
 GRANULARITIES = ("per-tensor", "per-channel", "per-group")
 _GROUP_SIZE = 16
@@ -281,3 +281,34 @@ def table(rows: list[dict], limit: int = 8) -> str:
                      f"{r['macs']:,} | {r['energy_uj']:.3f} |")
     return "\n".join(lines)
 
+
+
+def plot_tradeoff(search: BudgetSearch, budget: Budget, ax):
+    """Accuracy against flash bytes for every candidate, one colour per model, with the flash budget.
+
+    Filled markers fit the budget's SRAM and MAC limits, hollow ones do not. Evaluates every
+    candidate (cached on ``search``). Returns ``ax``.
+    """
+    from matplotlib import ticker  # drawing only: the search itself needs no matplotlib
+
+
+    markers = {2: "v", 4: "s", 8: "o"}
+    for i, model in enumerate(search.models):
+        colour = f"C{i}"
+        for c in search.candidates():
+            if c.model != model:
+                continue
+            cost = search.costs(c)
+            fits = budget.fits(0, cost.sram_bytes, cost.macs)  # all but flash: flash is the x axis
+            ax.scatter(cost.flash_bytes, 100 * search.accuracy(c), marker=markers.get(c.weight_bits, "o"), s=28,
+                       facecolors=colour if fits else "none", edgecolors=colour)
+        ax.scatter([], [], color=colour, label=model)
+    for bits, m in markers.items():
+        ax.scatter([], [], marker=m, color="grey", label=f"W{bits}")
+    ax.axvline(budget.flash_bytes, color="k", ls="--", lw=1)
+    ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: f"{v:,.0f}"))
+    ax.set_xlabel("flash bytes (weights, scales, biases)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"every configuration; dashed: {budget.flash_bytes:,} B of flash")
+    ax.legend(fontsize=8, ncol=2)
+    return ax

@@ -403,6 +403,7 @@ ENTRIES.update({
     **{f"qedu.edge.{n}": skip(NO_TENSOR + " (a frozen value)") for n in ("Budget", "Candidate", "Costs")},
     "qedu.edge.energy_estimate": skip(NO_TENSOR + " (numbers in, a number out)"),
     "qedu.edge.table": skip(NO_TENSOR + " (rows of numbers in, markdown out)"),
+    "qedu.edge.plot_tradeoff": skip(NO_TENSOR + " (draws a BudgetSearch's cached results on an axis)"),
     "qedu.edge.model_costs": lambda: Call(_lazy("qedu.edge", "model_costs"), (cnn(), images(2))),
     "qedu.edge.BudgetSearch": lambda: Call(_lazy("qedu.edge", "BudgetSearch"), ({"mlp": mlp(), "cnn": cnn()}, digits())),
     "qedu.integer.POWER_OF_TWO": skip(CONSTANT),
