@@ -51,7 +51,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from qedu._validation import check_choice, check_module
+from qedu._validation import as_float_tensor, check_choice, check_module
 from qedu.ptq import PTQConfig, fold_batchnorm, quantize_model
 
 __all__ = ["INT32_MIN", "INT32_MAX", "ROUNDINGS", "quantize_multiplier", "saturating_rounding_doubling_high_mul",
@@ -305,6 +305,11 @@ class IntegerConv2d(nn.Module):
     Raises:
         TypeError: ``conv`` is not an ``nn.Conv2d``.
         ValueError: groups, dilation or a non-zero padding mode (not needed by the digits CNN).
+
+    >>> layer = IntegerConv2d(nn.Conv2d(1, 2, 3, padding=1), (0.1, 0), (0.1, 0), relu=True)
+    >>> out = layer(torch.zeros(1, 1, 4, 4, dtype=torch.uint8))
+    >>> out.shape, out.dtype
+    (torch.Size([1, 2, 4, 4]), torch.uint8)
     """
 
     def __init__(self, conv: nn.Conv2d, in_qparams: tuple[float, int], out_qparams: tuple[float, int],
@@ -336,7 +341,11 @@ class IntegerConv2d(nn.Module):
 
 
 class IntegerMaxPool2d(nn.Module):
-    """Max-pooling on codes: ``x_hat = s (q - z)`` is increasing in ``q``, so the max code is the max value."""
+    """Max-pooling on codes: ``x_hat = s (q - z)`` is increasing in ``q``, so the max code is the max value.
+
+    >>> IntegerMaxPool2d(nn.MaxPool2d(2))(torch.tensor([[[[1, 5], [7, 2]]]], dtype=torch.uint8)).tolist()
+    [[[[7]]]]
+    """
 
     def __init__(self, pool: nn.MaxPool2d):
         super().__init__()
@@ -419,6 +428,7 @@ class IntegerMLP(_IntegerModel):
         super().__init__()
         check_module(model)
         _check_pow2(power_of_two)
+        x_calib = as_float_tensor(x_calib, "x_calib")  # refuses empty, NaN and inf calibration data
         layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
         if not layers:
             raise ValueError("model has no nn.Linear layers to convert.")
@@ -452,6 +462,11 @@ class IntegerCNN(_IntegerModel):
     Raises:
         ValueError: the model holds a module other than Conv2d, Linear, BatchNorm (folded),
             ReLU, MaxPool2d, Flatten.
+
+    >>> from qedu.models import make_cnn
+    >>> icnn = IntegerCNN(make_cnn(seed=0), torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(0)))
+    >>> [type(m).__name__ for m in icnn.layers], icnn(icnn.quantize_input(torch.rand(2, 1, 8, 8))).dtype
+    (['IntegerConv2d', 'IntegerMaxPool2d', 'IntegerConv2d', '_Flatten', 'IntegerLinear'], torch.uint8)
     """
 
     flatten_input = False
@@ -467,7 +482,7 @@ class IntegerCNN(_IntegerModel):
             if not isinstance(m, (nn.Conv2d, nn.Linear, nn.ReLU, nn.MaxPool2d, nn.Flatten)):
                 raise ValueError(f"IntegerCNN converts Conv2d/Linear/BatchNorm/ReLU/MaxPool2d/Flatten chains; "
                                  f"the model holds a {type(m).__name__}.")
-        x = x_calib.float()
+        x = as_float_tensor(x_calib, "x_calib").float()  # refuses empty, NaN and inf calibration data
         qp = _act_qparams(x, power_of_two)
         self.in_qparams = qp
         layers = []

@@ -189,6 +189,14 @@ def test_bad_input_is_refused():
         IntegerLinear(lin, (0.1, 0), (0.1, 0))(torch.ones(1, 4))
     with pytest.raises(ValueError, match="no nn.Linear"):
         IntegerMLP(nn.ReLU(), torch.ones(2, 4))
+    with pytest.raises(ValueError, match="x_calib"):
+        IntegerMLP(nn.Sequential(nn.Linear(4, 2)), torch.tensor([[1.0, float("nan"), 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="x_calib"):
+        IntegerCNN(nn.Sequential(nn.Conv2d(1, 1, 3)), torch.empty(0, 1, 8, 8))
+    with pytest.raises(ValueError, match="LSTM"):
+        IntegerCNN(nn.Sequential(nn.LSTM(2, 2)), torch.ones(1, 2))
+    with pytest.raises(ValueError, match="power_of_two"):
+        IntegerCNN(nn.Sequential(nn.Conv2d(1, 1, 3)), torch.ones(1, 1, 8, 8), power_of_two="yes")
 
 
 # ---------------------------------------------------------------- per-channel requantization without a loop
