@@ -52,6 +52,7 @@ import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import MappingProxyType
 from typing import Callable
 
 import torch
@@ -89,7 +90,7 @@ class Recipe:
     bias_int32: bool = False  # the bias rounded to the accumulator's grid, scale s_x * s_w
 
 
-RECIPES = {
+RECIPES = MappingProxyType({  # read-only
     "torch_fp32": Recipe(),
     "torch_dynamic": Recipe(INT8, PerTensor(), act="dynamic_tensor", act_fmt=IntFormat(7, signed=False)),
     "torchao_w8a8": Recipe(INT8, PerChannel(0), act="dynamic_row", act_fmt=INT8, act_symmetric=True),
@@ -98,13 +99,13 @@ RECIPES = {
     "ort_dynamic": Recipe(INT8, PerTensor(), weight_rule="no_clip", act="dynamic_tensor", act_fmt=UINT8),
     "ort_static": Recipe(INT8, PerChannel(0), weight_rule="no_clip", act="static", act_fmt=UINT8, bias_int32=True),
     "ort_int4": Recipe(UINT4, PerGroup(32), weight_symmetric=False),
-}
+})
 
 # max|y - y_ref| / max|y_ref| over the digits test set that tests/test_deploy.py allows, per path.
 # Kernel and reference compute the same integer products (measured: at most 4e-7 apart, float
 # rounding in a different order). ort_static also rounds the logits to a uint8 grid: a tie broken
 # the other way moves one logit by a step, 1/255 of their range, so it is allowed 5e-3.
-TOLERANCE = {p: 1e-5 for p in PATHS} | {"ort_static": 5e-3}
+TOLERANCE = MappingProxyType({p: 1e-5 for p in PATHS} | {"ort_static": 5e-3})
 
 
 @dataclass(frozen=True)
@@ -128,9 +129,11 @@ def cpu_features() -> dict:
     """The CPU's int8-relevant instruction sets (from ``/proc/cpuinfo``) and torch's capability.
 
     ``avx512_vnni`` / ``avx_vnni`` add a u8 x s8 dot product that accumulates into int32 in one
-    instruction; without them (plain ``avx2``) int8 kernels need ``vpmaddubsw`` + ``vpmaddwd``
-    and gain little over float (pytorch#62804, onnxruntime#6695). ``amx_int8`` adds int8 tiles.
-    On a machine without ``/proc/cpuinfo`` the flags are ``None``.
+    instruction (``vpdpbusd``); without them (plain ``avx2``) int8 kernels need two
+    (``vpmaddubsw`` + ``vpmaddwd``) and a saturating int16 step, and such CPUs are reported to
+    gain little from int8 (pytorch#62804, onnxruntime#6695; ``benchmarks/results/deployment.md``
+    measures it). ``amx_int8`` adds int8 matrix tiles; ``asimddp`` / ``i8mm`` are ARM's int8 dot
+    products. ``int8_dot_product`` is ``None`` on a machine without ``/proc/cpuinfo``.
 
     >>> sorted(cpu_features())[:2]
     ['flags', 'int8_dot_product']
@@ -271,8 +274,8 @@ def reference(model: nn.Module, path: str, x_calib: torch.Tensor | None = None, 
         TypeError / ValueError: another kind of model, an unknown path, or missing / bad ``x_calib``.
 
     >>> from qedu.models import make_mlp
-    >>> x = torch.rand(4, 1, 8, 8)
-    >>> float((reference(make_mlp(), "torch_fp32")(x) - make_mlp()(x)).abs().max())
+    >>> x = torch.linspace(0, 1, 256).reshape(4, 1, 8, 8)
+    >>> float((reference(make_mlp(), "torch_fp32")(x) - make_mlp()(x).detach()).abs().max())
     0.0
     """
     path = check_choice(path, "path", PATHS)
@@ -328,7 +331,8 @@ def export_onnx(model: nn.Module, file, example: torch.Tensor) -> Path:
     model = copy.deepcopy(model).eval()
     file = Path(file)
     with _quiet():
-        program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},))
+        program = torch.onnx.export(model, (example,), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
+                                    verbose=False)
     onnx.save(program.model_proto, str(file))
     return file
 
@@ -388,7 +392,8 @@ def deploy(model: nn.Module, path: str, folder, *, x_calib: torch.Tensor | None 
       torch's global compiler settings); these run eagerly, without ``torch.compile``.
     * ``ort_*``: the model exported to ONNX (:func:`export_onnx`; pass ``onnx_file`` to reuse an
       export), quantized by ONNX Runtime's tools into ``folder/<path>.onnx``, and run by an
-      ``InferenceSession`` with ``threads`` intra-op threads on the CPU.
+      ``InferenceSession`` with ``threads`` intra-op threads on the CPU (``ort_fp32`` runs the
+      export itself).
 
     Args:
         model: ``nn.Linear`` or ``nn.Sequential`` of ``Flatten / Linear / ReLU``; copied, never changed.
