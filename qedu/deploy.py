@@ -388,8 +388,10 @@ def deploy(model: nn.Module, path: str, folder, *, x_calib: torch.Tensor | None 
     """``model`` through one real deployment path (:data:`PATHS`), saved in ``folder``.
 
     * ``torch_*`` / ``torchao_*``: a quantized copy of the model, saved with ``torch.save(state_dict)``
-      as ``folder/<path>.pt``. torchao's ``set_inductor_config`` is turned off (it would change
-      torch's global compiler settings); these run eagerly, without ``torch.compile``.
+      as ``folder/<path>.pt``. ``torch.ao.quantization`` is deprecated in favour of torchao and
+      warns so; it still works and is the path most tutorials show, so its warnings are silenced
+      here. torchao's ``set_inductor_config`` is turned off (it would change torch's global
+      compiler settings); both run eagerly, without ``torch.compile``.
     * ``ort_*``: the model exported to ONNX (:func:`export_onnx`; pass ``onnx_file`` to reuse an
       export), quantized by ONNX Runtime's tools into ``folder/<path>.onnx``, and run by an
       ``InferenceSession`` with ``threads`` intra-op threads on the CPU (``ort_fp32`` runs the
