@@ -237,5 +237,11 @@ def test_torch_dynamic_runs_on_a_bare_linear(tmp_path):
     lin = nn.Linear(256, 256)
     x = torch.randn(16, 256, generator=torch.Generator().manual_seed(0))
     dep = deploy(lin, "torch_dynamic", tmp_path)
-    assert _rel_err(dep(x), reference(lin, "torch_dynamic")(x)) <= TOLERANCE["torch_dynamic"]
+    y_ref = reference(lin, "torch_dynamic")(x)
+    assert _rel_err(dep(x), y_ref) <= TOLERANCE["torch_dynamic"]
+    # the same recipe as lesson 08's from-scratch reference of torch's dynamic Linear
+    from qedu.evaluation import dynamic_int8, dynamic_int8_reference
+
+    with torch.no_grad():
+        assert _rel_err(dynamic_int8_reference(dynamic_int8(nn.Sequential(lin))[0], x), y_ref) <= 1e-5
     assert np.isclose(dep.bytes_on_disk / os.path.getsize(deploy(lin, "torch_fp32", tmp_path).file), 0.25, atol=0.05)

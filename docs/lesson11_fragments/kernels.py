@@ -37,8 +37,10 @@
 # tutorial; `deploy` silences its deprecation warning.
 
 # %%
+# (these imports belong in the lesson's first code cell)
 import tempfile
 
+import torch
 from IPython.display import Markdown, display
 
 from qedu.data import load_digits
@@ -59,8 +61,16 @@ fp32 = deploy(model, "torch_fp32", folder)
 int8 = deploy(model, "torch_dynamic", folder)  # a quantized copy; `model` is unchanged
 y_float, y_int8 = fp32(data.x_test), int8(data.x_test)
 y_ref = reference(model, "torch_dynamic")(data.x_test)  # qedu's quantizers, same recipe
-gap = lambda a, b: float((a - b).abs().max() / b.abs().max())  # noqa: E731
-accuracy = lambda y: float((y.argmax(1) == data.y_test).float().mean())  # noqa: E731
+
+
+def gap(y, y_ref):  # the largest difference, as a share of the reference's largest logit
+    return float((y - y_ref).abs().max() / y_ref.abs().max())
+
+
+def accuracy(y):
+    return float((y.argmax(1) == data.y_test).float().mean())
+
+
 print(f"torch.ao int8 vs its qedu reference: {gap(y_int8, y_ref):.1e} of the logits' range; vs float: {gap(y_int8, y_float):.1e}")
 print(f"accuracy: float {accuracy(y_float):.4f}, int8 {accuracy(y_int8):.4f}")
 print(f"on disk: float {fp32.bytes_on_disk:,} bytes, int8 {int8.bytes_on_disk:,} bytes")
@@ -76,8 +86,6 @@ print(f"on disk: float {fp32.bytes_on_disk:,} bytes, int8 {int8.bytes_on_disk:,}
 # where `qedu.deploy.ort_saturates()` says this CPU does it.
 
 # %%
-import torch  # noqa: E402
-
 q_x, q_w = torch.tensor([[255, 255, 10, 20]]), torch.tensor([[127, 127, 3, -4]])
 print("exact int32 sum:", int(q_x @ q_w.T), "   pairs saturated to int16:", int(saturating_pair_matmul(q_x, q_w)))
 
