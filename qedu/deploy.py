@@ -110,7 +110,11 @@ TOLERANCE = MappingProxyType({p: 1e-5 for p in PATHS} | {"ort_static": 5e-3})
 
 @dataclass(frozen=True)
 class Deployed:
-    """One deployed model: ``run(x)`` maps a float batch to float logits; ``file`` holds it on disk."""
+    """One deployed model: call it on a float batch to get float logits; ``file`` holds it on disk.
+
+    Calling checks the batch (not empty, finite: NaN/inf raise ``ValueError``); ``run`` is the
+    bare kernel call, without the check (what ``benchmarks/deployment.py`` times).
+    """
 
     name: str
     run: Callable[[torch.Tensor], torch.Tensor]
@@ -118,7 +122,7 @@ class Deployed:
     bytes_on_disk: int
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.run(x)
+        return self.run(as_float_tensor(x, "x"))
 
 
 # ----------------------------------------------------------------------------- the machine
@@ -345,7 +349,8 @@ def _gemm_to_matmul(proto, onnx) -> None:
     nodes = []
     for node in proto.graph.node:
         attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
-        if node.op_type != "Gemm" or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or node.input[1] not in inits:
+        if node.op_type != "Gemm" or attrs.get("transA", 0) or attrs.get("alpha", 1.0) != 1.0 or attrs.get("beta", 1.0) != 1.0 \
+                or node.input[1] not in inits:  # only y = x W^T + b is rewritten
             nodes.append(node)
             continue
         w = numpy_helper.to_array(inits[node.input[1]])  # (out, in) with transB=1

@@ -224,6 +224,9 @@ def test_deploy_checks_its_input(tmp_path):
         deploy(make_cnn(seed=0), "torch_dynamic", tmp_path)
     with pytest.raises(ValueError, match="threads"):
         deploy(model, "torch_dynamic", tmp_path, threads=0)
+    dep = deploy(model, "torch_dynamic", tmp_path)
+    with pytest.raises(ValueError, match="x"):
+        dep(torch.full((2, 1, 8, 8), float("nan")))
 
 
 def test_a_missing_library_names_the_extra(tmp_path, monkeypatch):
