@@ -139,7 +139,7 @@ def test_onnxruntime_matmulinteger_saturates_exactly_where_predicted():
     """ORT's u8 x s8 MatMulInteger on random full-range codes: the saturating sum on x86 without
     VNNI (ort_saturates()), the exact sum elsewhere; never anything else."""
     ort = pytest.importorskip("onnxruntime", reason=REASON)
-    onnx = pytest.importorskip("onnx", reason=REASON)
+    pytest.importorskip("onnx", reason=REASON)
     from onnx import TensorProto, helper, numpy_helper
 
     g = torch.Generator().manual_seed(0)
