@@ -6,7 +6,8 @@ one of these fails: update the lesson's prose with the new table, then these ass
 """
 import pytest
 
-from qedu.deploy import PATHS, TOLERANCE
+from qedu.data import load_digits
+from qedu.deploy import PATHS, RECIPES, TOLERANCE
 from qedu.models import count_params, make_mlp
 from qedu.results import load_results
 
@@ -30,6 +31,19 @@ def test_the_run_is_what_the_prose_describes(table):
     assert {b for _, b in ratio} == {1, 16, 256}  # "batch sizes 1, 16 and 256"
     assert count_params(make_mlp()) == 17_226
     assert TOLERANCE["ort_static"] == 5e-3 and all(TOLERANCE[p] == 1e-5 for p in PATHS if p != "ort_static")
+
+
+def test_the_paths_table():
+    """The section's table of paths and its test margins ('within one point ... (two for int4)')."""
+    from tests.test_deploy import MARGIN
+
+    assert MARGIN["ort_int4"] == 2.0 and all(MARGIN[p] == 1.0 for p in PATHS if p != "ort_int4")
+    assert len(load_digits().x_calib) == 256  # "calibrated on the 256 calibration digits"
+    assert (RECIPES["torch_dynamic"].act_fmt.qmin, RECIPES["torch_dynamic"].act_fmt.qmax) == (0, 127)
+    assert (RECIPES["ort_dynamic"].act_fmt.qmin, RECIPES["ort_dynamic"].act_fmt.qmax) == (0, 255)
+    assert RECIPES["ort_int4"].weight_granularity.group_size == 32 and RECIPES["ort_int4"].weight_fmt.bits == 4
+    assert {p: RECIPES[p].weight_rule for p in ("torch_dynamic", "torchao_w8", "ort_dynamic", "ort_static")} == {
+        "torch_dynamic": "half_range", "torchao_w8": "half_range", "ort_dynamic": "no_clip", "ort_static": "no_clip"}
 
 
 def test_small_is_slow(table):
