@@ -157,7 +157,7 @@ def test_onnxruntime_matmulinteger_saturates_exactly_where_predicted():
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
     y = torch.from_numpy(session.run(None, {"A": a.numpy()})[0]).long()
     exact, saturated = a.long() @ b.long(), saturating_pair_matmul(a, b.T)
-    assert not torch.equal(exact, saturated)  # these codes do overflow int16 pairs
+    assert int((exact == saturated).sum()) == 1908  # of 6,400: these codes often overflow int16 pairs (ort_saturates' docstring)
     expected = saturated if ort_saturates() else exact
     assert torch.equal(y, expected), f"ort_saturates()={ort_saturates()} on {cpu_features()}"
 
