@@ -5,29 +5,29 @@ quantized model, people reach for a library. :func:`deploy` takes the kit's digi
 ``Flatten / Linear / ReLU`` stack) through each of these, and :func:`reference` builds the
 fake-quantized model, from qedu's own quantizers, that computes what that path computes:
 
-================  ===========================================  ================================  ==============================
-path              what it calls                                weights                           activations
-================  ===========================================  ================================  ==============================
-``torch_fp32``    the float model (the baseline)               float32                           float32
-``torch_dynamic`` ``torch.ao.quantization.quantize_dynamic``   int8, per tensor, max|w|/127.5    uint8 0..127 per batch (min/max)
-``torchao_w8a8``  torchao ``quantize_(m, Int8DynamicActivat``  int8, per output channel,         int8 per row, symmetric,
-                  ``ionInt8WeightConfig())``                   max|w|/127.5                      max|x|/127.5, per batch
-``torchao_w8``    torchao ``Int8WeightOnlyConfig()``           int8, per output channel          float32
-``ort_fp32``      ONNX Runtime on ``torch.onnx.export(...,     float32                           float32
-                  dynamo=True)``
-``ort_dynamic``   ``onnxruntime.quantization.quantize_dynamic`` int8, per tensor, max|w|/127     uint8 0..255 per batch (min/max)
-``ort_static``    ``quantize_static``, QDQ, MinMax calibration int8, per output channel,         uint8, ranges fixed by the
-                                                               max|w|/127; bias int32 at s_x s_w calibration images (+ logits)
-``ort_int4``      ``MatMulNBitsQuantizer``, block 32           uint4 + zero point per block of   float32
-                                                               32 inputs ((max-min)/15)
-================  ===========================================  ================================  ==============================
+* ``torch_fp32`` / ``ort_fp32``: the float model in torch, and in ONNX Runtime after
+  ``torch.onnx.export(..., dynamo=True)``: the baselines.
+* ``torch_dynamic``: ``torch.ao.quantization.quantize_dynamic``. Weights int8 per tensor, step
+  ``max|w| / 127.5``; activations uint8 **0..127**, from each batch's min/max.
+* ``torchao_w8a8``: torchao ``quantize_(m, Int8DynamicActivationInt8WeightConfig())``. Weights
+  int8 per output channel, ``max|w| / 127.5``; activations int8 per row (token), symmetric.
+* ``torchao_w8``: torchao ``Int8WeightOnlyConfig()``. Weights as above; float activations.
+* ``ort_dynamic``: ``onnxruntime.quantization.quantize_dynamic``. Weights int8 per tensor, step
+  ``max|w| / 127``; activations uint8 0..255 from each batch's min/max.
+* ``ort_static``: ``quantize_static`` in QDQ format, MinMax calibration. Weights int8 per output
+  channel, ``max|w| / 127``, bias int32 at ``s_x s_w``; activations uint8 with ranges fixed by
+  the calibration images, the logits included.
+* ``ort_int4``: ``MatMulNBitsQuantizer``, blocks of 32: weights uint4 with a zero point per
+  block of 32 inputs (step ``(max - min) / 15``); float activations.
 
-Two conventions for a symmetric int8 step hide in that table: torch and torchao use
+Two conventions for a symmetric int8 step hide in that list: torch and torchao use
 ``max|w| / 127.5`` (the 256 codes span ``2 max|w|``, the top value clips by half a step; qedu's
 default ``symmetric_rule="half_range"``); ONNX Runtime uses ``max|w| / 127`` (codes -127..127,
 ``symmetric_rule="no_clip"``). torch's dynamic path keeps activations to 7 bits (0..127) so that
 x86's ``vpmaddubsw``, which adds two u8 x s8 products in a saturating int16, cannot overflow
-(see :mod:`qedu.integer`); ONNX Runtime uses all 8 bits.
+(see :mod:`qedu.integer`). ONNX Runtime uses all 8 bits, and on an x86 CPU without VNNI its sums
+really saturate: the reference reproduces that (:func:`saturating_pair_matmul`,
+:func:`ort_saturates`), so it matches ONNX Runtime there too.
 
 Each deployed model is a :class:`Deployed`: call it on a float batch ``(N, 1, 8, 8)`` to get
 float logits, read ``bytes_on_disk`` for the file it wrote. ``tests/test_deploy.py`` checks that
