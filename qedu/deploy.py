@@ -186,6 +186,13 @@ def saturating_pair_matmul(q_x: torch.Tensor, q_w: torch.Tensor) -> torch.Tensor
     >>> saturating_pair_matmul(torch.tensor([[255, 255]]), torch.tensor([[127, 127]])).item()
     32767
     """
+    for name, q in (("q_x", q_x), ("q_w", q_w)):
+        if not isinstance(q, torch.Tensor) or q.is_floating_point() or q.is_complex() or q.ndim != 2:
+            raise TypeError(f"{name} must be a 2-D tensor of integer codes, got "
+                            f"{getattr(q, 'dtype', type(q).__name__)} {tuple(getattr(q, 'shape', ()))}; quantize first.")
+    if q_x.shape[1] != q_w.shape[1] or q_x.shape[1] % 2:
+        raise ValueError(f"q_x {tuple(q_x.shape)} and q_w {tuple(q_w.shape)} must share an even inner size K "
+                         "(products are added in adjacent pairs); pad K with a zero column.")
     prod = q_x.long()[:, None, :] * q_w.long()[None, :, :]  # (N, C_out, K)
     pairs = prod.reshape(*prod.shape[:2], -1, 2).sum(-1).clamp(-(2**15), 2**15 - 1)  # (N, C_out, K/2), int16
     return pairs.sum(-1)  # (N, C_out)
@@ -243,7 +250,7 @@ class _Reference(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h, i = x, 0
+        h, i = as_float_tensor(x, "x"), 0  # NaN, inf or an empty batch raise here
         for m in self.mods:
             if isinstance(m, nn.Linear):
                 h, i = self._linear(h, m, i), i + 1

@@ -131,6 +131,10 @@ def test_saturating_pair_matmul_hand_cases():
     q_w = torch.tensor([[127, 127, 3, 4], [-128, -128, 0, 0]])
     # row 0: pair (255*127 + 255*127 = 64770) clamps to 32767, then + 1*3 + 2*4 = 11; row 1: no pair overflows
     assert saturating_pair_matmul(q_x, q_w).tolist() == [[32767 + 11, -32768], [10 * 127 + 20 * 127 + 90 + 160, -3840]]
+    with pytest.raises(TypeError, match="q_x"):
+        saturating_pair_matmul(torch.rand(2, 4), q_w)
+    with pytest.raises(ValueError, match="even"):
+        saturating_pair_matmul(q_x[:, :3], q_w[:, :3])
     small_x, small_w = torch.randint(0, 128, (5, 8)), torch.randint(-127, 128, (3, 8))
     assert torch.equal(saturating_pair_matmul(small_x, small_w), small_x @ small_w.T)  # 127 * 127 * 2 fits int16
 
@@ -212,6 +216,9 @@ def test_reference_does_not_change_the_model_and_checks_its_input():
         reference(model, "ort_static")
     with pytest.raises(TypeError, match="saturate_pairs"):
         reference(model, "ort_dynamic", saturate_pairs="yes")
+    for path in ("torch_fp32", "torchao_w8"):  # float paths too: NaN is refused, not passed through
+        with pytest.raises(ValueError, match="x"):
+            reference(model, path)(torch.full((2, 1, 8, 8), float("inf")))
 
 
 def test_deploy_checks_its_input(tmp_path):
