@@ -13,6 +13,7 @@ import dataclasses
 import importlib
 import pkgutil
 import random
+import tempfile
 from typing import Callable, NamedTuple
 
 import numpy as np
@@ -497,6 +498,18 @@ ENTRIES.update({
     "qedu.memory.zero_memory": skip(NO_TENSOR),
     "qedu.mixed_precision.WEIGHT_ROUNDINGS": skip(CONSTANT),
     "qedu.evaluation.dynamic_int8_reference": lambda: Call(_dynamic_int8_reference_if_supported, (mlp(), images())),
+    # real int8 kernels (lesson 11): the ONNX / torchao paths are covered by tests/test_deploy.py
+    **{f"qedu.deploy.{n}": skip(CONSTANT) for n in ("PATHS", "RECIPES", "TOLERANCE")},
+    "qedu.deploy.Recipe": skip(NO_TENSOR + " (a description of a path)"),
+    "qedu.deploy.Deployed": skip(NO_TENSOR + " (what deploy returns)"),
+    "qedu.deploy.cpu_features": skip(NO_TENSOR + " (reads /proc/cpuinfo)"),
+    "qedu.deploy.ort_saturates": skip(NO_TENSOR),
+    "qedu.deploy.saturating_pair_matmul": lambda: Call(_lazy("qedu.deploy", "saturating_pair_matmul"),
+                                                       (_codes(0, 256, (4, 8), 1), _codes(-127, 128, (3, 8), 2))),
+    "qedu.deploy.reference": lambda: Call(lambda m, x: _lazy("qedu.deploy", "reference")(m, "ort_static", x)(x), (mlp(), images(16))),
+    "qedu.deploy.deploy": lambda: Call(lambda m, x: _lazy("qedu.deploy", "deploy")(m, "torch_dynamic", tempfile.mkdtemp())(x),
+                                       (mlp(), images())),
+    "qedu.deploy.export_onnx": skip("needs the deploy extra; tests/test_deploy.py::test_export_leaves_the_model_alone checks it"),
 })
 
 
