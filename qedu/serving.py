@@ -1,0 +1,400 @@
+"""Operating a quantized model: a canary rollout, three alarm signals, automatic rollback, an incident log.
+
+A small in-process serving loop (no network server). The **quantized** model is the candidate;
+the **float** model it replaces is the previous version and runs in the *shadow* on every
+request (its answers are computed, logged and compared, never served). Traffic arrives in
+batches; each request goes to the quantized model with probability ``fraction_b``::
+
+    fraction_b = canary_fraction   for b < canary_batches     (the canary: a share of the traffic first)
+               = 1                 after that                 (promoted: all traffic)
+               = 0                 after a rollback           (the previous model serves everything)
+
+Routing is deterministic: request ``j`` draws ``u_j`` from a generator seeded with ``seed`` once,
+and goes to the quantized model when ``u_j < fraction_b``.
+
+Three signals watch the quantized model's traffic, each with a written alarm rule:
+
+* **range** (lesson 09's :class:`qedu.security.RangeMonitor`): alarm when in any layer the share
+  of values the activation grid clips exceeds calibration's share by more than ``clip_tolerance``,
+  or the batch's largest value is below ``underuse`` times calibration's;
+* **drift** (:mod:`qedu.drift`): alarm when in any layer the PSI between calibration's histogram
+  of grid codes and the histogram of the last ``drift_window`` requests the quantized model
+  handled exceeds ``psi_threshold`` (PSI on a few images is large even on clean data: a canary
+  batch of 8 images scores about 0.4, so the histogram pools the recent requests);
+* **disagreement**: alarm when the share of requests on which the quantized model's top-1 answer
+  differs from the float shadow's exceeds ``disagreement_threshold``.
+
+**Rollback rule:** when one signal has alarmed on ``k`` consecutive batches, the loop rolls back
+to the float model from the next batch on (the quantized one keeps running in the shadow, so
+its signals stay visible). Every alarm, promotion and rollback is written to an incident log
+(:class:`Incident` records, printable as markdown or JSON lines) with its evidence: the
+signal's values against the threshold.
+
+Streams (:func:`make_stream`) replay test images with a fault from a known batch on:
+``gain`` (the sensor multiplies by 1.25 / 1.5 / 2), ``missing_div16`` (pixels 0..16 instead of
+``pixel / 16``), ``fading`` (a gain falling linearly from 1 at the onset to 0.7 / 0.45 / 0.2 at
+the stream's end) and ``class_mix`` (30 / 60 / 90 % of the requests show digits 8 and 9).
+
+Speed: the models run once over the whole stream (:meth:`ServingLoop.features`: per request its
+answers, its histogram of codes and its largest value per layer); the loop then only sums the
+routed requests' rows, so one run of 100 batches takes milliseconds and a widget can redo it
+for every threshold.
+
+>>> Rollout(canary_fraction=0.25, canary_batches=10).fraction(3), Rollout().fraction(50)
+(0.25, 1.0)
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from qedu._validation import as_float_tensor, check_choice, check_int, check_module, check_real, check_seed
+from qedu.calibration import record_activations
+from qedu.drift import DriftMonitor, psi
+from qedu.security import RangeMonitor
+
+__all__ = ["FAULTS", "SEVERITY_LEVELS", "MIX_CLASSES", "SIGNALS", "RULES", "Stream", "make_stream", "AlarmRules",
+           "Rollout", "Incident", "log_markdown", "log_jsonl", "Features", "ServingRun", "ServingLoop"]
+
+FAULTS = ("none", "gain", "missing_div16", "fading", "class_mix")
+SEVERITY_LEVELS = {  # the fault's parameter at severity 1, 2, 3 (missing_div16 has one level: x 16)
+    "gain": (1.25, 1.5, 2.0),  # the factor the sensor applies
+    "fading": (0.7, 0.45, 0.2),  # the gain reached at the stream's last batch
+    "class_mix": (0.3, 0.6, 0.9),  # the share of requests drawn from MIX_CLASSES
+}
+MIX_CLASSES = (8, 9)
+SIGNALS = ("range", "drift", "disagreement")
+RULES = {
+    "range": "alarm when, in any layer, the share of values the grid clips exceeds calibration's by more than "
+             "clip_tolerance, or the batch's largest value is below underuse x calibration's",
+    "drift": "alarm when, in any layer, the PSI between calibration's histogram of grid codes and that of the "
+             "last drift_window requests the quantized model handled exceeds psi_threshold (no verdict before "
+             "drift_window requests)",
+    "disagreement": "alarm when the share of requests on which the quantized model's top-1 differs from the float "
+                    "shadow's exceeds disagreement_threshold",
+    "rollback": "roll back to the previous (float) model when one signal has alarmed on k consecutive batches",
+}
+
+
+# ----------------------------------------------------------------------------- streams
+@dataclass(frozen=True)
+class Stream:
+    """``n_batches * batch_size`` requests (images ``x``, labels ``y``), the fault from batch ``onset`` on."""
+
+    x: torch.Tensor = field(repr=False)
+    y: torch.Tensor = field(repr=False)
+    fault: str
+    severity: int
+    onset: int
+    batch_size: int
+    seed: int
+
+    @property
+    def n_batches(self) -> int:
+        return len(self.y) // self.batch_size
+
+
+def make_stream(x, y, fault: str = "none", severity: int = 2, *, n_batches: int = 100, batch_size: int = 32,
+                onset: int = 30, seed: int = 0) -> Stream:
+    """Requests drawn with replacement from ``(x, y)`` (seeded), with ``fault`` from batch ``onset`` on.
+
+    Args:
+        x, y: images ``(N, 1, 8, 8)`` in ``[0, 1]`` and their labels (e.g. the digits test set).
+        fault: one of :data:`FAULTS` (``"none"``: a clean stream). severity: 1..3 (see
+            :data:`SEVERITY_LEVELS`; ignored for ``"none"`` and ``"missing_div16"``).
+        n_batches, batch_size: the stream's length. onset: the first faulty batch, 0..n_batches.
+        seed: fixes which images come, in which order.
+
+    Raises:
+        ValueError / TypeError: unknown fault, severity outside 1..3, images not in ``[0, 1]``,
+            labels that do not match the images, a class mix with no image of :data:`MIX_CLASSES`.
+
+    >>> s = make_stream(torch.rand(20, 1, 8, 8), torch.arange(20) % 10, "missing_div16", n_batches=4, batch_size=2, onset=2)
+    >>> s.x[:4].max() <= 1, s.x[4:].max() > 1, s.n_batches
+    (tensor(True), tensor(True), 4)
+    """
+    fault = check_choice(fault, "fault", FAULTS)
+    severity = check_int(severity, "severity", 1, 3)
+    n_batches, batch_size = check_int(n_batches, "n_batches", 1), check_int(batch_size, "batch_size", 1)
+    onset, seed = check_int(onset, "onset", 0, n_batches), check_seed(seed)
+    x = as_float_tensor(x, "x").float()
+    if x.ndim != 4 or bool((x < 0).any() or (x > 1).any()):
+        raise ValueError(f"x must be images (N, C, H, W) in [0, 1] (digits: pixel / 16), got shape {tuple(x.shape)} "
+                         f"with values in [{float(x.min()):.3g}, {float(x.max()):.3g}]; the faults are injected here.")
+    if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point() or len(y) != len(x):
+        raise ValueError(f"y must be a 1-D integer tensor with one label per image ({len(x)}), got "
+                         f"{tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__}.")
+    g = torch.Generator().manual_seed(seed)
+    n, start = n_batches * batch_size, onset * batch_size
+    idx = torch.randint(0, len(x), (n,), generator=g)  # (n,) requests, with replacement
+    if fault == "class_mix":
+        pool = torch.nonzero(torch.isin(y, torch.tensor(MIX_CLASSES))).flatten()
+        if len(pool) == 0:
+            raise ValueError(f"fault='class_mix' draws digits {MIX_CLASSES}, but y holds none of them.")
+        swap = torch.rand(n, generator=g) < SEVERITY_LEVELS["class_mix"][severity - 1]
+        swap[:start] = False
+        idx[swap] = pool[torch.randint(0, len(pool), (int(swap.sum()),), generator=g)]
+    xs, ys = x[idx], y[idx].clone()  # fresh copies: the caller's images are never changed
+    if fault == "gain":
+        xs[start:] *= SEVERITY_LEVELS["gain"][severity - 1]
+    elif fault == "missing_div16":
+        xs[start:] *= 16.0  # the /16 of the preprocessing was forgotten
+    elif fault == "fading" and start < n:
+        level = SEVERITY_LEVELS["fading"][severity - 1]
+        batch = torch.arange(start, n) // batch_size  # each request's batch index
+        gain = 1 - (1 - level) * (batch - onset + 1).float() / (n_batches - onset)  # (n - start,) to level at the end
+        xs[start:] *= gain.view(-1, 1, 1, 1)
+    return Stream(xs, ys, fault, severity, onset, batch_size, seed)
+
+
+# ----------------------------------------------------------------------------- rules, rollout, the incident log
+@dataclass(frozen=True)
+class AlarmRules:
+    """The thresholds of the three signals (see :data:`RULES`) and ``k``, the batches an alarm must hold."""
+
+    clip_tolerance: float = 0.01
+    underuse: float = 0.25
+    psi_threshold: float = 0.1
+    disagreement_threshold: float = 0.1
+    k: int = 3
+    drift_window: int = 128
+
+    def __post_init__(self):
+        check_real(self.clip_tolerance, "clip_tolerance", 0, 1, lo_open=True, hi_open=True, example="0.01")
+        check_real(self.underuse, "underuse", 0, 1, hi_open=True, example="0.25")
+        check_real(self.psi_threshold, "psi_threshold", 0, lo_open=True, example="0.25")
+        check_real(self.disagreement_threshold, "disagreement_threshold", 0, 1, hi_open=True, example="0.1")
+        check_int(self.k, "k", 1)
+        check_int(self.drift_window, "drift_window", 1)
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """The canary: ``canary_fraction`` of the requests for ``canary_batches`` batches, then all of them."""
+
+    canary_fraction: float = 0.25
+    canary_batches: int = 40
+    seed: int = 0
+
+    def __post_init__(self):
+        check_real(self.canary_fraction, "canary_fraction", 0, 1, lo_open=True, example="0.25")
+        check_int(self.canary_batches, "canary_batches", 0)
+        check_seed(self.seed)
+
+    def fraction(self, batch: int) -> float:
+        """The share of batch ``batch``'s requests routed to the quantized model (before any rollback)."""
+        return float(self.canary_fraction) if batch < self.canary_batches else 1.0
+
+
+@dataclass(frozen=True)
+class Incident:
+    """One entry of the log: at ``batch``, ``event`` ("alarm", "promoted" or "rollback") of ``signal``,
+    what it means (``action``) and the ``evidence`` (signal values against the threshold)."""
+
+    batch: int
+    event: str
+    signal: str
+    action: str
+    evidence: dict
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def log_markdown(incidents) -> str:
+    """The incident log as a markdown table.
+
+    >>> print(log_markdown([Incident(3, "alarm", "drift", "watch", {"psi": 0.4, "threshold": 0.25})]))
+    | batch | event | signal | action | evidence |
+    |---|---|---|---|---|
+    | 3 | alarm | drift | watch | psi=0.4, threshold=0.25 |
+    """
+    rows = ["| batch | event | signal | action | evidence |", "|---|---|---|---|---|"]
+    for r in incidents:
+        evidence = ", ".join(f"{k}={_fmt(v)}" for k, v in r.evidence.items())
+        rows.append(f"| {r.batch} | {r.event} | {r.signal} | {r.action} | {evidence} |")
+    return "\n".join(rows)
+
+
+def log_jsonl(incidents) -> str:
+    """The incident log as JSON lines (one record per line)."""
+    return "\n".join(json.dumps(r.to_dict(), sort_keys=True) for r in incidents)
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_fmt(e) for e in v) + "]"
+    return str(v)
+
+
+# ----------------------------------------------------------------------------- the loop
+@dataclass(frozen=True)
+class Features:
+    """What the models say about every request of a stream, computed once: ``quant_pred``,
+    ``float_pred``, and per layer the counts of each grid code (``hist``, ``(n, bins)``) and the
+    largest input value (``maxima``)."""
+
+    stream: Stream = field(repr=False)
+    quant_pred: torch.Tensor = field(repr=False)
+    float_pred: torch.Tensor = field(repr=False)
+    hist: dict = field(repr=False)
+    maxima: dict = field(repr=False)
+
+
+@dataclass
+class ServingRun:
+    """One run of the loop. Per batch: ``share`` of requests the quantized model served, accuracy of
+    what was ``served``, of the float shadow (``float_acc``) and of the quantized model on every request
+    (``quant_acc``); each signal's ``values`` and ``alarms`` (its value relative to the rule, > 1 alarms).
+    ``rollback`` is the batch whose alarm triggered it (``None``: never), ``incidents`` the log."""
+
+    stream: Stream = field(repr=False)
+    rules: AlarmRules
+    rollout: Rollout
+    share: list
+    served: list
+    float_acc: list
+    quant_acc: list
+    values: dict
+    alarms: dict
+    rollback: int | None
+    incidents: list = field(repr=False)
+
+    @property
+    def accuracy(self) -> float:
+        """Accuracy of everything served (batches all have the same size)."""
+        return sum(self.served) / len(self.served)
+
+    def first_alarm(self, signal: str, after: int = 0) -> int | None:
+        """The first batch ``>= after`` on which ``signal`` alarmed, or ``None``."""
+        return next((b for b, a in enumerate(self.alarms[signal]) if a and b >= after), None)
+
+    def false_alarms(self, signal: str) -> int:
+        """Batches before the fault's onset on which ``signal`` alarmed (all of them on a clean stream)."""
+        end = self.stream.n_batches if self.stream.fault == "none" else self.stream.onset
+        return sum(self.alarms[signal][:end])
+
+
+class ServingLoop:
+    """Serve ``quantized`` with ``float_model`` in the shadow; watch, and roll back (module docstring).
+
+    Args:
+        float_model: the previous model (serves after a rollback; the shadow before).
+        quantized: a model from :func:`qedu.ptq.quantize_model` with quantized activations.
+        x_calib: the images it was calibrated on (the monitors' reference).
+    """
+
+    def __init__(self, float_model: nn.Module, quantized: nn.Module, x_calib):
+        self.float_model, self.quantized = check_module(float_model, "float_model"), check_module(quantized, "quantized")
+        self.range_monitor = RangeMonitor(quantized, x_calib)  # baseline clip rates, calibration maxima
+        self.drift_monitor = DriftMonitor(quantized, x_calib)  # reference histograms of codes
+        self.grids = self.range_monitor.grids
+
+    def features(self, stream: Stream) -> Features:
+        """Run both models once over the whole stream; per request, its answers and its code histograms."""
+        if not isinstance(stream, Stream):
+            raise TypeError(f"stream must come from make_stream(...), got {type(stream).__name__}.")
+        with torch.no_grad():
+            acts = record_activations(self.quantized, stream.x, names=list(self.grids), batch_size=4096)
+            quant_pred = self.quantized(stream.x).argmax(1)
+            was = self.float_model.training
+            self.float_model.eval()
+            try:
+                float_pred = self.float_model(stream.x).argmax(1)
+            finally:
+                self.float_model.train(was)
+        hist, maxima = {}, {}
+        for name, g in self.grids.items():
+            a = acts[name].flatten(1).float()  # (n, features) each request's input to this layer
+            codes = torch.round(a * (1.0 / g.scale)) + float(g.zero_point)  # as qedu.drift.code_histogram
+            bins = g.fmt.qmax - g.fmt.qmin + 3
+            codes = (codes.clamp(g.fmt.qmin - 1, g.fmt.qmax + 1) - (g.fmt.qmin - 1)).long()  # 0 = clipped low
+            rows = codes + bins * torch.arange(len(a)).unsqueeze(1)  # (n, features): one block of bins per request
+            hist[name] = torch.bincount(rows.flatten(), minlength=bins * len(a)).view(len(a), bins)
+            maxima[name] = a.amax(1)
+        return Features(stream, quant_pred, float_pred, hist, maxima)
+
+    def signals(self, features: Features, requests: torch.Tensor, rules: AlarmRules,
+                window: torch.Tensor | None = None) -> tuple[dict, dict]:
+        """Each signal's evidence on ``requests`` (indices into the stream; drift on ``window``, default
+        the same requests), and its value / threshold (> 1: alarm)."""
+        window = requests if window is None else window
+        if len(requests) == 0:
+            return {}, {s: math.nan for s in SIGNALS}
+        ev_range = {}
+        excess, underuse, worst_psi = -math.inf, 0.0, 0.0
+        for name in self.grids:
+            h = features.hist[name][requests].sum(0)  # (bins,) the batch's histogram of codes
+            clip = float(h[0] + h[-1]) / float(h.sum())
+            h_window = h if window is requests else features.hist[name][window].sum(0)
+            ratio = float(features.maxima[name][requests].max()) / self.range_monitor.calib_max[name]
+            excess = max(excess, clip - self.range_monitor.baseline[name])
+            underuse = max(underuse, rules.underuse / ratio if ratio > 0 else math.inf)
+            worst_psi = max(worst_psi, psi(self.drift_monitor.reference[name], h_window))
+            ev_range[name] = ratio
+        disagree = float((features.quant_pred[requests] != features.float_pred[requests]).double().mean())
+        full = len(window) >= rules.drift_window  # no verdict on drift before the window is full
+        values = {"range": max(excess / rules.clip_tolerance, underuse),
+                  "drift": worst_psi / rules.psi_threshold if full else math.nan,
+                  "disagreement": disagree / rules.disagreement_threshold}
+        evidence = {"range": dict(max_clip_excess=excess, clip_tolerance=rules.clip_tolerance,
+                                  min_range_ratio=min(ev_range.values()),
+                                  underuse=rules.underuse),
+                    "drift": dict(max_psi=worst_psi, psi_threshold=rules.psi_threshold, requests=len(window)),
+                    "disagreement": dict(rate=disagree, disagreement_threshold=rules.disagreement_threshold)}
+        return evidence, values
+
+    def run(self, stream_or_features, rules: AlarmRules = AlarmRules(), rollout: Rollout = Rollout(), *,
+            rollback: bool = True) -> ServingRun:
+        """Serve the stream batch by batch; ``rollback=False`` gives the counterfactual (alarms, no action)."""
+        f = stream_or_features if isinstance(stream_or_features, Features) else self.features(stream_or_features)
+        if not isinstance(rules, AlarmRules) or not isinstance(rollout, Rollout):
+            raise TypeError("rules must be an AlarmRules(...) and rollout a Rollout(...).")
+        s, bs = f.stream, f.stream.batch_size
+        u = torch.rand(len(s.y), generator=torch.Generator().manual_seed(rollout.seed))  # one draw per request
+        correct_q, correct_f = f.quant_pred == s.y, f.float_pred == s.y
+        out = ServingRun(s, rules, rollout, [], [], [], [], {n: [] for n in SIGNALS}, {n: [] for n in SIGNALS},
+                         None, [])
+        streak = dict.fromkeys(SIGNALS, 0)
+        recent = torch.zeros(0, dtype=torch.long)  # the last drift_window requests the quantized model handled
+        for b in range(s.n_batches):
+            batch = torch.arange(b * bs, (b + 1) * bs)
+            rolled_back = out.rollback is not None
+            to_quant = u[batch] < (0.0 if rolled_back else rollout.fraction(b))  # the routing
+            served = torch.where(to_quant, correct_q[batch], correct_f[batch])
+            out.share.append(float(to_quant.double().mean()))
+            out.served.append(float(served.double().mean()))
+            out.float_acc.append(float(correct_f[batch].double().mean()))
+            out.quant_acc.append(float(correct_q[batch].double().mean()))
+            watched = batch if rolled_back else batch[to_quant]  # after a rollback: the quantized model in the shadow
+            recent = torch.cat([recent, watched])[-rules.drift_window:]
+            evidence, values = self.signals(f, watched, rules, recent)
+            for name in SIGNALS:
+                alarm = values[name] > 1  # NaN (no request watched) is no alarm
+                out.values[name].append(values[name])
+                out.alarms[name].append(bool(alarm))
+                streak[name] = streak[name] + 1 if alarm else 0
+                if alarm and streak[name] == 1 and not rolled_back:
+                    out.incidents.append(Incident(b, "alarm", name, "watching: alarm must hold "
+                                                  f"{rules.k} batch(es)", evidence[name]))
+            if rolled_back:
+                continue
+            fired = [n for n in SIGNALS if streak[n] >= rules.k]
+            if fired and rollback:
+                out.rollback = b
+                name = fired[0]
+                history = [round(v, 4) for v in out.values[name][b - rules.k + 1:b + 1]]
+                out.incidents.append(Incident(b, "rollback", name, "quantized model withdrawn; the float model "
+                                              f"serves from batch {b + 1}", {**evidence[name], "k": rules.k,
+                                                                             "value_over_threshold": history}))
+            elif b + 1 == rollout.canary_batches and rollout.canary_fraction < 1:
+                out.incidents.append(Incident(b, "promoted", "-", f"canary passed; all traffic from batch {b + 1}",
+                                              {"canary_batches": rollout.canary_batches,
+                                               "canary_fraction": rollout.canary_fraction}))
+        return out
