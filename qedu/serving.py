@@ -58,7 +58,8 @@ from qedu.drift import DriftMonitor, psi
 from qedu.security import RangeMonitor
 
 __all__ = ["FAULTS", "SEVERITY_LEVELS", "MIX_CLASSES", "SIGNALS", "RULES", "Stream", "make_stream", "AlarmRules",
-           "Rollout", "Incident", "log_markdown", "log_jsonl", "Features", "ServingRun", "ServingLoop"]
+           "Rollout", "Incident", "log_markdown", "log_jsonl", "Features", "ServingRun", "ServingLoop",
+           "Outcome", "outcome"]
 
 FAULTS = ("none", "gain", "missing_div16", "fading", "class_mix")
 SEVERITY_LEVELS = {  # the fault's parameter at severity 1, 2, 3 (missing_div16 has one level: x 16)
@@ -398,3 +399,53 @@ class ServingLoop:
                                               {"canary_batches": rollout.canary_batches,
                                                "canary_fraction": rollout.canary_fraction}))
         return out
+
+
+# ----------------------------------------------------------------------------- what a run achieved
+@dataclass(frozen=True)
+class Outcome:
+    """One stream served twice, with and without rollback. Delays are in batches from the onset
+    (``None``: never); accuracies are over the batches from the onset on (the whole stream if clean)."""
+
+    fault: str
+    severity: int
+    seed: int
+    rollback: int | None
+    rollback_delay: int | None
+    first_alarm_delay: dict
+    false_alarms: dict
+    false_rollback: bool
+    served_accuracy: float
+    no_rollback_accuracy: float
+    float_accuracy: float
+
+    @property
+    def saved(self) -> float:
+        """Accuracy the rollback saved: served minus what would have been served without it."""
+        return self.served_accuracy - self.no_rollback_accuracy
+
+
+def outcome(loop: ServingLoop, stream: Stream, rules: AlarmRules = AlarmRules(), rollout: Rollout = Rollout()) -> Outcome:
+    """Serve ``stream`` with rollback and without (the counterfactual); summarise detection and accuracy.
+
+    A rollback before the onset (or on a clean stream) is a *false rollback*, and its delay is ``None``.
+    """
+    if not isinstance(loop, ServingLoop):
+        raise TypeError(f"loop must be a ServingLoop, got {type(loop).__name__}.")
+    f = loop.features(stream)
+    run, counterfactual = loop.run(f, rules, rollout), loop.run(f, rules, rollout, rollback=False)
+    clean = stream.fault == "none"
+    start = 0 if clean else stream.onset
+    rb = run.rollback
+
+    def after(series):
+        return sum(series[start:]) / len(series[start:]) if start < stream.n_batches else math.nan
+
+    first = {}  # when each signal first alarmed after the onset (in the counterfactual: rollback does not stop it)
+    for n in SIGNALS:
+        b = None if clean else counterfactual.first_alarm(n, stream.onset)
+        first[n] = None if b is None else b - stream.onset
+    return Outcome(stream.fault, stream.severity, stream.seed, rb,
+                   None if rb is None or clean or rb < stream.onset else rb - stream.onset, first,
+                   {n: counterfactual.false_alarms(n) for n in SIGNALS}, rb is not None and (clean or rb < stream.onset),
+                   after(run.served), after(counterfactual.served), after(run.float_acc))
