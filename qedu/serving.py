@@ -54,7 +54,7 @@ from torch import nn
 
 from qedu._validation import as_float_tensor, check_choice, check_int, check_module, check_real, check_seed
 from qedu.calibration import record_activations
-from qedu.drift import DriftMonitor, psi
+from qedu.drift import FLOOR, DriftMonitor, psi
 from qedu.security import RangeMonitor
 
 __all__ = ["FAULTS", "SEVERITY_LEVELS", "MIX_CLASSES", "SIGNALS", "RULES", "Stream", "make_stream", "AlarmRules",
@@ -301,15 +301,8 @@ class ServingLoop:
         """Run both models once over the whole stream; per request, its answers and its code histograms."""
         if not isinstance(stream, Stream):
             raise TypeError(f"stream must come from make_stream(...), got {type(stream).__name__}.")
-        with torch.no_grad():
-            acts = record_activations(self.quantized, stream.x, names=list(self.grids), batch_size=4096)
-            quant_pred = self.quantized(stream.x).argmax(1)
-            was = self.float_model.training
-            self.float_model.eval()
-            try:
-                float_pred = self.float_model(stream.x).argmax(1)
-            finally:
-                self.float_model.train(was)
+        acts = record_activations(self.quantized, stream.x, names=list(self.grids), batch_size=4096)
+        quant_pred, float_pred = _predict(self.quantized, stream.x), _predict(self.float_model, stream.x)
         hist, maxima = {}, {}
         for name, g in self.grids.items():
             a = acts[name].flatten(1).float()  # (n, features) each request's input to this layer
@@ -317,88 +310,159 @@ class ServingLoop:
             bins = g.fmt.qmax - g.fmt.qmin + 3
             codes = (codes.clamp(g.fmt.qmin - 1, g.fmt.qmax + 1) - (g.fmt.qmin - 1)).long()  # 0 = clipped low
             rows = codes + bins * torch.arange(len(a)).unsqueeze(1)  # (n, features): one block of bins per request
-            hist[name] = torch.bincount(rows.flatten(), minlength=bins * len(a)).view(len(a), bins)
+            hist[name] = torch.bincount(rows.flatten(), minlength=bins * len(a)).view(len(a), bins).double()
             maxima[name] = a.amax(1)
         return Features(stream, quant_pred, float_pred, hist, maxima)
 
     def signals(self, features: Features, requests: torch.Tensor, rules: AlarmRules,
-                window: torch.Tensor | None = None) -> tuple[dict, dict]:
-        """Each signal's evidence on ``requests`` (indices into the stream; drift on ``window``, default
-        the same requests), and its value / threshold (> 1: alarm)."""
+                window: torch.Tensor | None = None) -> dict:
+        """The three signals on one batch's watched ``requests`` (indices into the stream), written
+        plainly; drift on ``window`` (default: the same requests). The loop computes the same numbers
+        for every batch at once (:meth:`track`); the tests hold the two equal.
+
+        Returns the evidence per signal: ``range`` (largest clip excess over calibration, smallest
+        range ratio), ``drift`` (largest PSI), ``disagreement`` (share of differing answers).
+        """
         window = requests if window is None else window
-        if len(requests) == 0:
-            return {}, {s: math.nan for s in SIGNALS}
-        ev_range = {}
-        excess, underuse, worst_psi = -math.inf, 0.0, 0.0
+        excess, ratio, worst_psi = -math.inf, math.inf, 0.0
         for name in self.grids:
             h = features.hist[name][requests].sum(0)  # (bins,) the batch's histogram of codes
-            clip = float(h[0] + h[-1]) / float(h.sum())
-            h_window = h if window is requests else features.hist[name][window].sum(0)
-            ratio = float(features.maxima[name][requests].max()) / self.range_monitor.calib_max[name]
-            excess = max(excess, clip - self.range_monitor.baseline[name])
-            underuse = max(underuse, rules.underuse / ratio if ratio > 0 else math.inf)
-            worst_psi = max(worst_psi, psi(self.drift_monitor.reference[name], h_window))
-            ev_range[name] = ratio
+            excess = max(excess, float(h[0] + h[-1]) / float(h.sum()) - self.range_monitor.baseline[name])
+            ratio = min(ratio, float(features.maxima[name][requests].max()) / self.range_monitor.calib_max[name])
+            worst_psi = max(worst_psi, psi(self.drift_monitor.reference[name], features.hist[name][window].sum(0)))
         disagree = float((features.quant_pred[requests] != features.float_pred[requests]).double().mean())
-        full = len(window) >= rules.drift_window  # no verdict on drift before the window is full
-        values = {"range": max(excess / rules.clip_tolerance, underuse),
-                  "drift": worst_psi / rules.psi_threshold if full else math.nan,
-                  "disagreement": disagree / rules.disagreement_threshold}
-        evidence = {"range": dict(max_clip_excess=excess, clip_tolerance=rules.clip_tolerance,
-                                  min_range_ratio=min(ev_range.values()),
-                                  underuse=rules.underuse),
-                    "drift": dict(max_psi=worst_psi, psi_threshold=rules.psi_threshold, requests=len(window)),
-                    "disagreement": dict(rate=disagree, disagreement_threshold=rules.disagreement_threshold)}
-        return evidence, values
+        return {"range": dict(max_clip_excess=excess, min_range_ratio=ratio), "drift": dict(max_psi=worst_psi),
+                "disagreement": dict(rate=disagree)}
+
+    def track(self, features: Features, watched: torch.Tensor, drift_window: int) -> dict:
+        """:meth:`signals` for every batch at once, given which requests the quantized model handled.
+
+        Args:
+            watched: ``(n,)`` bool, True for each request the quantized model handled (served or shadowed).
+            drift_window: how many of the latest watched requests the drift histogram pools.
+
+        Returns ``(n_batches,)`` tensors: ``watched`` (count per batch), ``excess``, ``ratio``, ``psi``,
+        ``window`` (requests in the drift histogram) and ``disagree`` (NaN where no request was watched).
+        """
+        s = features.stream
+        nb, bs = s.n_batches, s.batch_size
+        m = watched.view(nb, bs)
+        n_w = m.sum(1).double()  # (nb,)
+        total = torch.cumsum(watched.long(), 0).view(nb, bs)[:, -1]  # watched requests up to each batch's end
+        lo = (total - drift_window).clamp(min=0)
+        order = torch.nonzero(watched).flatten()  # the watched requests, in arrival order
+        excess = torch.full((nb,), -math.inf, dtype=torch.float64)
+        ratio = torch.full((nb,), math.inf, dtype=torch.float64)
+        worst = torch.zeros(nb, dtype=torch.float64)
+        for name in self.grids:
+            hist = features.hist[name]  # (n, bins) float64 counts
+            per_batch = (hist.view(nb, bs, -1) * m.unsqueeze(2)).sum(1)  # (nb, bins) each batch's watched histogram
+            clip = (per_batch[:, 0] + per_batch[:, -1]) / per_batch.sum(1)
+            excess = torch.maximum(excess, clip - self.range_monitor.baseline[name])
+            top = torch.where(m, features.maxima[name].view(nb, bs).double(), -math.inf).amax(1)
+            ratio = torch.minimum(ratio, top / self.range_monitor.calib_max[name])
+            cum = torch.cat([torch.zeros(1, hist.shape[1], dtype=torch.float64), torch.cumsum(hist[order], 0)])
+            pooled = cum[total] - cum[lo]  # (nb, bins) the last drift_window watched requests
+            worst = torch.maximum(worst, _psi_rows(self.drift_monitor.reference[name], pooled))
+        disagree = ((features.quant_pred != features.float_pred) & watched).view(nb, bs).sum(1) / n_w
+        none = n_w == 0
+        return {"watched": n_w, "excess": excess.masked_fill(none, math.nan),
+                "ratio": ratio.masked_fill(none, math.nan), "psi": worst.masked_fill(none, math.nan),
+                "window": (total - lo).double(), "disagree": disagree.masked_fill(none, math.nan)}
+
+    @staticmethod
+    def _values(track: dict, rules: AlarmRules) -> dict:
+        """Each signal's value / threshold per batch (> 1: alarm; NaN: no verdict)."""
+        ratio = track["ratio"]
+        if rules.underuse > 0:
+            under = torch.where(ratio > 0, rules.underuse / ratio, torch.full_like(ratio, math.inf))
+        else:
+            under = torch.zeros_like(ratio)  # the under-use rule is off
+        under = under.masked_fill(torch.isnan(ratio), math.nan)
+        full = track["window"] >= rules.drift_window  # no verdict on drift before the window is full
+        return {"range": torch.maximum(track["excess"] / rules.clip_tolerance, under),
+                "drift": torch.where(full, track["psi"] / rules.psi_threshold, torch.full_like(ratio, math.nan)),
+                "disagreement": track["disagree"] / rules.disagreement_threshold}
+
+    @staticmethod
+    def _evidence(track: dict, b: int, name: str, rules: AlarmRules) -> dict:
+        if name == "range":
+            return dict(max_clip_excess=float(track["excess"][b]), clip_tolerance=rules.clip_tolerance,
+                        min_range_ratio=float(track["ratio"][b]), underuse=rules.underuse)
+        if name == "drift":
+            return dict(max_psi=float(track["psi"][b]), psi_threshold=rules.psi_threshold,
+                        requests=int(track["window"][b]))
+        return dict(rate=float(track["disagree"][b]), disagreement_threshold=rules.disagreement_threshold)
 
     def run(self, stream_or_features, rules: AlarmRules = AlarmRules(), rollout: Rollout = Rollout(), *,
             rollback: bool = True) -> ServingRun:
-        """Serve the stream batch by batch; ``rollback=False`` gives the counterfactual (alarms, no action)."""
+        """Serve the stream batch by batch; ``rollback=False`` gives the counterfactual (alarms, no action).
+
+        Accepts a :class:`Stream` or its :class:`Features` (reuse them to run many rules fast).
+        """
         f = stream_or_features if isinstance(stream_or_features, Features) else self.features(stream_or_features)
         if not isinstance(rules, AlarmRules) or not isinstance(rollout, Rollout):
-            raise TypeError("rules must be an AlarmRules(...) and rollout a Rollout(...).")
-        s, bs = f.stream, f.stream.batch_size
+            raise TypeError(f"rules must be an AlarmRules(...) and rollout a Rollout(...), got "
+                            f"{type(rules).__name__} and {type(rollout).__name__}.")
+        s = f.stream
+        nb, bs = s.n_batches, s.batch_size
         u = torch.rand(len(s.y), generator=torch.Generator().manual_seed(rollout.seed))  # one draw per request
-        correct_q, correct_f = f.quant_pred == s.y, f.float_pred == s.y
-        out = ServingRun(s, rules, rollout, [], [], [], [], {n: [] for n in SIGNALS}, {n: [] for n in SIGNALS},
-                         None, [])
-        streak = dict.fromkeys(SIGNALS, 0)
-        recent = torch.zeros(0, dtype=torch.long)  # the last drift_window requests the quantized model handled
-        for b in range(s.n_batches):
-            batch = torch.arange(b * bs, (b + 1) * bs)
-            rolled_back = out.rollback is not None
-            to_quant = u[batch] < (0.0 if rolled_back else rollout.fraction(b))  # the routing
-            served = torch.where(to_quant, correct_q[batch], correct_f[batch])
-            out.share.append(float(to_quant.double().mean()))
-            out.served.append(float(served.double().mean()))
-            out.float_acc.append(float(correct_f[batch].double().mean()))
-            out.quant_acc.append(float(correct_q[batch].double().mean()))
-            watched = batch if rolled_back else batch[to_quant]  # after a rollback: the quantized model in the shadow
-            recent = torch.cat([recent, watched])[-rules.drift_window:]
-            evidence, values = self.signals(f, watched, rules, recent)
+        fraction = torch.tensor([rollout.fraction(b) for b in range(nb)]).repeat_interleave(bs)
+        routed = u < fraction  # (n,) the routing without any rollback
+        track = self.track(f, routed, rules.drift_window)
+        values = self._values(track, rules)
+        alarms = {n: (values[n] > 1).tolist() for n in SIGNALS}  # NaN (no verdict) is no alarm
+        incidents, streak, rolled = [], dict.fromkeys(SIGNALS, 0), None
+        for b in range(nb):  # the loop: watch, log, and roll back when an alarm has held k batches
             for name in SIGNALS:
-                alarm = values[name] > 1  # NaN (no request watched) is no alarm
-                out.values[name].append(values[name])
-                out.alarms[name].append(bool(alarm))
-                streak[name] = streak[name] + 1 if alarm else 0
-                if alarm and streak[name] == 1 and not rolled_back:
-                    out.incidents.append(Incident(b, "alarm", name, "watching: alarm must hold "
-                                                  f"{rules.k} batch(es)", evidence[name]))
-            if rolled_back:
-                continue
+                streak[name] = streak[name] + 1 if alarms[name][b] else 0
+                if streak[name] == 1:
+                    incidents.append(Incident(b, "alarm", name, f"watching: alarm must hold {rules.k} batch(es)",
+                                              self._evidence(track, b, name, rules)))
             fired = [n for n in SIGNALS if streak[n] >= rules.k]
             if fired and rollback:
-                out.rollback = b
-                name = fired[0]
-                history = [round(v, 4) for v in out.values[name][b - rules.k + 1:b + 1]]
-                out.incidents.append(Incident(b, "rollback", name, "quantized model withdrawn; the float model "
-                                              f"serves from batch {b + 1}", {**evidence[name], "k": rules.k,
-                                                                             "value_over_threshold": history}))
-            elif b + 1 == rollout.canary_batches and rollout.canary_fraction < 1:
-                out.incidents.append(Incident(b, "promoted", "-", f"canary passed; all traffic from batch {b + 1}",
-                                              {"canary_batches": rollout.canary_batches,
-                                               "canary_fraction": rollout.canary_fraction}))
-        return out
+                rolled, name = b, fired[0]
+                history = [round(float(v), 4) for v in values[name][b - rules.k + 1:b + 1]]
+                incidents.append(Incident(b, "rollback", name, "quantized model withdrawn; the float model serves "
+                                          f"from batch {b + 1}", {**self._evidence(track, b, name, rules),
+                                                                  "k": rules.k, "value_over_threshold": history}))
+                break
+            if b + 1 == rollout.canary_batches and rollout.canary_fraction < 1:
+                incidents.append(Incident(b, "promoted", "-", f"canary passed; all traffic from batch {b + 1}",
+                                          {"canary_batches": rollout.canary_batches,
+                                           "canary_fraction": rollout.canary_fraction}))
+        served_by_quant = routed.clone()
+        if rolled is not None:
+            served_by_quant[(rolled + 1) * bs:] = False
+            watched = routed.clone()
+            watched[(rolled + 1) * bs:] = True  # after the rollback the quantized model runs in the shadow
+            track = self.track(f, watched, rules.drift_window)
+            values = self._values(track, rules)
+            alarms = {n: (values[n] > 1).tolist() for n in SIGNALS}
+        correct_q, correct_f = (f.quant_pred == s.y).view(nb, bs), (f.float_pred == s.y).view(nb, bs)
+        served = torch.where(served_by_quant.view(nb, bs), correct_q, correct_f)
+        return ServingRun(s, rules, rollout, served_by_quant.view(nb, bs).double().mean(1).tolist(),
+                          served.double().mean(1).tolist(), correct_f.double().mean(1).tolist(),
+                          correct_q.double().mean(1).tolist(), {n: values[n].tolist() for n in SIGNALS}, alarms,
+                          rolled, incidents)
+
+
+def _predict(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Top-1 answers in eval mode without gradients; the model's mode is restored."""
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return model(x).argmax(1)
+    finally:
+        model.train(was)
+
+
+def _psi_rows(expected, actual) -> torch.Tensor:
+    """:func:`qedu.drift.psi` of ``expected`` against each row of ``actual`` (same formula, same floor)."""
+    e = (expected / expected.sum()).clamp(min=FLOOR)
+    a = (actual / actual.sum(1, keepdim=True)).clamp(min=FLOOR)  # (rows, bins)
+    return ((a - e) * torch.log(a / e)).sum(1)
 
 
 # ----------------------------------------------------------------------------- what a run achieved

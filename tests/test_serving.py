@@ -32,22 +32,43 @@ def stream(data, fault="none", severity=2, **kw):
 
 def test_per_batch_signals_equal_the_range_and_drift_monitors(setup):
     data, model, quantized, loop = setup
-    rules = AlarmRules(drift_window=32)
     rm, dm = RangeMonitor(quantized, data.x_calib), DriftMonitor(quantized, data.x_calib)
     for fault in ("none", "gain", "fading"):
-        s = stream(data, fault, 3, onset=0, n_batches=3)
+        s = stream(data, fault, 3, onset=1, n_batches=3)
         f = loop.features(s)
+        run = loop.run(f, AlarmRules(drift_window=32), Rollout(canary_fraction=1.0), rollback=False)
         for b in range(3):
             idx = torch.arange(32 * b, 32 * (b + 1))
-            evidence, values = loop.signals(f, idx, rules)
+            evidence = loop.signals(f, idx, AlarmRules())
             report, drift = rm.check(s.x[idx]), dm.check(s.x[idx])
             excess = max(report.rates[n] - report.baseline[n] for n in report.rates)
             assert evidence["range"]["max_clip_excess"] == pytest.approx(excess, abs=1e-6)
             assert evidence["range"]["min_range_ratio"] == pytest.approx(min(report.range_ratio.values()), rel=1e-6)
-            assert (values["range"] > 1) == report.alarm
+            assert run.alarms["range"][b] == report.alarm, (fault, b)
             assert evidence["drift"]["max_psi"] == pytest.approx(max(drift.psi.values()), rel=1e-6)
+            assert run.values["drift"][b] * 0.1 == pytest.approx(max(drift.psi.values()), rel=1e-6)
             q, fl = quantized(s.x[idx]).argmax(1), model(s.x[idx]).argmax(1)
             assert evidence["disagreement"]["rate"] == pytest.approx(float((q != fl).double().mean()))
+
+
+def test_the_vectorised_track_equals_the_plain_signals_on_a_canary(setup):
+    data, _, _, loop = setup
+    s = stream(data, "gain", 2, onset=5, n_batches=12)
+    f = loop.features(s)
+    watched = torch.rand(len(s.y), generator=torch.Generator().manual_seed(1)) < 0.3
+    watched[:32] = False  # a batch with nothing watched gives no verdict
+    track = loop.track(f, watched, 50)
+    order = torch.nonzero(watched).flatten()
+    assert all(v != v for v in (track["excess"][0], track["psi"][0], track["disagree"][0]))
+    for b in range(1, 12):
+        idx = torch.nonzero(watched[32 * b:32 * (b + 1)]).flatten() + 32 * b
+        window = order[order < 32 * (b + 1)][-50:]
+        ev = loop.signals(f, idx, AlarmRules(), window)
+        assert float(track["excess"][b]) == pytest.approx(ev["range"]["max_clip_excess"], abs=1e-12)
+        assert float(track["ratio"][b]) == pytest.approx(ev["range"]["min_range_ratio"], rel=1e-12)
+        assert float(track["psi"][b]) == pytest.approx(ev["drift"]["max_psi"], rel=1e-9)
+        assert float(track["disagree"][b]) == pytest.approx(ev["disagreement"]["rate"], abs=1e-12)
+        assert int(track["window"][b]) == len(window)
 
 
 def test_streams_inject_the_fault_from_the_onset_only(setup):
