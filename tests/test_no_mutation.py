@@ -508,6 +508,32 @@ def _serving_entries() -> dict:
 ENTRIES.update(_serving_entries())
 
 
+def _model_card_entries() -> dict:
+    import tempfile
+
+    from qedu import model_card as mc
+
+    def saved(tensors):
+        with tempfile.TemporaryDirectory() as folder:
+            return mc.save_artifact(f"{folder}/a.safetensors", tensors)
+
+    return {
+        "qedu.model_card.DIGITS_LICENSE": skip(CONSTANT),
+        "qedu.model_card.sha256_bytes": skip(NO_TENSOR + " (bytes)"),
+        "qedu.model_card.digits_provenance": skip(NO_TENSOR),
+        "qedu.model_card.load_artifact": skip(NO_TENSOR + " (reads a file; tests/test_model_card.py)"),
+        "qedu.model_card.calibration_provenance": lambda: Call(mc.calibration_provenance, (digits(),)),
+        "qedu.model_card.quantization_recipe": lambda: Call(mc.quantization_recipe, (ptq_model(),)),
+        "qedu.model_card.quantized_tensors": lambda: Call(mc.quantized_tensors, (ptq_model(),)),
+        "qedu.model_card.evaluation_slices": lambda: Call(mc.evaluation_slices, (mlp(), ptq_model(), images(), labels())),
+        "qedu.model_card.save_artifact": lambda: Call(saved, (mlp(),)),
+        "qedu.model_card.model_card": lambda: Call(mc.model_card, (mlp(), ptq_model(), digits())),
+    }
+
+
+ENTRIES.update(_model_card_entries())
+
+
 _CACHE = None  # set per test to a temporary folder (pretrained writes its cache there)
 
 
