@@ -7,6 +7,7 @@ table change and these fail, the prose must be updated with them.
 from __future__ import annotations
 
 import pytest
+import torch
 
 from qedu.data import load_digits
 from qedu.models import evaluate, pretrained
@@ -53,6 +54,18 @@ def test_the_missing_div16_demo(setup):
     assert run.alarms["disagreement"][8:11] == [False, True, False]  # "held for one batch only"
     # "the float model barely minds the missing / 16"
     assert evaluate(mlp, data.x_test * 16, data.y_test) > evaluate(mlp, data.x_test, data.y_test) - 0.01
+
+
+def test_psi_of_clean_windows_shrinks_with_their_size(setup):
+    data, _, _, loop = setup
+    clean = loop.features(make_stream(data.x_test, data.y_test, "none", n_batches=100, batch_size=32, seed=0))
+    medians, largest = {}, {}
+    for size in (8, 32, 128):
+        t = loop.track(clean, torch.ones(3200, dtype=torch.bool), drift_window=size)
+        scores = t["psi"][t["window"] >= size]
+        medians[size], largest[size] = float(scores.median()), float(scores.max())
+    assert round(medians[8], 1) == 0.5 and round(medians[32], 2) == 0.12 and round(medians[128], 2) == 0.04
+    assert largest[32] > 0.1 > largest[128]  # "only the pooled histogram stays quiet" under 0.1
 
 
 def test_a_psi_threshold_of_002_rolls_back_a_clean_stream():
