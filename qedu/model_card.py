@@ -248,13 +248,27 @@ def load_artifact(path, sha256: str) -> dict[str, torch.Tensor]:
 
 
 # ----------------------------------------------------------------------------- the card
+def _monitoring_lines(rules) -> list[str]:
+    from qedu.serving import RULES, AlarmRules
+
+    if rules is None:
+        return ["No monitoring recorded for this card."]
+    if not isinstance(rules, AlarmRules):
+        raise TypeError(f"monitoring must be the qedu.serving.AlarmRules the deployment uses, got {type(rules).__name__}.")
+    values = {"range": f"clip_tolerance={rules.clip_tolerance}, underuse={rules.underuse}",
+              "drift": f"psi_threshold={rules.psi_threshold}, drift_window={rules.drift_window}",
+              "disagreement": f"disagreement_threshold={rules.disagreement_threshold}", "rollback": f"k={rules.k}"}
+    return ["Served with the float model in the shadow (qedu.serving); alarm rules and thresholds:", ""] + [
+        f"* **{name}** ({values[name]}): {rule}." for name, rule in RULES.items()]
+
+
 def _pct(v) -> str:
     return "-" if v != v else f"{100 * v:.1f}"
 
 
 def model_card(float_model: nn.Module, quantized: nn.Module, data, *, artifacts: dict | None = None,
                latency: dict | None = None, corruptions=("gaussian_noise", "blur", "contrast"),
-               severity: int = 3) -> str:
+               severity: int = 3, monitoring=None) -> str:
     """The quantization section of a model card, in markdown, from the pipeline's objects.
 
     Args:
@@ -262,6 +276,8 @@ def model_card(float_model: nn.Module, quantized: nn.Module, data, *, artifacts:
         data: the :class:`~qedu.data.Digits` it was calibrated and tested on.
         artifacts: name -> path of each file shipped; their sha256 and sizes are computed here.
         latency: a measurement to report (passed through, labelled as given); ``None``: "not measured".
+        monitoring: the :class:`~qedu.serving.AlarmRules` the deployment watches it with (its written
+            rules and thresholds are listed); ``None``: "no monitoring recorded".
     """
     recipe = quantization_recipe(quantized)
     config = getattr(quantized, "qedu_config", None)
@@ -301,7 +317,9 @@ def model_card(float_model: nn.Module, quantized: nn.Module, data, *, artifacts:
         lines.append(f"| {name} | {_pct(accs['float32'])} | {_pct(accs['quantized'])} |")
     lines += ["", "Latency: " + ("not measured for this card." if not latency else
                                  "; ".join(f"{k}: {v}" for k, v in latency.items()) + " (as measured and given)."),
-              "", "### Artifacts", ""]
+              "", "### Monitoring in deployment", ""]
+    lines += _monitoring_lines(monitoring)
+    lines += ["", "### Artifacts", ""]
     if artifacts:
         lines += ["| artifact | file | bytes | sha256 |", "|---|---|---|---|"]
         for name, path in artifacts.items():

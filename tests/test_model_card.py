@@ -131,4 +131,15 @@ def test_card_is_written_from_the_objects(setup, tmp_path):
     per_class = per_class_accuracy(q, data.x_test, data.y_test)
     assert "| quantized % | " + " | ".join(f"{100 * v:.1f}" for v in per_class.tolist()) + " |" in card
     assert "W4A8: 0.3 ms (example)" in card and "gaussian_noise 3" in card
-    assert "not measured" in model_card(model, q, data)
+    plain = model_card(model, q, data)
+    assert "not measured" in plain and "No monitoring recorded" in plain
+
+
+def test_card_lists_the_monitoring_rules(setup):
+    from qedu.serving import AlarmRules
+
+    data, model, q = setup
+    card = model_card(model, q, data, monitoring=AlarmRules(psi_threshold=0.2, k=4))
+    assert "psi_threshold=0.2" in card and "k=4" in card and "**disagreement**" in card
+    with pytest.raises(TypeError, match="AlarmRules"):
+        model_card(model, q, data, monitoring={"k": 3})

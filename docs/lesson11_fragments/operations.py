@@ -165,13 +165,15 @@ display(Markdown(results_markdown("rollback")))
 # data, how it was evaluated, and which exact files ship. `qedu.model_card` writes that section of a
 # model card **from the pipeline's own objects**: the recipe is read from the quantized layers (and
 # checked against the codes they hold), the data's provenance from scikit-learn's bundled copy, the
-# slices are measured, and every artifact is listed with its sha256.
+# slices are measured, the monitoring rules come from the serving loop's `AlarmRules`, and every
+# artifact is listed with its sha256.
 
 # %%
 folder = tempfile.TemporaryDirectory()  # the artifacts of this lesson; deleted at the end
 artifact = Path(folder.name) / "digits_mlp_w8a8.safetensors"
 digest = save_artifact(artifact, quantized_tensors(w8a8), {"recipe": PTQConfig().name})
-display(Markdown(model_card(mlp, w8a8, data, artifacts={"W8A8 weights and qparams": artifact})))
+display(Markdown(model_card(mlp, w8a8, data, artifacts={"W8A8 weights and qparams": artifact},
+                            monitoring=AlarmRules())))
 
 # %% [markdown]
 # The digits come from scikit-learn's copy of the test set of the UCI "Optical Recognition of
