@@ -32,6 +32,7 @@ WIDGETS = {
     "07_low_bit_optimizers_and_memory": ("qedu.widgets.training", "memory_planner"),
     "08_evaluating_quantized_models": ("qedu.widgets.evaluation", "evaluation_explorer"),
     "09_data_quality_and_security": ("qedu.widgets.evaluation", "calibration_explorer"),
+    "11_deployment_and_monitoring": ("qedu.widgets.deploy", "deployment_simulator"),
 }
 
 

@@ -513,6 +513,59 @@ ENTRIES.update({
 })
 
 
+# ----------------------------------------------------------------------------- lesson 11: serving (qedu.serving)
+def _serving_entries() -> dict:
+    from qedu import serving
+
+    def stream(x, y):
+        return serving.make_stream(x, y, "gain", 3, n_batches=4, batch_size=4, onset=2, seed=0)
+
+    def served(f, q, xc, x, y):
+        return serving.ServingLoop(f, q, xc).run(stream(x, y), serving.AlarmRules(k=1, drift_window=4))
+
+    entries = {f"qedu.serving.{n}": skip(CONSTANT) for n in ("FAULTS", "SEVERITY_LEVELS", "MIX_CLASSES", "SIGNALS", "RULES")}
+    entries.update({f"qedu.serving.{n}": skip(NO_TENSOR + " (a value or a result)")
+                    for n in ("Stream", "AlarmRules", "Rollout", "Incident", "Features", "ServingRun", "Outcome")})
+    entries.update({
+        "qedu.serving.log_markdown": skip(NO_TENSOR + " (incident records)"),
+        "qedu.serving.log_jsonl": skip(NO_TENSOR + " (incident records)"),
+        "qedu.serving.make_stream": lambda: Call(stream, (images(), labels())),
+        "qedu.serving.ServingLoop": lambda: Call(served, (mlp(), ptq_model(), images(16, 1), images(8, 4), labels())),
+        "qedu.serving.outcome": lambda: Call(lambda f, q, xc, x, y: serving.outcome(serving.ServingLoop(f, q, xc), stream(x, y)),
+                                             (mlp(), ptq_model(), images(16, 1), images(8, 4), labels())),
+    })
+    return entries
+
+
+ENTRIES.update(_serving_entries())
+
+
+def _model_card_entries() -> dict:
+    import tempfile
+
+    from qedu import model_card as mc
+
+    def saved(tensors):
+        with tempfile.TemporaryDirectory() as folder:
+            return mc.save_artifact(f"{folder}/a.safetensors", tensors)
+
+    return {
+        "qedu.model_card.DIGITS_LICENSE": skip(CONSTANT),
+        "qedu.model_card.sha256_bytes": skip(NO_TENSOR + " (bytes)"),
+        "qedu.model_card.digits_provenance": skip(NO_TENSOR),
+        "qedu.model_card.load_artifact": skip(NO_TENSOR + " (reads a file; tests/test_model_card.py)"),
+        "qedu.model_card.calibration_provenance": lambda: Call(mc.calibration_provenance, (digits(),)),
+        "qedu.model_card.quantization_recipe": lambda: Call(mc.quantization_recipe, (ptq_model(),)),
+        "qedu.model_card.quantized_tensors": lambda: Call(mc.quantized_tensors, (ptq_model(),)),
+        "qedu.model_card.evaluation_slices": lambda: Call(mc.evaluation_slices, (mlp(), ptq_model(), images(), labels())),
+        "qedu.model_card.save_artifact": lambda: Call(saved, (mlp(),)),
+        "qedu.model_card.model_card": lambda: Call(mc.model_card, (mlp(), ptq_model(), digits())),
+    }
+
+
+ENTRIES.update(_model_card_entries())
+
+
 _CACHE = None  # set per test to a temporary folder (pretrained writes its cache there)
 
 
