@@ -193,6 +193,7 @@ GENERIC = [
     "lessons/08_evaluating_quantized_models.ipynb",
     "lessons/09_data_quality_and_security.ipynb",
     "lessons/10_llm_weight_quantization.ipynb",
+    "lessons/11_deployment_and_monitoring.ipynb",  # the deployment simulator: its first dropdown is the fault
     "lessons/12_low_precision_training.ipynb",
 ]
 
