@@ -1,4 +1,4 @@
-"""What lesson 11's section "Real kernels and honest speed" (docs/lesson11_fragments/kernels.py)
+"""What lesson 11's section "Real kernels and honest speed" (lessons/11_deployment_and_monitoring.ipynb)
 says about the committed benchmark, benchmarks/results/deployment.json.
 
 If the benchmark is re-run (on another CPU, say one with VNNI) and a sentence no longer holds,
