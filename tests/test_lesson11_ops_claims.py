@@ -1,7 +1,7 @@
 """What lesson 11's "Operating a quantized model" and "Governance" prose says, held to the data.
 
-The prose lives in lessons/11_deployment_and_monitoring.ipynb, sections 4 and 5. If the models, the rules or benchmarks/rollback.py's
-table change and these fail, the prose must be updated with them.
+The prose lives in lessons/11_deployment_and_monitoring.ipynb, sections 4 and 5. If the models, the
+rules or benchmarks/rollback.py's table change and these fail, the prose must be updated with them.
 """
 from __future__ import annotations
 
