@@ -29,7 +29,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install "$(TORCH)"
-	$(BIN)/python -m pip install -e ".[test,browser,ref]"
+	$(BIN)/python -m pip install -e ".[test,browser,ref,teacher]"
 	touch $(STAMP)
 
 lab: $(STAMP)
