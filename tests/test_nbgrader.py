@@ -23,6 +23,7 @@ import pytest
 
 nbgrader = pytest.importorskip("nbgrader", reason="nbgrader is the `teacher` extra: pip install -e '.[teacher]'")
 from nbgrader.api import Gradebook  # noqa: E402
+from nbgrader.nbgraderformat import MetadataValidator  # noqa: E402
 from nbgrader.preprocessors import ClearSolutions  # noqa: E402
 from traitlets.config import Config  # noqa: E402
 
@@ -135,12 +136,13 @@ def test_the_released_notebook_has_no_solution_and_matches_exercises(graded):
 
 
 @pytest.mark.parametrize("source", SOURCES, ids=[p.stem for p in SOURCES])
-def test_nbgrader_clears_every_solution(source):
-    """nbgrader's own ClearSolutions, with the course's config, on every generated source notebook:
+def test_nbgrader_validates_and_clears_every_solution(source):
+    """nbgrader's metadata validator accepts every generated notebook, and its ClearSolutions, with the course's config, on every generated source notebook:
     no solution line survives and every region becomes the exercises' stub."""
     config = Config()
     exec((COURSE / "nbgrader_config.py").read_text(), {"get_config": lambda: config})
     nb = nbformat.read(COURSE / "source" / source.stem / f"{source.stem}.ipynb", as_version=4)
+    MetadataValidator().validate_nb(nb)  # nbgrader's own schema-3 check (raises on a bad cell)
     released, _ = ClearSolutions(config=config).preprocess(nb, {})
     code = "\n".join(c.source for c in released.cells if c.cell_type == "code")
     leaked = [line for line in _solution_lines(source) if line in code]
