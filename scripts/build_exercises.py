@@ -96,7 +96,7 @@ def split_solution(code: str, where: str) -> tuple[str, str]:
 
 
 def build(source: Path) -> dict[str, str]:
-    """Return {"exercises": text, "solutions": text} for one source file."""
+    """Return {"exercises": text, "solutions": text, "nbgrader": text} for one source file."""
     nb = jupytext.reads(source.read_text(), fmt="py:percent")
     stem = source.stem
     out = {}
@@ -113,7 +113,10 @@ def build(source: Path) -> dict[str, str]:
             cells[-1]["metadata"] = dict(cell.metadata)
         for j, cell in enumerate(cells):
             cell["id"] = f"{kind[:3]}-{j:03d}"
-            cell["metadata"] = nbgrader_metadata(cell, j, source.name) if kind == "nbgrader" else {}
+            if kind == "nbgrader":
+                mark_for_nbgrader(cell, j, source.name)
+            else:
+                cell["metadata"] = {}
         if kind == "nbgrader":
             grade_ids = [c.metadata["nbgrader"]["grade_id"] for c in cells]
             dupes = sorted({g for g in grade_ids if grade_ids.count(g) > 1})
@@ -133,9 +136,9 @@ def build(source: Path) -> dict[str, str]:
     return out
 
 
-def nbgrader_metadata(cell, j: int, where: str) -> dict:
-    """nbgrader's cell metadata (schema 3) for cell ``j`` of the nbgrader notebook; rewrites a check
-    cell's source into its autograder form."""
+def mark_for_nbgrader(cell, j: int, where: str) -> None:
+    """Give cell ``j`` of the nbgrader notebook nbgrader's metadata (schema 3), in place; a check
+    cell's source becomes its autograder form. The source cell's metadata may say ``points``."""
     points = cell["metadata"].get("points", 1)
     meta = {"solution": False, "grade": False, "locked": True, "grade_id": f"cell-{j:03d}", "schema_version": 3}
     if cell.cell_type == "code" and BEGIN in cell.source:
@@ -153,7 +156,7 @@ def nbgrader_metadata(cell, j: int, where: str) -> dict:
                        "an unanswered task fails the assert.\n"
                        f"assert {cell.source.strip()}.passed, \"{fn} is not answered yet\"")
         meta.update(grade=True, grade_id=check, points=points)
-    return {"nbgrader": meta}
+    cell["metadata"] = {"nbgrader": meta}
 
 
 def targets(source: Path) -> dict[str, Path]:
