@@ -2,7 +2,7 @@
 
 The teacher's commands from README's "For teachers" section, in the same order: `nbgrader db
 assignment add`, `nbgrader db student import`, `nbgrader generate_assignment`, then three
-submissions through `nbgrader autograde` and `nbgrader export`:
+submissions through `nbgrader autograde`, `nbgrader generate_feedback` and `nbgrader export`:
 
 * alice hands in the worked solution            -> full marks;
 * bob makes a classic mistake in one answer    -> loses exactly that check's points;
@@ -88,6 +88,7 @@ def graded(tmp_path_factory):
     _submit(course, "bob", release, {**solutions, MISTAKE_TASK: _wrong(MISTAKE_TASK)})
     _submit(course, "carol", release, {})
     _nbgrader(course, "autograde", LESSON)
+    _nbgrader(course, "generate_feedback", LESSON)
     _nbgrader(course, "export", "--to", "grades.csv")
     points = {c.metadata.nbgrader["grade_id"]: c.metadata.nbgrader["points"] for c in source.cells if c.metadata.nbgrader["grade"]}
     with Gradebook(f"sqlite:///{course / 'gradebook.db'}", course_id="qedu") as gb:
@@ -120,6 +121,14 @@ def test_exported_grades_match_the_gradebook(graded):
         row = graded["exported"][student]
         assert float(row["max_score"]) == total
         assert float(row["score"]) == sum(graded["scores"][student].values())
+
+
+def test_feedback_shows_the_score_and_the_checks_message(graded):
+    total = sum(graded["points"].values())
+    lost = graded["points"][f"check_{MISTAKE_TASK}"]
+    page = (graded["course"] / "feedback" / "bob" / LESSON / f"{LESSON}.html").read_text()
+    assert f"Score: {float(total - lost)} / {float(total)}" in page
+    assert f"{MISTAKE_TASK}: wrong answer" in page, "the student should see why the check failed"
 
 
 def test_the_released_notebook_has_no_solution_and_matches_exercises(graded):
