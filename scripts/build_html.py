@@ -60,6 +60,24 @@ def render(nb: nbformat.NotebookNode, title: str) -> str:
     return body
 
 
+def with_nav(page: str, previous: str | None, following: str | None) -> str:
+    """Add a line of links (all lessons, previous, next) at the top and bottom of a lesson page."""
+    links = ['<a href="index.html">all lessons</a>']
+    if previous:
+        links.append(f'<a href="{previous}.html" rel="prev">&larr; {html.escape(previous)}</a>')
+    if following:
+        links.append(f'<a href="{following}.html" rel="next">{html.escape(following)} &rarr;</a>')
+    nav = ('<nav class="qedu-nav" style="font-family: system-ui, sans-serif; padding: .5rem 1rem; '
+           'display: flex; gap: 1.5rem; flex-wrap: wrap;">'
+           '<style>.qedu-nav a { color: #1565c0; text-decoration: underline; }</style>' + "".join(links) + "</nav>")
+    head, sep, rest = page.partition("<body")
+    if not sep:
+        raise RuntimeError("nbconvert's page has no <body>; cannot add the navigation links")
+    tag, _, body = rest.partition(">")
+    body, sep, tail = body.rpartition("</body>")
+    return f"{head}<body{tag}>\n{nav}{body}{nav}\n{sep}{tail}"
+
+
 def index_page(built: list[str]) -> str:
     """The lesson map (qedu.curriculum) as a page; lessons in ``built`` link to their pages."""
     from qedu.curriculum import LESSONS as MAP
@@ -109,11 +127,12 @@ def build_site(lessons: list[Path], out: Path = OUT, log=print) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     shutil.copytree(VENDOR, out / "vendor", dirs_exist_ok=True, ignore=shutil.ignore_patterns("README.md"))
     pages = []
-    for path in lessons:
-        path = Path(path)
+    stems = [Path(p).stem for p in lessons]
+    for i, path in enumerate(map(Path, lessons)):
         start = time.perf_counter()
         page = out / f"{path.stem}.html"
-        page.write_text(render(execute(path), path.stem), encoding="utf-8")
+        previous, following = (stems[i - 1] if i else None), (stems[i + 1] if i + 1 < len(stems) else None)
+        page.write_text(with_nav(render(execute(path), path.stem), previous, following), encoding="utf-8")
         pages.append(page)
         log(f"wrote {page} ({page.stat().st_size / 1e6:.1f} MB, {time.perf_counter() - start:.0f} s)")
     index = out / "index.html"

@@ -51,6 +51,24 @@ def test_pages_use_the_vendored_scripts(site):
     assert not build_html._REMOTE_LOAD.search(page)
 
 
+def test_lesson_pages_link_back_to_the_index_and_to_their_neighbours(site):
+    out, _ = site
+    page = (out / f"{LESSON}.html").read_text()
+    assert page.count('<a href="index.html">all lessons</a>') == 2  # top and bottom
+    assert 'rel="prev"' not in page and 'rel="next"' not in page  # the only lesson of this build
+    nav = build_html.with_nav("<html><body class='x'>text</body></html>", "01_a", "03_c")
+    assert nav.startswith("<html><body class='x'>\n<nav") and nav.endswith("</nav>\n</body></html>")
+    assert 'href="01_a.html" rel="prev"' in nav and 'href="03_c.html" rel="next"' in nav and "text" in nav
+
+
+def test_make_html_builds_every_lesson_into_an_ignored_folder():
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^html: .*\n\t\$\(BIN\)/python scripts/build_html.py --out build/html$", makefile, re.M)
+    assert "make html" in makefile.split("\nvenv:")[0], "`make help` should list `make html`"
+    assert "build/" in (ROOT / ".gitignore").read_text().splitlines()
+    assert build_html.OUT == ROOT / "build" / "html"
+
+
 def test_build_site_names_bad_input(tmp_path):
     with pytest.raises(ValueError, match="lessons is empty"):
         build_html.build_site([], tmp_path)
@@ -83,6 +101,10 @@ def test_site_opens_offline_with_figures_widgets_and_math(site):
             page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
             page.goto((out / "index.html").as_uri())
             page.click(f'a[href="{LESSON}.html"]')
+            page.wait_for_url(f"**/{LESSON}.html")
+            page.click('a[href="index.html"] >> nth=0')  # and back: the navigation works from disk
+            page.wait_for_url("**/index.html")
+            page.go_back()
             page.wait_for_url(f"**/{LESSON}.html")
             # the widget renderer draws the saved state: the controls and the widget's figure
             page.wait_for_selector(".jupyter-widgets .widget-slider", timeout=60_000)
