@@ -13,10 +13,11 @@ Measured: the time until each student's lesson has run, the widget update latenc
 control's message to the kernel going idle, its new figure sent) p50 and p95 over all students,
 the memory per student (resident memory of their server and kernel, summed), and failures.
 
-    python benchmarks/classroom.py                 # N = 5, 10, 20, 40 (about 15 minutes)
+    python benchmarks/classroom.py                 # N = 5, 10, 20, 30, 40 (about 20 minutes)
     python benchmarks/classroom.py --students 2 --minutes 0.5 --no-write   # a quick look
 
-Everything it starts it stops, also on Ctrl-C or an error; every wait has a deadline. Writes
+Everything it starts it stops, also on Ctrl-C or an error; every wait has a deadline; a class
+size that would not fit in the free memory is reported as not run rather than started. Writes
 ``benchmarks/results/classroom.{json,md}``. ``tests/test_classroom.py`` runs a small version
 (2 students, about a minute) with the same code.
 """
@@ -302,8 +303,8 @@ def code_cells(nb: dict) -> list[str]:
     return ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
 
 
-async def run_student(api: Api, student: Student, nb: dict, *, until: float, every: float, t0: float) -> Kernel | None:
-    """One student's session: server, lesson 02 run top to bottom, then widget moves until ``until``."""
+async def run_student(api: Api, student: Student, nb: dict, *, minutes: float, every: float, t0: float) -> Kernel | None:
+    """One student's session: server, lesson 02 run top to bottom, then ``minutes`` of widget moves."""
     kernel = None
     try:
         await api.start_server(student.name)
@@ -319,6 +320,7 @@ async def run_student(api: Api, student: Student, nb: dict, *, until: float, eve
                 return kernel
         student.lesson_s = time.perf_counter() - t0
         comm_id, values = kernel.control("bits")
+        until = time.perf_counter() + 60 * minutes
         k = 0
         while time.perf_counter() < until:
             await asyncio.sleep(every)
@@ -357,10 +359,10 @@ async def classroom(hub: Hub, n: int, *, minutes: float, every: float, stagger: 
         async def one(i, s):
             await asyncio.sleep(i * stagger)  # students arrive over a few seconds, not in the same millisecond
             start = time.perf_counter()
-            kernel = await run_student(api, s, nb, until=start + 60 * minutes + 120, every=every, t0=start)
+            kernel = await run_student(api, s, nb, minutes=minutes, every=every, t0=start)
             kernels.append(kernel)
 
-        # the widget phase lasts `minutes` after the slowest lesson run; cap the whole thing
+        # each student moves the widget for `minutes` after their own lesson has run; cap the whole thing
         await asyncio.wait_for(asyncio.gather(*(one(i, s) for i, s in enumerate(students))),
                                timeout=60 * minutes + 600)
     except asyncio.TimeoutError:
@@ -405,7 +407,11 @@ def markdown(runs: list[dict], meta: dict) -> str:
         f"{meta['platform']}, {meta['cpu_count']} cores, {meta['memory_gib']} GiB, JupyterHub {meta['jupyterhub']}, "
         f"load average {meta['load_average_1min']} at start, {meta['date']}. Each student: own server, lesson 02 run "
         f"top to bottom, then the `bits` slider moved every {meta['every_s']} s for {meta['minutes']} min. "
-        "Produced by `python benchmarks/classroom.py`.",
+        "Produced by `python benchmarks/classroom.py`." + (f" {meta['note']}" if meta.get("note") else ""),
+        "",
+        "Lesson run: from the student's arrival to the last cell of lesson 02 done (server start, upload, kernel "
+        "start, every cell). Widget: from the slider's message to the kernel idle with the new figure sent. "
+        "Memory: resident memory of the student's server and kernel together.",
         "",
         "| students | lesson run, median (s) | lesson run, slowest (s) | widget p50 (ms) | widget p95 (ms) "
         "| memory per student (MiB) | students with a failure |",
@@ -424,17 +430,18 @@ def markdown(runs: list[dict], meta: dict) -> str:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--students", type=int, nargs="+", default=[5, 10, 20, 40])
+    ap.add_argument("--students", type=int, nargs="+", default=[5, 10, 20, 30, 40])
     ap.add_argument("--minutes", type=float, default=2.0, help="widget phase per class size")
     ap.add_argument("--every", type=float, default=3.0, help="seconds between one student's widget moves")
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--note", default="", help="a sentence for the results file, e.g. what else ran on the machine")
     args = ap.parse_args(argv)
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from _common import machine, write
     import jupyterhub
 
     meta = machine() | {"jupyterhub": jupyterhub.__version__, "memory_gib": round(psutil.virtual_memory().total / 2**30),
-                        "every_s": args.every, "minutes": args.minutes}
+                        "every_s": args.every, "minutes": args.minutes, "note": args.note}
     runs = []
     with tempfile.TemporaryDirectory(prefix="qedu-hub-") as tmp:
         hub = Hub(Path(tmp))
