@@ -455,7 +455,7 @@ def main(argv=None) -> None:
                     print(f"{n} students: not run ({runs[-1]['not_run']})", flush=True)
                     continue
                 run = asyncio.run(classroom(hub, n, minutes=args.minutes, every=args.every))
-                per_student_mib = max(per_student_mib, run["memory_per_student_mib"] or 0)
+                per_student_mib = run["memory_per_student_mib"] or per_student_mib  # measured, for the next size
                 runs.append(run)
                 print(f"{n} students: lesson {run['lesson_run_s_median']} s (slowest {run['lesson_run_s_max']}), "
                       f"widget p50 {run['widget_p50_ms']} ms p95 {run['widget_p95_ms']} ms, "
