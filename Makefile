@@ -31,6 +31,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install "$(TORCH)"
 	$(BIN)/python -m pip install -e ".[test,browser,ref,teacher]"
+	@# JupyterHub's proxy comes from npm (tests/test_classroom.py runs a real hub on 127.0.0.1)
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --silent --no-audit --no-fund --prefix $(VENV)/node configurable-http-proxy@5.3.0; \
+	else echo "npm not found: the JupyterHub test will skip (install Node.js to run it)"; fi
 	touch $(STAMP)
 
 lab: $(STAMP)
