@@ -40,6 +40,7 @@
 # (these imports belong in the lesson's first code cell)
 import tempfile
 
+import matplotlib.pyplot as plt
 import torch
 from IPython.display import Markdown, display
 
@@ -107,6 +108,19 @@ table = load_results("deployment")
 print(f"measured {table['machine']['date']} on {table['cpu']['model_name']}, "
       f"int8 dot product: {table['cpu']['int8_dot_product']}, load average {table['load_average']}")
 display(Markdown(results_markdown("deployment")))
+
+# %%
+rows = table["latency"]
+fig, ax = plt.subplots(figsize=(10, 4), layout="constrained")
+for path in [p for p in table["paths"] if not p.endswith("fp32")]:
+    ax.plot(range(len(rows)), [r["paths"][path][table["clock"]]["ratio_to_fp32"] for r in rows], "o-", label=path)
+ax.axhline(1, color="black", linewidth=0.8)  # above: slower than float32; below: faster
+ax.set_yscale("log")
+ax.set_xticks(range(len(rows)), [f"{r['model'].replace('linear_', 'width ')}\nbatch {r['batch']}" for r in rows], fontsize=7)
+ax.set_ylabel("time / float32 time")
+ax.set_title("int8 and int4 paths against float32 of the same framework (committed run)")
+ax.legend(fontsize=8, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.22))
+plt.show()
 
 # %% [markdown]
 # What the committed run says (on a CPU **without** VNNI; `tests/test_lesson11_claims.py` holds
