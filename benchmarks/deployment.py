@@ -271,20 +271,20 @@ def main(argv=None) -> None:
                "versions": {"onnxruntime": onnxruntime.__version__, "torchao": torchao.__version__, "torch": torch.__version__},
                "latency": [], "bytes_on_disk": {}, "export_s": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ["mlp"] + [f"linear_{w}" for w in widths]:
-            deployed, sizes, export_s = build(name, Path(tmp), args.threads, data)
-            payload["bytes_on_disk"][name], payload["export_s"][name] = sizes, round(export_s, 2)
-            if name == "mlp":
+        for model_name in ["mlp"] + [f"linear_{w}" for w in widths]:
+            deployed, sizes, export_s = build(model_name, Path(tmp), args.threads, data)
+            payload["bytes_on_disk"][model_name], payload["export_s"][model_name] = sizes, round(export_s, 2)
+            if model_name == "mlp":
                 payload["mlp_quality"] = mlp_quality(deployed, data)
             for batch in batches:
-                if name == "mlp":
+                if model_name == "mlp":
                     x = data.x_test[torch.arange(batch) % len(data.x_test)]
                 else:
-                    x = torch.randn(batch, int(name.split("_")[1]), generator=torch.Generator().manual_seed(batch))
+                    x = torch.randn(batch, int(model_name.split("_")[1]), generator=torch.Generator().manual_seed(batch))
                 samples, ran = time_paths(deployed, x, rounds, budget_s=20 if args.quick else 40)
-                payload["latency"].append({"model": name, "batch": batch, "rounds": ran, "paths": summarize(samples)})
+                payload["latency"].append({"model": model_name, "batch": batch, "rounds": ran, "paths": summarize(samples)})
                 med = {p: payload["latency"][-1]["paths"][p][payload["clock"]]["ratio_to_fp32"] for p in PATHS}
-                print(f"{name} b{batch}: " + ", ".join(f"{p} x{v:.2f}" for p, v in med.items()), flush=True)
+                print(f"{model_name} b{batch}: " + ", ".join(f"{p} x{v:.2f}" for p, v in med.items()), flush=True)
             del deployed
     payload["int_mm_probe"] = int_mm_probe()
     payload["load_average"] = {"before": load_before, "after": round(os.getloadavg()[0], 2)}
