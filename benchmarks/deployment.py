@@ -26,7 +26,7 @@ exact int8 arithmetic on this CPU (pair saturation, :func:`qedu.deploy.ort_satur
 Usage: python benchmarks/deployment.py [--quick] [--threads 1] [--rounds N] [--render]
        -> benchmarks/results/deployment.{json,md}   (--quick: fewer shapes and rounds, written as
           deployment_quick.{json,md}; --render: rewrite the .md from the .json, measuring nothing)
-About 7 minutes on 2 busy cores (CPU time about 2.5 min); needs the deploy extra.
+The committed run took about 8 minutes of wall time on 2 busy cores (load 8-16); needs the deploy extra.
 """
 from __future__ import annotations
 
