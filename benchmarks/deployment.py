@@ -236,8 +236,9 @@ def markdown(payload: dict) -> str:
               "every call, and its W8A8 path calls `torch._int_mm`, which on this CPU took "
               f"{probe['int_mm_ms']:.3g} ms for a {'x'.join(map(str, probe['shape']))} product against "
               f"{probe['float_mm_ms']:.3g} ms in float32. torchao's CPU speed comes with `torch.compile` and VNNI/AMX.",
-              "* The int4 path (MatMulNBits) keeps float activations and unpacks 4-bit blocks: it saves bytes on disk, "
-              "not time, on this CPU.",
+              "* The int4 path (MatMulNBits, default `accuracy_level`) keeps float activations and unpacks 4-bit blocks: "
+              "it saves bytes on disk, not time, on this CPU. (`accuracy_level=4` would quantize the activations to int8 "
+              "too; not measured here.)",
               "", "Re-run on a quiet machine: `python benchmarks/deployment.py` (full, a few minutes) or `--quick`."]
     return "\n".join(lines)
 

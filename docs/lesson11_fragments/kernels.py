@@ -138,8 +138,9 @@ plt.show()
 #   `torch.compile`): its W8A8 path is several times slower than float at every shape (its int8
 #   matrix product, `torch._int_mm`, is a slow generic kernel on this CPU, see the probe under the
 #   table), and its weight-only path converts the weights back to float at each call.
-# * **int4 saves bytes, not time** here: `MatMulNBits` keeps float activations and unpacks 4-bit
-#   blocks; its file is about a sixth of float's for a 1024-wide layer, but it is no faster.
+# * **int4 saves bytes, not time** here: `MatMulNBits` (with its default `accuracy_level`) keeps
+#   float activations and unpacks 4-bit blocks; its file is about a sixth of float's for a
+#   1024-wide layer, but from 512 wide up it is never faster than float.
 # * **Bytes on disk** shrink about 4x with int8 for the wide layers, but only about 3x for the
 #   digits MLP, whose file is small enough for the format's own overhead to show.
 # * **On this CPU, ONNX Runtime's int8 results are not exact int8 arithmetic**: the saturating
