@@ -51,7 +51,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/gptq_speed.py
 	$(BIN)/python benchmarks/lessons.py
 	$(BIN)/python benchmarks/mixed_precision.py --quick
-	$(BIN)/python benchmarks/deployment.py  # int8 kernels vs fp32 (about 3 min of CPU; lesson 11 reads it)
+	$(BIN)/python benchmarks/deployment.py  # int8 kernels vs fp32 (several minutes; lesson 11 reads it)
 	$(BIN)/python benchmarks/browser_latency.py
 	$(BIN)/python scripts/update_readme_map.py  # before the suite: a test checks README's table is current
 	$(BIN)/python benchmarks/suite.py

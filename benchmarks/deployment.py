@@ -26,7 +26,7 @@ exact int8 arithmetic on this CPU (pair saturation, :func:`qedu.deploy.ort_satur
 Usage: python benchmarks/deployment.py [--quick] [--threads 1] [--rounds N] [--render]
        -> benchmarks/results/deployment.{json,md}   (--quick: fewer shapes and rounds, written as
           deployment_quick.{json,md}; --render: rewrite the .md from the .json, measuring nothing)
-About 7 minutes on 2 busy cores (CPU time about 2.5 min); needs the deploy extra.
+The committed run took about 8 minutes of wall time on 2 busy cores (load 8-16); needs the deploy extra.
 """
 from __future__ import annotations
 
@@ -236,8 +236,9 @@ def markdown(payload: dict) -> str:
               "every call, and its W8A8 path calls `torch._int_mm`, which on this CPU took "
               f"{probe['int_mm_ms']:.3g} ms for a {'x'.join(map(str, probe['shape']))} product against "
               f"{probe['float_mm_ms']:.3g} ms in float32. torchao's CPU speed comes with `torch.compile` and VNNI/AMX.",
-              "* The int4 path (MatMulNBits) keeps float activations and unpacks 4-bit blocks: it saves bytes on disk, "
-              "not time, on this CPU.",
+              "* The int4 path (MatMulNBits, default `accuracy_level`) keeps float activations and unpacks 4-bit blocks: "
+              "it saves bytes on disk, not time, on this CPU. (`accuracy_level=4` would quantize the activations to int8 "
+              "too; not measured here.)",
               "", "Re-run on a quiet machine: `python benchmarks/deployment.py` (full, a few minutes) or `--quick`."]
     return "\n".join(lines)
 
@@ -271,20 +272,20 @@ def main(argv=None) -> None:
                "versions": {"onnxruntime": onnxruntime.__version__, "torchao": torchao.__version__, "torch": torch.__version__},
                "latency": [], "bytes_on_disk": {}, "export_s": {}}
     with tempfile.TemporaryDirectory() as tmp:
-        for name in ["mlp"] + [f"linear_{w}" for w in widths]:
-            deployed, sizes, export_s = build(name, Path(tmp), args.threads, data)
-            payload["bytes_on_disk"][name], payload["export_s"][name] = sizes, round(export_s, 2)
-            if name == "mlp":
+        for model_name in ["mlp"] + [f"linear_{w}" for w in widths]:
+            deployed, sizes, export_s = build(model_name, Path(tmp), args.threads, data)
+            payload["bytes_on_disk"][model_name], payload["export_s"][model_name] = sizes, round(export_s, 2)
+            if model_name == "mlp":
                 payload["mlp_quality"] = mlp_quality(deployed, data)
             for batch in batches:
-                if name == "mlp":
+                if model_name == "mlp":
                     x = data.x_test[torch.arange(batch) % len(data.x_test)]
                 else:
-                    x = torch.randn(batch, int(name.split("_")[1]), generator=torch.Generator().manual_seed(batch))
+                    x = torch.randn(batch, int(model_name.split("_")[1]), generator=torch.Generator().manual_seed(batch))
                 samples, ran = time_paths(deployed, x, rounds, budget_s=20 if args.quick else 40)
-                payload["latency"].append({"model": name, "batch": batch, "rounds": ran, "paths": summarize(samples)})
+                payload["latency"].append({"model": model_name, "batch": batch, "rounds": ran, "paths": summarize(samples)})
                 med = {p: payload["latency"][-1]["paths"][p][payload["clock"]]["ratio_to_fp32"] for p in PATHS}
-                print(f"{name} b{batch}: " + ", ".join(f"{p} x{v:.2f}" for p, v in med.items()), flush=True)
+                print(f"{model_name} b{batch}: " + ", ".join(f"{p} x{v:.2f}" for p, v in med.items()), flush=True)
             del deployed
     payload["int_mm_probe"] = int_mm_probe()
     payload["load_average"] = {"before": load_before, "after": round(os.getloadavg()[0], 2)}

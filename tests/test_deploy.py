@@ -23,14 +23,14 @@ from qedu.models import make_cnn, make_mlp, pretrained
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning", "ignore::FutureWarning")
 
 REASON = "the 'deploy' extra (pip install -e '.[deploy]': onnx, onnxruntime, onnxscript, torchao) is not installed; CI installs it"
-NEEDS = {p: ("onnxruntime" if p.startswith("ort") else "torchao" if p.startswith("torchao") else None) for p in PATHS}
+NEEDS = {p: (("onnx", "onnxruntime", "onnxscript") if p.startswith("ort") else ("torchao",) if p.startswith("torchao") else ())
+         for p in PATHS}
 # accuracy on the 360 test digits may drop by at most this much (in points) against the float model
 MARGIN = {p: (2.0 if p == "ort_int4" else 1.0) for p in PATHS}
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    torch.manual_seed(0)
     return pretrained("mlp"), load_digits(), tmp_path_factory.mktemp("deploy")
 
 
@@ -63,8 +63,8 @@ _DEPLOYED: dict = {}
 
 def deployed(path, setup, request):
     """Deploy ``path`` once per module (the ORT paths quantize the one export)."""
-    if NEEDS[path]:
-        pytest.importorskip(NEEDS[path], reason=REASON)
+    for name in NEEDS[path]:
+        pytest.importorskip(name, reason=REASON)
     if path not in _DEPLOYED:
         model, data, folder = setup
         onnx_file = request.getfixturevalue("onnx_file") if path.startswith("ort") else None
@@ -104,7 +104,7 @@ def test_each_path_keeps_the_digits_accuracy(path, setup, request):
 
 
 def test_quantized_files_are_smaller(setup, request):
-    paths = [p for p in PATHS if NEEDS[p] is None or _importable(NEEDS[p])]
+    paths = [p for p in PATHS if all(_importable(name) for name in NEEDS[p])]
     sizes = {p: deployed(p, setup, request).bytes_on_disk for p in paths}
     for p in paths:
         assert sizes[p] == os.path.getsize(deployed(p, setup, request).file)
