@@ -250,6 +250,8 @@ class Features:
     float_pred: torch.Tensor = field(repr=False)
     hist: dict = field(repr=False)
     maxima: dict = field(repr=False)
+    loop: object = field(default=None, repr=False, compare=False)  # the ServingLoop that computed them
+    tracks: dict = field(default_factory=dict, repr=False, compare=False)  # run()'s cache: routing -> track
 
 
 @dataclass
@@ -316,7 +318,7 @@ class ServingLoop:
             rows = codes + bins * torch.arange(len(a)).unsqueeze(1)  # (n, features): one block of bins per request
             hist[name] = torch.bincount(rows.flatten(), minlength=bins * len(a)).view(len(a), bins).double()
             maxima[name] = a.amax(1)
-        return Features(stream, quant_pred, float_pred, hist, maxima)
+        return Features(stream, quant_pred, float_pred, hist, maxima, self)
 
     def signals(self, features: Features, requests: torch.Tensor, rules: AlarmRules,
                 window: torch.Tensor | None = None) -> dict:
@@ -405,6 +407,9 @@ class ServingLoop:
         Accepts a :class:`Stream` or its :class:`Features` (reuse them to run many rules fast).
         """
         f = stream_or_features if isinstance(stream_or_features, Features) else self.features(stream_or_features)
+        if f.loop is not self:
+            raise ValueError("these Features were computed by another ServingLoop (other grids, other models); "
+                             "compute them with this loop: loop.features(stream).")
         if not isinstance(rules, AlarmRules) or not isinstance(rollout, Rollout):
             raise TypeError(f"rules must be an AlarmRules(...) and rollout a Rollout(...), got "
                             f"{type(rules).__name__} and {type(rollout).__name__}.")
@@ -413,7 +418,10 @@ class ServingLoop:
         u = torch.rand(len(s.y), generator=torch.Generator().manual_seed(rollout.seed))  # one draw per request
         fraction = torch.tensor([rollout.fraction(b) for b in range(nb)]).repeat_interleave(bs)
         routed = u < fraction  # (n,) the routing without any rollback
-        track = self.track(f, routed, rules.drift_window)
+        key = (rollout.canary_fraction, rollout.canary_batches, rollout.seed, rules.drift_window)
+        if (key, None) not in f.tracks:  # the signals depend on the routing, not on the thresholds
+            f.tracks[key, None] = self.track(f, routed, rules.drift_window)
+        track = f.tracks[key, None]
         values = self._values(track, rules)
         alarms = {n: (values[n] > 1).tolist() for n in SIGNALS}  # NaN (no verdict) is no alarm
         incidents, streak, rolled = [], dict.fromkeys(SIGNALS, 0), None
@@ -440,7 +448,9 @@ class ServingLoop:
             served_by_quant[(rolled + 1) * bs:] = False
             watched = routed.clone()
             watched[(rolled + 1) * bs:] = True  # after the rollback the quantized model runs in the shadow
-            track = self.track(f, watched, rules.drift_window)
+            if (key, rolled) not in f.tracks:
+                f.tracks[key, rolled] = self.track(f, watched, rules.drift_window)
+            track = f.tracks[key, rolled]
             values = self._values(track, rules)
             alarms = {n: (values[n] > 1).tolist() for n in SIGNALS}
         correct_q, correct_f = (f.quant_pred == s.y).view(nb, bs), (f.float_pred == s.y).view(nb, bs)

@@ -178,3 +178,17 @@ def test_loop_refuses_what_it_cannot_serve(setup):
         ServingLoop("mlp", model, data.x_calib)
     with pytest.raises(TypeError, match="AlarmRules"):
         loop.run(stream(data), rules={"k": 3})
+    other = ServingLoop(model, quantize_model(model, PTQConfig(act_bits=4), data.x_calib), data.x_calib)
+    with pytest.raises(ValueError, match="another ServingLoop"):
+        other.run(loop.features(stream(data)))
+
+
+def test_cached_signals_give_the_same_runs_as_fresh_ones(setup):
+    data, _, _, loop = setup
+    s = stream(data, "gain", 2)
+    f = loop.features(s)
+    for rules in (AlarmRules(), AlarmRules(k=1, psi_threshold=0.05), AlarmRules()):
+        cached, fresh = loop.run(f, rules), loop.run(s, rules)
+        assert cached.served == fresh.served and cached.alarms == fresh.alarms and cached.incidents == fresh.incidents
+    assert sorted(rolled for _, rolled in f.tracks if rolled is not None) == [9, 12]  # k = 1, PSI > 0.05: a false one
+    assert len(f.tracks) == 3  # one routing without rollback, and one per rollback moment
