@@ -78,3 +78,19 @@ def test_the_rollback_line_is_drawn_at_the_rollback(panel):
     panel.controls["fault"].value = "none"
     assert red[0].get_xdata()[0] != red[0].get_xdata()[0]  # NaN: no rollback, no line
     panel.controls["fault"].value = "gain"
+
+
+def test_every_point_stays_inside_the_axes(panel):
+    """Issue 15 item 5: nothing may leave the frame unmarked (accuracy floors at the axis, signals are clipped)."""
+    ax_a, ax_s, _ = panel.figure.axes
+    for fault in ("gain", "missing_div16", "fading", "class_mix", "none"):
+        panel.controls["fault"].value = fault
+        for ax in (ax_a, ax_s):
+            low, high = ax.get_ylim()
+            for line in ax.lines:
+                if line.get_transform() != ax.transData:
+                    continue  # the vertical marks (onset, canary, rollback) span the axes by design
+                y = np.asarray(line.get_ydata(), dtype=float)
+                y = y[np.isfinite(y)]
+                assert y.size == 0 or (low <= y.min() and y.max() <= high), (fault, line.get_label())
+    panel.controls["fault"].value = "gain"
