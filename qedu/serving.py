@@ -316,12 +316,12 @@ class ServingLoop:
             bins = g.fmt.qmax - g.fmt.qmin + 3
             codes = (codes.clamp(g.fmt.qmin - 1, g.fmt.qmax + 1) - (g.fmt.qmin - 1)).long()  # 0 = clipped low
             rows = codes + bins * torch.arange(len(a)).unsqueeze(1)  # (n, features): one block of bins per request
-            hist[name] = torch.bincount(rows.flatten(), minlength=bins * len(a)).view(len(a), bins).double()
+            counts = torch.bincount(rows.flatten(), minlength=bins * len(a)).view(len(a), bins)
+            hist[name] = counts.float()  # exact: float32 holds integers up to 2**24
             maxima[name] = a.amax(1)
         return Features(stream, quant_pred, float_pred, hist, maxima, self)
 
-    def signals(self, features: Features, requests: torch.Tensor, rules: AlarmRules,
-                window: torch.Tensor | None = None) -> dict:
+    def signals(self, features: Features, requests: torch.Tensor, window: torch.Tensor | None = None) -> dict:
         """The three signals on one batch's watched ``requests`` (indices into the stream), written
         plainly; drift on ``window`` (default: the same requests). The loop computes the same numbers
         for every batch at once (:meth:`track`); the tests hold the two equal.
@@ -332,10 +332,10 @@ class ServingLoop:
         window = requests if window is None else window
         excess, ratio, worst_psi = -math.inf, math.inf, 0.0
         for name in self.grids:
-            h = features.hist[name][requests].sum(0)  # (bins,) the batch's histogram of codes
+            h = features.hist[name][requests].double().sum(0)  # (bins,) the batch's histogram of codes
             excess = max(excess, float(h[0] + h[-1]) / float(h.sum()) - self.range_monitor.baseline[name])
             ratio = min(ratio, float(features.maxima[name][requests].max()) / self.range_monitor.calib_max[name])
-            worst_psi = max(worst_psi, psi(self.drift_monitor.reference[name], features.hist[name][window].sum(0)))
+            worst_psi = max(worst_psi, psi(self.drift_monitor.reference[name], features.hist[name][window].double().sum(0)))
         disagree = float((features.quant_pred[requests] != features.float_pred[requests]).double().mean())
         return {"range": dict(max_clip_excess=excess, min_range_ratio=ratio), "drift": dict(max_psi=worst_psi),
                 "disagreement": dict(rate=disagree)}
@@ -361,7 +361,7 @@ class ServingLoop:
         ratio = torch.full((nb,), math.inf, dtype=torch.float64)
         worst = torch.zeros(nb, dtype=torch.float64)
         for name in self.grids:
-            hist = features.hist[name]  # (n, bins) float64 counts
+            hist = features.hist[name].double()  # (n, bins) counts
             per_batch = (hist.view(nb, bs, -1) * m.unsqueeze(2)).sum(1)  # (nb, bins) each batch's watched histogram
             clip = (per_batch[:, 0] + per_batch[:, -1]) / per_batch.sum(1)
             excess = torch.maximum(excess, clip - self.range_monitor.baseline[name])

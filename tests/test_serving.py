@@ -39,7 +39,7 @@ def test_per_batch_signals_equal_the_range_and_drift_monitors(setup):
         run = loop.run(f, AlarmRules(drift_window=32), Rollout(canary_fraction=1.0), rollback=False)
         for b in range(3):
             idx = torch.arange(32 * b, 32 * (b + 1))
-            evidence = loop.signals(f, idx, AlarmRules())
+            evidence = loop.signals(f, idx)
             report, drift = rm.check(s.x[idx]), dm.check(s.x[idx])
             excess = max(report.rates[n] - report.baseline[n] for n in report.rates)
             assert evidence["range"]["max_clip_excess"] == pytest.approx(excess, abs=1e-6)
@@ -63,7 +63,7 @@ def test_the_vectorised_track_equals_the_plain_signals_on_a_canary(setup):
     for b in range(1, 12):
         idx = torch.nonzero(watched[32 * b:32 * (b + 1)]).flatten() + 32 * b
         window = order[order < 32 * (b + 1)][-50:]
-        ev = loop.signals(f, idx, AlarmRules(), window)
+        ev = loop.signals(f, idx, window)
         assert float(track["excess"][b]) == pytest.approx(ev["range"]["max_clip_excess"], abs=1e-12)
         assert float(track["ratio"][b]) == pytest.approx(ev["range"]["min_range_ratio"], rel=1e-12)
         assert float(track["psi"][b]) == pytest.approx(ev["drift"]["max_psi"], rel=1e-9)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from qedu.serving import AlarmRules, Rollout, make_stream
-from qedu.widgets.deploy import STREAM, DeploymentLab, deployment_simulator
+from qedu.widgets.deploy import KEEP, STREAM, DeploymentLab, deployment_simulator
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,10 @@ def test_lab_equals_the_serving_loop_on_the_same_setting():
     for name in cf.values:
         np.testing.assert_array_equal(sim.counterfactual.values[name], cf.values[name])  # NaN (no verdict) equal too
     assert lab.features("missing_div16", 1, 0) is lab.features("missing_div16", 3, 0)  # one size: cached once
+    for fault in ("gain", "fading", "class_mix"):
+        for severity in (1, 2, 3):
+            lab.features(fault, severity, 0)
+    assert len(lab._features) == KEEP  # a bounded cache: about 10 MB per stream
 
 
 MOVES = {"fault": "missing_div16", "severity": 3, "canary": 1.0, "psi_threshold": 0.02, "disagreement": 0.02,
