@@ -56,7 +56,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from qedu._validation import as_float_tensor, check_choice, check_int, check_module, check_real, check_seed
+from qedu._validation import as_float32, as_float_tensor, check_choice, check_int, check_module, check_real, check_seed
 from qedu.calibration import record_activations
 from qedu.drift import FLOOR, DriftMonitor, psi
 from qedu.security import RangeMonitor
@@ -126,7 +126,7 @@ def make_stream(x, y, fault: str = "none", severity: int = 2, *, n_batches: int 
     severity = check_int(severity, "severity", 1, 3)
     n_batches, batch_size = check_int(n_batches, "n_batches", 1), check_int(batch_size, "batch_size", 1)
     onset, seed = check_int(onset, "onset", 0, n_batches), check_seed(seed)
-    x = as_float_tensor(x, "x").float()
+    x = as_float32(as_float_tensor(x, "x"), "x")  # the float32 values the models will see
     if x.ndim != 4 or bool((x < 0).any() or (x > 1).any()):
         raise ValueError(f"x must be images (N, C, H, W) in [0, 1] (digits: pixel / 16), got shape {tuple(x.shape)} "
                          f"with values in [{float(x.min()):.3g}, {float(x.max()):.3g}]; the faults are injected here.")
