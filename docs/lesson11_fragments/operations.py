@@ -44,8 +44,8 @@ from qedu.data import load_digits
 from qedu.model_card import load_artifact, model_card, quantized_tensors, save_artifact
 from qedu.models import WeightsMismatchError, pretrained
 from qedu.ptq import PTQConfig, quantize_model
-from qedu.results import load_results, results_markdown
-from qedu.serving import RULES, AlarmRules, Rollout, ServingLoop, log_jsonl, log_markdown, make_stream, outcome
+from qedu.results import results_markdown
+from qedu.serving import RULES, AlarmRules, ServingLoop, log_jsonl, log_markdown, make_stream
 from qedu.widgets.deploy import deployment_simulator
 
 qedu.setup(seed=0)

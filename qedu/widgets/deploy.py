@@ -87,10 +87,13 @@ def _smooth(values) -> np.ndarray:
     return 100 * (c[1:] - c[np.arange(1, len(v) + 1) - n]) / n
 
 
+def _evidence_text(evidence: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in evidence.items())
+
+
 def _log_html(incidents, limit: int = 8) -> str:
     rows = "".join(f"<tr><td>{i.batch}</td><td>{i.event}</td><td>{i.signal}</td><td>{html.escape(i.action)}</td>"
-                   f"<td>{html.escape(', '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}' for k, v in i.evidence.items()))}</td></tr>"
-                   for i in incidents[:limit])
+                   f"<td>{html.escape(_evidence_text(i.evidence))}</td></tr>" for i in incidents[:limit])
     more = f"<br><small>... and {len(incidents) - limit} more entries</small>" if len(incidents) > limit else ""
     if not incidents:
         return "<small>incident log: empty</small>"
