@@ -59,8 +59,9 @@ def main() -> None:
     false_rollbacks = 0
     for seed in CLEAN_SEEDS:
         stream = make_stream(data.x_test, data.y_test, "none", **STREAM, seed=seed)
-        run = loop.run(stream, rules, Rollout(rollout.canary_fraction, rollout.canary_batches, seed), rollback=False)
-        false_rollbacks += loop.run(stream, rules, Rollout(rollout.canary_fraction, rollout.canary_batches, seed)).rollback is not None
+        routing = Rollout(rollout.canary_fraction, rollout.canary_batches, seed)
+        run = loop.run(stream, rules, routing, rollback=False)
+        false_rollbacks += loop.run(stream, rules, routing).rollback is not None
         for n in SIGNALS:
             for b, (value, alarm) in enumerate(zip(run.values[n], run.alarms[n])):
                 if value == value:  # judged (not NaN)

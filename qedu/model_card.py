@@ -26,7 +26,6 @@ of its bytes equals the one recorded in the card; otherwise it raises
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from pathlib import Path
 

@@ -56,7 +56,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from qedu._validation import as_float_tensor, check_choice, check_int, check_module, check_real, check_seed
+from qedu._validation import as_float32, as_float_tensor, check_choice, check_int, check_module, check_real, check_seed
 from qedu.calibration import record_activations
 from qedu.drift import FLOOR, DriftMonitor, psi
 from qedu.security import RangeMonitor
@@ -126,7 +126,7 @@ def make_stream(x, y, fault: str = "none", severity: int = 2, *, n_batches: int 
     severity = check_int(severity, "severity", 1, 3)
     n_batches, batch_size = check_int(n_batches, "n_batches", 1), check_int(batch_size, "batch_size", 1)
     onset, seed = check_int(onset, "onset", 0, n_batches), check_seed(seed)
-    x = as_float_tensor(x, "x").float()
+    x = as_float32(as_float_tensor(x, "x"), "x")  # the float32 values the models will see
     if x.ndim != 4 or bool((x < 0).any() or (x > 1).any()):
         raise ValueError(f"x must be images (N, C, H, W) in [0, 1] (digits: pixel / 16), got shape {tuple(x.shape)} "
                          f"with values in [{float(x.min()):.3g}, {float(x.max()):.3g}]; the faults are injected here.")
@@ -250,6 +250,8 @@ class Features:
     float_pred: torch.Tensor = field(repr=False)
     hist: dict = field(repr=False)
     maxima: dict = field(repr=False)
+    loop: object = field(default=None, repr=False, compare=False)  # the ServingLoop that computed them
+    tracks: dict = field(default_factory=dict, repr=False, compare=False)  # run()'s cache: routing -> track
 
 
 @dataclass
@@ -314,12 +316,12 @@ class ServingLoop:
             bins = g.fmt.qmax - g.fmt.qmin + 3
             codes = (codes.clamp(g.fmt.qmin - 1, g.fmt.qmax + 1) - (g.fmt.qmin - 1)).long()  # 0 = clipped low
             rows = codes + bins * torch.arange(len(a)).unsqueeze(1)  # (n, features): one block of bins per request
-            hist[name] = torch.bincount(rows.flatten(), minlength=bins * len(a)).view(len(a), bins).double()
+            counts = torch.bincount(rows.flatten(), minlength=bins * len(a)).view(len(a), bins)
+            hist[name] = counts.float()  # exact: float32 holds integers up to 2**24
             maxima[name] = a.amax(1)
-        return Features(stream, quant_pred, float_pred, hist, maxima)
+        return Features(stream, quant_pred, float_pred, hist, maxima, self)
 
-    def signals(self, features: Features, requests: torch.Tensor, rules: AlarmRules,
-                window: torch.Tensor | None = None) -> dict:
+    def signals(self, features: Features, requests: torch.Tensor, window: torch.Tensor | None = None) -> dict:
         """The three signals on one batch's watched ``requests`` (indices into the stream), written
         plainly; drift on ``window`` (default: the same requests). The loop computes the same numbers
         for every batch at once (:meth:`track`); the tests hold the two equal.
@@ -330,10 +332,10 @@ class ServingLoop:
         window = requests if window is None else window
         excess, ratio, worst_psi = -math.inf, math.inf, 0.0
         for name in self.grids:
-            h = features.hist[name][requests].sum(0)  # (bins,) the batch's histogram of codes
+            h = features.hist[name][requests].double().sum(0)  # (bins,) the batch's histogram of codes
             excess = max(excess, float(h[0] + h[-1]) / float(h.sum()) - self.range_monitor.baseline[name])
             ratio = min(ratio, float(features.maxima[name][requests].max()) / self.range_monitor.calib_max[name])
-            worst_psi = max(worst_psi, psi(self.drift_monitor.reference[name], features.hist[name][window].sum(0)))
+            worst_psi = max(worst_psi, psi(self.drift_monitor.reference[name], features.hist[name][window].double().sum(0)))
         disagree = float((features.quant_pred[requests] != features.float_pred[requests]).double().mean())
         return {"range": dict(max_clip_excess=excess, min_range_ratio=ratio), "drift": dict(max_psi=worst_psi),
                 "disagreement": dict(rate=disagree)}
@@ -359,7 +361,7 @@ class ServingLoop:
         ratio = torch.full((nb,), math.inf, dtype=torch.float64)
         worst = torch.zeros(nb, dtype=torch.float64)
         for name in self.grids:
-            hist = features.hist[name]  # (n, bins) float64 counts
+            hist = features.hist[name].double()  # (n, bins) counts
             per_batch = (hist.view(nb, bs, -1) * m.unsqueeze(2)).sum(1)  # (nb, bins) each batch's watched histogram
             clip = (per_batch[:, 0] + per_batch[:, -1]) / per_batch.sum(1)
             excess = torch.maximum(excess, clip - self.range_monitor.baseline[name])
@@ -405,6 +407,9 @@ class ServingLoop:
         Accepts a :class:`Stream` or its :class:`Features` (reuse them to run many rules fast).
         """
         f = stream_or_features if isinstance(stream_or_features, Features) else self.features(stream_or_features)
+        if f.loop is not self:
+            raise ValueError("these Features were computed by another ServingLoop (other grids, other models); "
+                             "compute them with this loop: loop.features(stream).")
         if not isinstance(rules, AlarmRules) or not isinstance(rollout, Rollout):
             raise TypeError(f"rules must be an AlarmRules(...) and rollout a Rollout(...), got "
                             f"{type(rules).__name__} and {type(rollout).__name__}.")
@@ -413,7 +418,10 @@ class ServingLoop:
         u = torch.rand(len(s.y), generator=torch.Generator().manual_seed(rollout.seed))  # one draw per request
         fraction = torch.tensor([rollout.fraction(b) for b in range(nb)]).repeat_interleave(bs)
         routed = u < fraction  # (n,) the routing without any rollback
-        track = self.track(f, routed, rules.drift_window)
+        key = (rollout.canary_fraction, rollout.canary_batches, rollout.seed, rules.drift_window)
+        if (key, None) not in f.tracks:  # the signals depend on the routing, not on the thresholds
+            f.tracks[key, None] = self.track(f, routed, rules.drift_window)
+        track = f.tracks[key, None]
         values = self._values(track, rules)
         alarms = {n: (values[n] > 1).tolist() for n in SIGNALS}  # NaN (no verdict) is no alarm
         incidents, streak, rolled = [], dict.fromkeys(SIGNALS, 0), None
@@ -440,7 +448,9 @@ class ServingLoop:
             served_by_quant[(rolled + 1) * bs:] = False
             watched = routed.clone()
             watched[(rolled + 1) * bs:] = True  # after the rollback the quantized model runs in the shadow
-            track = self.track(f, watched, rules.drift_window)
+            if (key, rolled) not in f.tracks:
+                f.tracks[key, rolled] = self.track(f, watched, rules.drift_window)
+            track = f.tracks[key, rolled]
             values = self._values(track, rules)
             alarms = {n: (values[n] > 1).tolist() for n in SIGNALS}
         correct_q, correct_f = (f.quant_pred == s.y).view(nb, bs), (f.float_pred == s.y).view(nb, bs)

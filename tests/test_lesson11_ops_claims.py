@@ -32,7 +32,13 @@ def table():
 def test_the_defaults_the_prose_names():
     rules, rollout = AlarmRules(), Rollout()
     assert (rollout.canary_fraction, rollout.canary_batches, rules.k, rules.drift_window) == (0.25, 40, 3, 128)
-    assert len(load_digits(seed=0).x_calib) == 256
+    assert len(load_digits(seed=0).x_calib) == 256 and PTQConfig().name == "W8A8 per-channel minmax"
+
+
+def test_fc1_grid_ends_at_one(setup):
+    w8a8 = setup[2]
+    top = float(w8a8.fc1.act.scale) * (w8a8.fc1.act.fmt.qmax - int(w8a8.fc1.act.zero_point))
+    assert top == pytest.approx(1.0, abs=1e-6)  # "fc1's grid ends at 1.0"
 
 
 def test_quantized_and_float_disagree_on_well_under_one_percent_of_clean_test_images(setup):

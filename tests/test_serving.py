@@ -39,7 +39,7 @@ def test_per_batch_signals_equal_the_range_and_drift_monitors(setup):
         run = loop.run(f, AlarmRules(drift_window=32), Rollout(canary_fraction=1.0), rollback=False)
         for b in range(3):
             idx = torch.arange(32 * b, 32 * (b + 1))
-            evidence = loop.signals(f, idx, AlarmRules())
+            evidence = loop.signals(f, idx)
             report, drift = rm.check(s.x[idx]), dm.check(s.x[idx])
             excess = max(report.rates[n] - report.baseline[n] for n in report.rates)
             assert evidence["range"]["max_clip_excess"] == pytest.approx(excess, abs=1e-6)
@@ -63,7 +63,7 @@ def test_the_vectorised_track_equals_the_plain_signals_on_a_canary(setup):
     for b in range(1, 12):
         idx = torch.nonzero(watched[32 * b:32 * (b + 1)]).flatten() + 32 * b
         window = order[order < 32 * (b + 1)][-50:]
-        ev = loop.signals(f, idx, AlarmRules(), window)
+        ev = loop.signals(f, idx, window)
         assert float(track["excess"][b]) == pytest.approx(ev["range"]["max_clip_excess"], abs=1e-12)
         assert float(track["ratio"][b]) == pytest.approx(ev["range"]["min_range_ratio"], rel=1e-12)
         assert float(track["psi"][b]) == pytest.approx(ev["drift"]["max_psi"], rel=1e-9)
@@ -178,3 +178,53 @@ def test_loop_refuses_what_it_cannot_serve(setup):
         ServingLoop("mlp", model, data.x_calib)
     with pytest.raises(TypeError, match="AlarmRules"):
         loop.run(stream(data), rules={"k": 3})
+    other = ServingLoop(model, quantize_model(model, PTQConfig(act_bits=4), data.x_calib), data.x_calib)
+    with pytest.raises(ValueError, match="another ServingLoop"):
+        other.run(loop.features(stream(data)))
+
+
+def test_cached_signals_give_the_same_runs_as_fresh_ones(setup):
+    data, _, _, loop = setup
+    s = stream(data, "gain", 2)
+    f = loop.features(s)
+    for rules in (AlarmRules(), AlarmRules(k=1, psi_threshold=0.05), AlarmRules()):
+        cached, fresh = loop.run(f, rules), loop.run(s, rules)
+        assert cached.served == fresh.served and cached.alarms == fresh.alarms and cached.incidents == fresh.incidents
+    assert sorted(rolled for _, rolled in f.tracks if rolled is not None) == [9, 12]  # k = 1, PSI > 0.05: a false one
+    assert len(f.tracks) == 3  # one routing without rollback, and one per rollback moment
+
+
+# ----------------------------------------------------------------------------- extremes (issue 20's rule)
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+EXTREMES = [3.4e38, -3.4e38, 1.2e-38, 1.4e-45, 0.0, -0.0, 1.0, -1.0, 0.5, 1e39, 1e-320, float("inf"),
+            float("-inf"), float("nan"), 16.0]
+number = st.one_of(st.sampled_from(EXTREMES), st.floats(allow_nan=True, allow_infinity=True))
+
+
+@settings(max_examples=60, deadline=None)
+@given(v=number)
+def test_rules_and_rollout_take_a_valid_number_or_say_why(v):
+    for build, valid in ((lambda: AlarmRules(psi_threshold=v), v > 0 and v < float("inf")),
+                         (lambda: AlarmRules(clip_tolerance=v), 0 < v < 1),
+                         (lambda: AlarmRules(disagreement_threshold=v), 0 <= v < 1),
+                         (lambda: Rollout(canary_fraction=v), 0 < v <= 1)):
+        if valid:
+            build()
+        else:
+            with pytest.raises(ValueError):
+                build()
+
+
+@settings(max_examples=30, deadline=None)
+@given(v=number)
+def test_streams_refuse_pixels_outside_zero_one(v):
+    x, y = torch.full((4, 1, 8, 8), 0.5, dtype=torch.float64), torch.arange(4)
+    x[0, 0, 0, 0] = v
+    if 0 <= float(torch.tensor(v, dtype=torch.float64).float()) <= 1:  # judged on the float32 value used
+        s = make_stream(x, y, "gain", 3, n_batches=2, batch_size=2, onset=1)
+        assert bool(torch.isfinite(s.x).all())
+    else:
+        with pytest.raises(ValueError, match="x"):
+            make_stream(x, y, "gain", 3, n_batches=2, batch_size=2, onset=1)

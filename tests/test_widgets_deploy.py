@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from qedu.serving import AlarmRules, Rollout, make_stream
-from qedu.widgets.deploy import STREAM, DeploymentLab, deployment_simulator
+from qedu.widgets.deploy import KEEP, STREAM, DeploymentLab, deployment_simulator
 
 
 @pytest.fixture(scope="module")
@@ -25,6 +25,10 @@ def test_lab_equals_the_serving_loop_on_the_same_setting():
     for name in cf.values:
         np.testing.assert_array_equal(sim.counterfactual.values[name], cf.values[name])  # NaN (no verdict) equal too
     assert lab.features("missing_div16", 1, 0) is lab.features("missing_div16", 3, 0)  # one size: cached once
+    for fault in ("gain", "fading", "class_mix"):
+        for severity in (1, 2, 3):
+            lab.features(fault, severity, 0)
+    assert len(lab._features) == KEEP  # a bounded cache: about 10 MB per stream
 
 
 MOVES = {"fault": "missing_div16", "severity": 3, "canary": 1.0, "psi_threshold": 0.02, "disagreement": 0.02,
@@ -77,4 +81,20 @@ def test_the_rollback_line_is_drawn_at_the_rollback(panel):
     assert len(red) == 1 and red[0].get_xdata()[0] == pytest.approx(STREAM["onset"] + 2 + 0.5)
     panel.controls["fault"].value = "none"
     assert red[0].get_xdata()[0] != red[0].get_xdata()[0]  # NaN: no rollback, no line
+    panel.controls["fault"].value = "gain"
+
+
+def test_every_point_stays_inside_the_axes(panel):
+    """Issue 15 item 5: nothing may leave the frame unmarked (accuracy floors at the axis, signals are clipped)."""
+    ax_a, ax_s, _ = panel.figure.axes
+    for fault in ("gain", "missing_div16", "fading", "class_mix", "none"):
+        panel.controls["fault"].value = fault
+        for ax in (ax_a, ax_s):
+            low, high = ax.get_ylim()
+            for line in ax.lines:
+                if line.get_transform() != ax.transData:
+                    continue  # the vertical marks (onset, canary, rollback) span the axes by design
+                y = np.asarray(line.get_ydata(), dtype=float)
+                y = y[np.isfinite(y)]
+                assert y.size == 0 or (low <= y.min() and y.max() <= high), (fault, line.get_label())
     panel.controls["fault"].value = "gain"

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import html
+from collections import OrderedDict
 from typing import NamedTuple
 
 import ipywidgets as W
@@ -30,6 +31,7 @@ FAULT_LABELS = {"none": "none (clean)", "gain": "sensor gain", "missing_div16": 
 NO_SEVERITY = ("none", "missing_div16")
 STREAM = dict(n_batches=100, batch_size=32, onset=30)
 CANARY_BATCHES = 40
+KEEP = 6  # streams whose model answers stay cached
 YMIN = 60.0  # the accuracy axis's floor
 SMOOTH = 5  # accuracy is drawn as the mean of the last 5 batches (160 requests)
 COLORS = {"range": "C3", "drift": "C2", "disagreement": "C4"}
@@ -56,13 +58,16 @@ class DeploymentLab:
         self.model = pretrained("mlp", seed=0) if model is None else model
         self.config = config
         self.loop = ServingLoop(self.model, quantize_model(self.model, config, self.data.x_calib), self.data.x_calib)
-        self._features: dict = {}
+        self._features: OrderedDict = OrderedDict()  # the last few streams' features (about 10 MB each)
 
     def features(self, fault: str, severity: int, seed: int):
         key = (fault, 2 if fault in NO_SEVERITY else severity, seed)
         if key not in self._features:
             stream = make_stream(self.data.x_test, self.data.y_test, key[0], key[1], **STREAM, seed=seed)
             self._features[key] = self.loop.features(stream)
+            while len(self._features) > KEEP:
+                self._features.popitem(last=False)
+        self._features.move_to_end(key)
         return self._features[key]
 
     def simulate(self, fault: str, severity: int, canary: float, psi_threshold: float, disagreement: float,
@@ -82,10 +87,13 @@ def _smooth(values) -> np.ndarray:
     return 100 * (c[1:] - c[np.arange(1, len(v) + 1) - n]) / n
 
 
+def _evidence_text(evidence: dict) -> str:
+    return ", ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in evidence.items())
+
+
 def _log_html(incidents, limit: int = 8) -> str:
     rows = "".join(f"<tr><td>{i.batch}</td><td>{i.event}</td><td>{i.signal}</td><td>{html.escape(i.action)}</td>"
-                   f"<td>{html.escape(', '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}' for k, v in i.evidence.items()))}</td></tr>"
-                   for i in incidents[:limit])
+                   f"<td>{html.escape(_evidence_text(i.evidence))}</td></tr>" for i in incidents[:limit])
     more = f"<br><small>... and {len(incidents) - limit} more entries</small>" if len(incidents) > limit else ""
     if not incidents:
         return "<small>incident log: empty</small>"
