@@ -123,8 +123,8 @@ ax.legend(fontsize=8, ncol=6, loc="upper center", bbox_to_anchor=(0.5, -0.22))
 plt.show()
 
 # %% [markdown]
-# What the committed run says (on a CPU **without** VNNI; `tests/test_lesson11_claims.py` holds
-# each sentence to the table):
+# What the committed run says (on a CPU **without** VNNI; `tests/test_lesson11_kernels_claims.py`
+# holds each sentence to the table):
 #
 # * **Small is slow.** On the digits MLP (17,226 parameters) at batch 1, no int8 path is faster
 #   than float (every ratio is 0.9 or more, most are above 1): quantizing the activations and
@@ -140,12 +140,12 @@ plt.show()
 #   table), and its weight-only path converts the weights back to float at each call.
 # * **int4 saves bytes, not time** here: `MatMulNBits` (with its default `accuracy_level`) keeps
 #   float activations and unpacks 4-bit blocks; its file is about a sixth of float's for a
-#   1024-wide layer, but from 512 wide up it is never faster than float.
+#   1024-wide layer, but from 512 wide up it is no faster than float (every ratio 0.9 or more).
 # * **Bytes on disk** shrink about 4x with int8 for the wide layers, but only about 3x for the
 #   digits MLP, whose file is small enough for the format's own overhead to show.
 # * **On this CPU, ONNX Runtime's int8 results are not exact int8 arithmetic**: the saturating
 #   pairs change most of the digits MLP's logits (by up to about 2% of their range), and its
 #   accuracy still equals the float model's. A CPU with VNNI (`vpdpbusd`: four products added
-#   straight into 32 bits) computes them exactly, and is expected to gain more from int8
-#   (pytorch#62804 and onnxruntime#6695 report how little non-VNNI CPUs gain); run
+#   straight into 32 bits) computes them exactly, and is expected to gain more from int8 (see
+#   pytorch#62804 and onnxruntime#6695 on int8 speed without VNNI); run
 #   `python benchmarks/deployment.py` on yours and compare.
