@@ -143,7 +143,7 @@ plt.show()
 #   1024-wide layer, but from 512 wide up it is no faster than float (every ratio 0.9 or more).
 # * **Bytes on disk** shrink about 4x with int8 for the wide layers, but only about 3x for the
 #   digits MLP, whose file is small enough for the format's own overhead to show.
-# * **On this CPU, ONNX Runtime's int8 results are not exact int8 arithmetic**: the saturating
+# * **On that CPU, ONNX Runtime's int8 results are not exact int8 arithmetic**: the saturating
 #   pairs change most of the digits MLP's logits (by up to about 2% of their range), and its
 #   accuracy still equals the float model's. A CPU with VNNI (`vpdpbusd`: four products added
 #   straight into 32 bits) computes them exactly, and is expected to gain more from int8 (see
