@@ -134,9 +134,8 @@ def cpu_features() -> dict:
 
     ``avx512_vnni`` / ``avx_vnni`` add a u8 x s8 dot product that accumulates into int32 in one
     instruction (``vpdpbusd``); without them (plain ``avx2``) int8 kernels need two
-    (``vpmaddubsw`` + ``vpmaddwd``) and a saturating int16 step, and such CPUs are reported to
-    gain little from int8 (pytorch#62804, onnxruntime#6695; ``benchmarks/results/deployment.md``
-    measures it). ``amx_int8`` adds int8 matrix tiles; ``asimddp`` / ``i8mm`` are ARM's int8 dot
+    (``vpmaddubsw`` + ``vpmaddwd``) and a saturating int16 step (see pytorch#62804 and
+    onnxruntime#6695 on int8 speed without VNNI; ``benchmarks/results/deployment.md`` measures it). ``amx_int8`` adds int8 matrix tiles; ``asimddp`` / ``i8mm`` are ARM's int8 dot
     products. ``int8_dot_product`` is ``None`` on a machine without ``/proc/cpuinfo``.
 
     >>> sorted(cpu_features())[:2]
