@@ -1,4 +1,6 @@
 """Every number lesson 12's prose states (and the pointers in lessons 01 and 02), held to the data."""
+import sys
+
 import pytest
 import torch
 
@@ -133,3 +135,35 @@ def test_the_mxfp8_floor_clipping_claim():
     assert overflowed(x[0, :3], FP8_E4M3).tolist() == [True, True, False]  # 464 merely rounds to 448
     assert 0.12 < (511.9 - 448) / 511.9 < 0.125 == (512 - 448) / 512
     assert torch.allclose(mx_dequantize(mx_quantize(x, "fp8_e4m3", 32, "rceil"))[0, :3], x[0, :3], rtol=2**-4)
+
+
+def test_the_benchmarks_bf16_matmuls_are_bf16_gemms_with_fp32_sums():
+    # "The bf16 runs round every matmul's inputs and outputs to bf16 as a GPU does, but multiply with fp32 kernels"
+    import importlib.util
+    from pathlib import Path
+
+    import torch.nn.functional as F
+
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "low_precision_training.py"
+    spec = importlib.util.spec_from_file_location("low_precision_training", path)
+    bench = importlib.util.module_from_spec(spec)
+    saved = list(sys.path)
+    try:
+        spec.loader.exec_module(bench)  # it puts the repository and benchmarks/ on sys.path
+    finally:
+        sys.path[:] = saved
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(16, 64, generator=g).bfloat16().requires_grad_()
+    w = torch.randn(32, 64, generator=g).bfloat16().requires_grad_()
+    with bench.Bf16Matmuls():
+        y, z = F.linear(x, w), x @ w.t()
+    expected = (x.detach().float() @ w.detach().float().t()).bfloat16()  # fp32 products and sums, rounded once
+    assert y.dtype == z.dtype == torch.bfloat16 and torch.equal(y, expected) and torch.equal(z, expected)
+    assert torch.allclose(y.float(), (x.detach() @ w.detach().t()).float(), rtol=2**-7, atol=0)  # torch's own bf16 matmul
+    grad = torch.randn(16, 32, generator=g).bfloat16()
+    y.backward(grad)
+    assert x.grad.dtype == w.grad.dtype == torch.bfloat16  # the backward matmuls' results are rounded to bf16 too
+    assert torch.equal(x.grad, (grad.float() @ w.detach().float()).bfloat16())
+    assert torch.equal(w.grad, (grad.float().t() @ x.detach().float()).bfloat16())
+    with bench.Bf16Matmuls():  # fp32 operands pass through untouched
+        assert (x.detach().float() @ w.detach().float().t()).dtype == torch.float32
