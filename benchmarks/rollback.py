@@ -16,6 +16,7 @@ over ``SEEDS`` (each seed draws its own stream and routing), the table gives:
 
 Clean streams (``CLEAN_SEEDS``) give each signal's false-alarm rate per batch (the share of the
 batches it judged on which it alarmed), in the canary and after it, and the false rollbacks.
+A last table trades ``k`` and the PSI threshold against false rollbacks and detection delay.
 These are accuracy and delay numbers, not timings: the machine's load does not change them.
 
 Usage: python benchmarks/rollback.py   ->  benchmarks/results/rollback.{json,md}
@@ -39,6 +40,8 @@ from qedu.serving import (  # noqa: E402
 
 SEEDS = range(10)
 CLEAN_SEEDS = range(20)
+TRADEOFF_K = (1, 2, 3, 5)
+TRADEOFF_PSI = (0.05, 0.1)
 STREAM = dict(n_batches=100, batch_size=32, onset=30)
 
 
@@ -106,6 +109,25 @@ def main() -> None:
             r = rows[-1]
             print(fault, severity, r["detected"], r["rollback_delay_median"], round(r["saved_points_mean"], 2))
 
+    # the trade-off: k and the PSI threshold against false rollbacks (clean) and delays (faulty)
+    clean_features = [loop.features(make_stream(data.x_test, data.y_test, "none", **STREAM, seed=s)) for s in CLEAN_SEEDS]
+    faulty = {f: [loop.features(make_stream(data.x_test, data.y_test, f, 2, **STREAM, seed=s)) for s in SEEDS]
+              for f in ("gain", "fading")}
+    tradeoff = []
+    for k in TRADEOFF_K:
+        for threshold in TRADEOFF_PSI:
+            r = AlarmRules(psi_threshold=threshold, k=k)
+            false = sum(loop.run(f, r, Rollout(rollout.canary_fraction, rollout.canary_batches, seed)).rollback is not None
+                        for seed, f in zip(CLEAN_SEEDS, clean_features))
+            row = {"k": k, "psi_threshold": threshold, "clean_false_rollbacks": false}
+            for fault, feats in faulty.items():
+                rb = [loop.run(f, r, Rollout(rollout.canary_fraction, rollout.canary_batches, seed)).rollback
+                      for seed, f in zip(SEEDS, feats)]
+                delays = [b - STREAM["onset"] for b in rb if b is not None and b >= STREAM["onset"]]
+                row[f"{fault}_delay_median"] = statistics.median(delays) if delays else None
+                row[f"{fault}_false_rollbacks"] = sum(b is not None and b < STREAM["onset"] for b in rb)
+            tradeoff.append(row)
+
     payload = {
         "machine": machine(),
         "setup": {"model": "pretrained('mlp', seed=0)", "quantization": config.name, "stream": STREAM,
@@ -113,7 +135,7 @@ def main() -> None:
                   "rollout": {"canary_fraction": rollout.canary_fraction, "canary_batches": rollout.canary_batches},
                   "written_rules": RULES, "severity_levels": {k: list(v) for k, v in SEVERITY_LEVELS.items()}},
         "clean": clean, "clean_streams": len(CLEAN_SEEDS), "clean_false_rollbacks": false_rollbacks,
-        "rows": rows, "per_seed": per_seed,
+        "rows": rows, "per_seed": per_seed, "tradeoff": tradeoff,
     }
 
     def cell(v, fmt="{:g}"):
@@ -148,6 +170,15 @@ def main() -> None:
         c = clean[n]
         lines.append(f"| {n} | {c['canary']['alarms']}/{c['canary']['batches']} | {c['full']['alarms']}/"
                      f"{c['full']['batches']} | {100 * c['all']['rate']:.2f} % |")
+    lines += ["", f"Trade-off: k and the PSI threshold (other rules as above). False rollbacks on the "
+              f"{len(CLEAN_SEEDS)} clean streams; median rollback delay (batches after the onset) and false rollbacks "
+              f"(before the onset) on the {len(SEEDS)} streams with gain or fading at severity 2.", "",
+              "| k | PSI > | clean: false rollbacks | gain 2: delay (false) | fading 2: delay (false) |",
+              "|---|---|---|---|---|"]
+    for r in tradeoff:
+        lines.append(f"| {r['k']} | {r['psi_threshold']:g} | {r['clean_false_rollbacks']}/{len(CLEAN_SEEDS)} | "
+                     f"{cell(r['gain_delay_median'])} ({r['gain_false_rollbacks']}) | "
+                     f"{cell(r['fading_delay_median'])} ({r['fading_false_rollbacks']}) |")
     lines += ["", "Alarm rules:", ""] + [f"* **{k}**: {v}." for k, v in RULES.items()]
     write("rollback", payload, "\n".join(lines))
 

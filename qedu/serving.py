@@ -114,6 +114,9 @@ def make_stream(x, y, fault: str = "none", severity: int = 2, *, n_batches: int 
         n_batches, batch_size: the stream's length. onset: the first faulty batch, 0..n_batches.
         seed: fixes which images come, in which order.
 
+    Returns:
+        A :class:`Stream` holding fresh copies (the caller's ``x`` and ``y`` are not changed).
+
     Raises:
         ValueError / TypeError: unknown fault, severity outside 1..3, images not in ``[0, 1]``,
             labels that do not match the images, a class mix with no image of :data:`MIX_CLASSES`.
@@ -507,6 +510,12 @@ def outcome(loop: ServingLoop, stream: Stream, rules: AlarmRules = AlarmRules(),
     """Serve ``stream`` with rollback and without (the counterfactual); summarise detection and accuracy.
 
     A rollback before the onset (or on a clean stream) is a *false rollback*, and its delay is ``None``.
+
+    Returns:
+        An :class:`Outcome`; ``outcome(...).saved`` is the accuracy the rollback saved.
+
+    Raises:
+        TypeError: ``loop`` is not a :class:`ServingLoop` (or ``stream``, ``rules``, ``rollout`` of the wrong type).
     """
     if not isinstance(loop, ServingLoop):
         raise TypeError(f"loop must be a ServingLoop, got {type(loop).__name__}.")

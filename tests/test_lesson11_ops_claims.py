@@ -130,3 +130,15 @@ def test_clean_streams(table):
     assert round(100 * c["disagreement"]["canary"]["rate"], 1) == 1.5 and c["disagreement"]["full"]["alarms"] == 0
     assert 32 * Rollout().canary_fraction == 8  # "a canary batch holds only about 8 requests"
     assert not any(x["false_rollback"] for x in t["per_seed"])  # no false rollback on the faulty streams either
+
+
+def test_tradeoff_table(table):
+    t, _ = table
+    rows = {(r["k"], r["psi_threshold"]): r for r in t["tradeoff"]}
+    assert rows[1, 0.1]["clean_false_rollbacks"] == 9  # "rolls back 9 of the 20 clean streams"
+    assert rows[1, 0.1]["gain_false_rollbacks"] == rows[1, 0.1]["fading_false_rollbacks"] == 5  # "half of the faulty ones"
+    assert rows[2, 0.1]["clean_false_rollbacks"] == rows[3, 0.1]["clean_false_rollbacks"] == 0
+    for fault in ("gain", "fading"):  # "one batch of delay" per step of k
+        assert rows[2, 0.1][f"{fault}_delay_median"] + 1 == rows[3, 0.1][f"{fault}_delay_median"]
+        assert rows[1, 0.1][f"{fault}_delay_median"] < rows[2, 0.1][f"{fault}_delay_median"]
+    assert rows[5, 0.05]["clean_false_rollbacks"] == 2  # "even with k = 5 it still rolls back 2 clean streams"

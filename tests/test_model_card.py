@@ -143,3 +143,15 @@ def test_card_lists_the_monitoring_rules(setup):
     assert "psi_threshold=0.2" in card and "k=4" in card and "**disagreement**" in card
     with pytest.raises(TypeError, match="AlarmRules"):
         model_card(model, q, data, monitoring={"k": 3})
+
+
+def test_recipe_of_a_cnn_names_its_convolutions():
+    from qedu.models import make_cnn
+
+    data = load_digits(seed=0)
+    q = quantize_model(make_cnn(seed=0), PTQConfig(weight_bits=6), data.x_calib)
+    rows = quantization_recipe(q)
+    assert [r["layer"] for r in rows] == ["conv1", "conv2", "fc"]
+    assert all(r["weight_bits"] == 6 and r["weight_scales"] == q.get_submodule(r["layer"]).weight_scale.numel()
+               for r in rows)
+    assert len(quantized_tensors(q)) == 3 * 6  # codes, scale, zero point, bias (folded BatchNorm), act scale, zero point

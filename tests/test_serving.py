@@ -228,3 +228,14 @@ def test_streams_refuse_pixels_outside_zero_one(v):
     else:
         with pytest.raises(ValueError, match="x"):
             make_stream(x, y, "gain", 3, n_batches=2, batch_size=2, onset=1)
+
+
+def test_the_loop_serves_a_cnn_too():
+    from qedu.models import make_cnn
+
+    data = load_digits(seed=0)
+    cnn = make_cnn(seed=0).eval()
+    loop = ServingLoop(cnn, quantize_model(cnn, PTQConfig(), data.x_calib), data.x_calib)
+    assert list(loop.grids) == ["conv1", "conv2", "fc"]
+    run = loop.run(stream(data, "missing_div16"), AlarmRules(), Rollout(canary_fraction=1.0))
+    assert run.first_alarm("range") == 10 and run.rollback == 12

@@ -166,7 +166,8 @@ def deployment_simulator(seed: int = 0) -> Panel:
         span = "the stream" if fault == "none" else f"batches {start}-{n - 1}"
         return (f"{verdict} &middot; accuracy over {span}: served <b>{served:.1f} %</b>, without rollback "
                 f"{no_rb:.1f} % (saved {served - no_rb:+.1f} points), float shadow {fl:.1f} % &middot; "
-                f"alarms before the onset: " + ", ".join(f"{s} {false[s]}" for s in SIGNALS)
+                + ("false alarms (batches): " if fault == "none" else "false alarms before the onset (batches): ")
+                + ", ".join(f"{s} {false[s]}" for s in SIGNALS)
                 + "<br>" + _log_html(run.incidents))
 
     controls = {
