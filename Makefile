@@ -30,7 +30,7 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install "$(TORCH)"
-	$(BIN)/python -m pip install -e ".[test,browser,ref,deploy,teacher]"
+	$(BIN)/python -m pip install -e ".[test,browser,ref,teacher,deploy]"
 	@# JupyterHub's proxy comes from npm (tests/test_classroom.py runs a real hub on 127.0.0.1)
 	@if command -v npm >/dev/null 2>&1; then \
 	  npm install --silent --no-audit --no-fund --prefix $(VENV)/node configurable-http-proxy@5.3.0; \
