@@ -71,7 +71,7 @@ def amax_to_scale(amax: torch.Tensor, fmt: FloatFormat = FP8_E4M3, power_of_2: b
         TypeError / ValueError: ``amax`` not a tensor of finite numbers >= 0, ``fmt`` not a
         :class:`~qedu.floats.FloatFormat`, ``power_of_2`` not a bool.
     """
-    amax = as_float_tensor(amax, "amax", allow_empty=True)
+    amax = as_float32(as_float_tensor(amax, "amax", allow_empty=True), "amax")  # beyond float32: scale would be 0
     if bool((amax < 0).any()):
         raise ValueError(f"amax must be >= 0 (the largest |value|), got {amax.min().item()}; pass x.abs().amax().")
     return _amax_to_scale(amax, _check_format(fmt, "fmt"), check_bool(power_of_2, "power_of_2"))
