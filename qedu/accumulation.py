@@ -194,6 +194,9 @@ def kahan_add(w: torch.Tensor, c: torch.Tensor, update: torch.Tensor, fmt: Float
         raise ValueError(f"w + update overflows {fmt.name} (beyond its largest value {fmt.max:g}); the update is far "
                          "too large for these weights: lower the learning rate.")
     c_new = (y - (w_new - w)).to(dtype).float()
+    if not bool(torch.isfinite(c_new).all()):
+        raise ValueError(f"the compensation overflows {fmt.name}: c must hold what rounding lost (start with zeros), "
+                         f"not values near the format's largest ({fmt.max:g}).")
     return w_new, c_new
 
 

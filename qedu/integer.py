@@ -172,7 +172,8 @@ def requantize_float(acc: torch.Tensor, multiplier: torch.Tensor, bias_over_sy: 
     out = _i64(acc, "acc").float() * multiplier
     if bias_over_sy is not None:
         out = out + as_float32(as_float_tensor(bias_over_sy, "bias_over_sy"), "bias_over_sy")
-    return torch.round(out).clamp(INT32_MIN, INT32_MAX).to(torch.int64)  # torch.round is half to even, as rint
+    # torch.round is half to even, as rint; the clamp runs in float64, where INT32_MAX is exact (float32 rounds it up)
+    return torch.round(out).double().clamp(INT32_MIN, INT32_MAX).to(torch.int64)
 
 
 class _QParams(NamedTuple):

@@ -422,3 +422,361 @@ LORA_BAD = [
 @pytest.mark.parametrize("fn, args, kwargs, name", LORA_BAD, ids=[f"lora-{i}" for i in range(len(LORA_BAD))])
 def test_lora_bad_input_names_the_argument(fn, args, kwargs, name):
     refuses(fn, *args, name=name, **kwargs)
+
+
+# ============================================================================= integer
+int32s = st.one_of(st.sampled_from([INT.INT32_MIN, INT.INT32_MAX, 0, 1, -1, 2**30, -(2**30)]),
+                   st.integers(INT.INT32_MIN, INT.INT32_MAX))
+
+
+@SETTINGS
+@given(number)
+@example(1e-320)  # a subnormal multiplier: documented to become (0, 0)
+@example(2.0**30)  # too large for a 31-bit shift: refused
+def test_integer_quantize_multiplier(real):
+    out = holds(INT.quantize_multiplier, real, names=("real_multiplier",))
+    if out is None:
+        assert not (math.isfinite(real) and 0 <= real < 2**30)
+        return
+    m0, shift = out
+    assert m0 == 0 and shift == 0 or 2**30 <= m0 < 2**31 and -31 <= shift <= 30
+    if m0:
+        assert abs(m0 * 2.0 ** (shift - 31) - real) <= 2.0 ** (shift - 32)  # half a step of M0's last bit
+    else:
+        assert real < 2.0**-31  # too small for 31 bits of shift
+
+
+@SETTINGS
+@given(st.lists(int32s, min_size=1, max_size=6), st.floats(1e-9, 0.999), st.sampled_from(["double", "single"]))
+def test_integer_multiply_by_quantized_multiplier_stays_in_int32_and_rounds(xs, real, rounding):
+    m0, shift = INT.quantize_multiplier(real)
+    x = torch.tensor(xs)
+    out = INT.multiply_by_quantized_multiplier(x, m0, shift, rounding)
+    assert bool(((out >= INT.INT32_MIN) & (out <= INT.INT32_MAX)).all())
+    exact = x.double() * (m0 * 2.0 ** (shift - 31))
+    assert bool(((out.double() - exact).abs() <= 1.0 + 1e-6 * exact.abs()).all())  # one rounding (or two) off by < 1
+
+
+@SETTINGS
+@given(st.lists(int32s, min_size=1, max_size=6), int32s, st.integers(0, 31))
+def test_integer_high_mul_and_divide_by_pot_stay_in_int32(xs, b, exponent):
+    x = torch.tensor(xs)
+    high = INT.saturating_rounding_doubling_high_mul(x, b)
+    assert bool(((high >= INT.INT32_MIN) & (high <= INT.INT32_MAX)).all())
+    div = INT.rounding_divide_by_pot(x, exponent)
+    exact = x.double() / 2**exponent
+    assert bool(((div.double() - exact).abs() <= 0.5).all())
+
+
+@SETTINGS
+@given(st.lists(int32s, min_size=1, max_size=4), number, number)
+@example([2**31 - 1], F32.max, F32.max)  # was: 2**31 (INT32_MAX clamped in float32 rounds up)
+def test_integer_requantize_float_saturates_or_names(accs, multiplier, bias):
+    out = holds(INT.requantize_float, torch.tensor(accs), torch.tensor(multiplier, dtype=torch.float64),
+                torch.tensor(bias, dtype=torch.float64), names=("multiplier", "bias_over_sy"))
+    if out is not None:
+        assert bool(((out >= INT.INT32_MIN) & (out <= INT.INT32_MAX)).all())  # was: inf -> int64 garbage
+
+
+@SETTINGS
+@given(number, st.integers(-300, 300), number, st.integers(-300, 300), st.sampled_from(INT.ROUNDINGS))
+@example(1e-40, 0, 0.1, 0, "double")  # was: bias / (s_x s_w) = inf, stored as int32 garbage
+def test_integer_linear_codes_stay_in_range(s_x, z_x, s_y, z_y, rounding):
+    layer = holds(INT.IntegerLinear, _linear(8, 3, seed=2), (s_x, z_x), (s_y, z_y), rounding=rounding,
+                  names=("in_qparams", "out_qparams", "real_multiplier", "bias"))
+    if layer is None:
+        return
+    assert 0 < s_x <= F32.max and 0 < s_y <= F32.max and 0 <= z_x <= 255 and 0 <= z_y <= 255
+    q_x = torch.randint(0, 256, (4, 8), generator=torch.Generator().manual_seed(0))
+    q_y = layer(q_x)
+    assert q_y.dtype == torch.uint8  # codes in 0..255 by construction of the dtype; and never wrapped:
+    assert bool((q_y.to(torch.int64) >= layer.out_min).all())
+
+
+@FEW
+@given(st.sampled_from([1e-30, 1e-3, 1.0, 1e3, 1e30, 3e38, 1e39, math.inf, math.nan]))
+def test_integer_mlp_with_extreme_calibration_inputs(value):
+    x = torch.rand(8, 1, 8, 8, generator=torch.Generator().manual_seed(0)).double()
+    x[0, 0, 0, 0] = value
+    mlp = holds(INT.IntegerMLP, make_mlp(seed=0), x, names=("x_calib",))
+    if mlp is not None:
+        assert fits_float32([value])
+        pred = mlp.predict(x[1:].float())
+        assert bool(((pred >= 0) & (pred < 10)).all())
+
+
+INTEGER_BAD = [
+    (INT.quantize_multiplier, (-0.5,), {}, "real_multiplier"),
+    (INT.quantize_multiplier, ("0.5",), {}, "real_multiplier"),
+    (INT.quantize_multiplier, (math.inf,), {}, "real_multiplier"),
+    (INT.quantize_multiplier, (2.0**31,), {}, "real_multiplier"),
+    (INT.saturating_rounding_doubling_high_mul, (torch.tensor([1]), 2**40), {}, "b"),
+    (INT.saturating_rounding_doubling_high_mul, (torch.tensor([1]), "x"), {}, "b"),
+    (INT.saturating_rounding_doubling_high_mul, (torch.tensor([2**40]), 2**30), {}, "a"),
+    (INT.saturating_rounding_doubling_high_mul, (torch.tensor([1.0]), 2**30), {}, "a"),
+    (INT.rounding_divide_by_pot, (torch.tensor([5]), -1), {}, "exponent"),
+    (INT.rounding_divide_by_pot, (torch.tensor([5]), 32), {}, "exponent"),
+    (INT.rounding_divide_by_pot, (torch.tensor([5]), 1.5), {}, "exponent"),
+    (INT.rounding_divide_by_pot, ([5], 1), {}, "x"),
+    (INT.multiply_by_quantized_multiplier, (torch.tensor([5]), 2**30, 31, "single"), {}, "shift"),  # was: a raw error
+    (INT.multiply_by_quantized_multiplier, (torch.tensor([5]), 2**30, -40, "single"), {}, "shift"),  # OverflowError
+    (INT.multiply_by_quantized_multiplier, (torch.tensor([5]), 2**40, 0), {}, "m0"),
+    (INT.multiply_by_quantized_multiplier, (torch.tensor([5]), -5, 0), {}, "m0"),
+    (INT.multiply_by_quantized_multiplier, (torch.tensor([5]), 2**30, 0, "triple"), {}, "rounding"),
+    (INT.multiply_by_quantized_multiplier, (torch.tensor([2**33]), 2**30, 0), {}, "x"),
+    (INT.requantize_float, (torch.tensor([5]), torch.tensor(math.nan)), {}, "multiplier"),
+    (INT.requantize_float, (torch.tensor([5]), torch.tensor(-0.5)), {}, "multiplier"),
+    (INT.requantize_float, (torch.tensor([5]), 0.5, torch.tensor(math.inf)), {}, "bias_over_sy"),
+    (INT.requantize_float, (torch.tensor([5.0]), 0.5), {}, "acc"),
+    (INT.IntegerLinear, (nn.Conv1d(1, 1, 1), (0.1, 0), (0.1, 0)), {}, "linear"),
+    (INT.IntegerLinear, (_linear(), (0.1,), (0.1, 0)), {}, "in_qparams"),  # was: a raw NamedTuple error
+    (INT.IntegerLinear, (_linear(), (0.0, 0), (0.1, 0)), {}, "in_qparams"),
+    (INT.IntegerLinear, (_linear(), (0.1, 0.5), (0.1, 0)), {}, "in_qparams"),
+    (INT.IntegerLinear, (_linear(), (0.1, 300), (0.1, 0)), {}, "in_qparams"),  # was: accepted
+    (INT.IntegerLinear, (_linear(), (0.1, 0), (1e39, 0)), {}, "out_qparams"),
+    (INT.IntegerLinear, (_linear(), (0.1, 0), (0.1, 0)), {"qrange": (255, 0)}, "qrange"),
+    (INT.IntegerLinear, (_linear(), (0.1, 0), (0.1, 0)), {"relu": "yes"}, "relu"),
+    (INT.IntegerLinear, (_linear(), (0.1, 0), (0.1, 0)), {"rounding": "up"}, "rounding"),
+    (INT.IntegerLinear, (_linear(), (1e3, 0), (1e-9, 0)), {}, "real_multiplier"),
+    (INT.IntegerLinear, (nn.Linear(4, 2).requires_grad_(False).apply(lambda m: m.weight.fill_(math.nan)), (0.1, 0),
+                         (0.1, 0)), {}, "linear.weight"),
+    (INT.IntegerLinear(_linear(), (0.02, 128), (0.05, 100)), (torch.ones(1, 5, dtype=torch.long),), {}, "q_x"),
+    (INT.IntegerLinear(_linear(), (0.02, 128), (0.05, 100)), (torch.ones(8, dtype=torch.long),), {}, "q_x"),
+    (INT.IntegerLinear(_linear(), (0.02, 128), (0.05, 100)), (torch.full((1, 8), 999),), {}, "q_x"),
+    (INT.IntegerLinear(_linear(), (0.02, 128), (0.05, 100)), (torch.ones(1, 8),), {}, "q_x"),
+    (INT.IntegerMLP, (make_mlp(seed=0), [[1.0]]), {}, "x_calib"),
+    (INT.IntegerMLP, (make_mlp(seed=0), torch.rand(4, 7)), {}, "x_calib"),
+    (INT.IntegerMLP, (make_mlp(seed=0), torch.rand(0, 1, 8, 8)), {}, "x_calib"),
+    (INT.IntegerMLP, (make_mlp(seed=0), torch.full((4, 1, 8, 8), math.nan)), {}, "x_calib"),
+    (INT.IntegerMLP(make_mlp(seed=0), torch.rand(4, 1, 8, 8)).predict, (torch.full((2, 1, 8, 8), math.nan),), {}, "x"),
+    (INT.IntegerMLP, ("mlp", torch.rand(4, 64)), {}, "model"),
+]
+
+
+@pytest.mark.parametrize("fn, args, kwargs, name", INTEGER_BAD, ids=[f"integer-{i}" for i in range(len(INTEGER_BAD))])
+def test_integer_bad_input_names_the_argument(fn, args, kwargs, name):
+    refuses(fn, *args, name=name, **kwargs)
+
+
+# ============================================================================= accumulation
+SUM_FORMATS = [FP32, FP16, BF16]
+
+
+def _u(fmt) -> float:
+    return 2.0 ** -(fmt.man_bits + 1)  # unit roundoff
+
+
+@SETTINGS
+@given(st.lists(f32_number, min_size=1, max_size=12), st.sampled_from(SUM_FORMATS))
+@example([6e4, 6e4, -6e4], FP16)  # was: Kahan gave NaN (inf - inf) after the running sum overflowed
+def test_accumulation_sums_are_finite_unless_the_format_overflows(vals, fmt):
+    x = f32(vals)
+    total_abs = float(x.double().abs().sum())
+    exact = float(x.double().sum())
+    n = len(vals)
+    slack = n * fmt.min_subnormal * 2  # fp16's subnormals: an absolute error per addition
+    for fn, bound in ((ACC.sequential_sum, (n + 1) * _u(fmt)), (ACC.kahan_sum, 3 * _u(fmt) + (n * _u(fmt)) ** 2)):
+        s = fn(x, fmt)
+        assert not bool(torch.isnan(s)), (fn.__name__, vals, fmt)
+        if not bool(torch.isfinite(s)):  # the documented overflow: only when the sums can reach fmt's max
+            assert total_abs >= fmt.max / 2, (fn.__name__, vals, fmt, s)
+            continue
+        assert abs(float(s) - exact) <= bound * total_abs + slack, (fn.__name__, vals, fmt, float(s), exact)
+
+
+@SETTINGS
+@given(st.lists(f32_number, min_size=6, max_size=6), st.sampled_from([None, BF16, FP16]), st.sampled_from(SUM_FORMATS))
+def test_accumulation_dot_refuses_overflowing_inputs_and_products(vals, inputs, accumulate):
+    a, b = f32(vals[:3]), f32(vals[3:])
+    try:
+        out = ACC.dot(a, b, inputs, accumulate)
+    except ValueError as err:  # an input beyond the inputs format, or a product beyond float32
+        assert any(n in str(err) for n in ("a holds", "b holds", "a * b")), err
+        return
+    assert not bool(torch.isnan(out))
+    if not bool(torch.isfinite(out)):  # the documented overflow of the accumulator itself
+        assert float((a.double() * b.double()).abs().sum()) >= accumulate.max / 2
+
+
+@SETTINGS
+@given(st.lists(f32_number, min_size=3, max_size=3), st.sampled_from([BF16, FP16]))
+@example([1.0, 0.0, 1e5], FP16)  # was: w = inf, c = -inf
+@example([3e38, -F32.max, F32.tiny], BF16)  # was: c = inf
+def test_accumulation_kahan_add_finite_or_named(vals, fmt):
+    w = cast(f32(vals[:1]), fmt)
+    if not bool(torch.isfinite(w).all()):
+        return  # w must hold values of fmt
+    c, update = f32(vals[1:2]), f32(vals[2:])
+    out = holds(ACC.kahan_add, w, c, update, fmt, names=("w + update", "compensation overflows"))
+    if out is not None:
+        w_new, c_new = out
+        assert torch.equal(cast(w_new, fmt), w_new) and torch.equal(cast(c_new, fmt), c_new)
+
+
+@SETTINGS
+@given(st.lists(finite_number, min_size=2, max_size=2))
+def test_accumulation_relative_error_finite_or_named(vals):
+    out = holds(ACC.relative_error, tensor64(vals[:1]), tensor64(vals[1:]), names=("exact", "relative error"))
+    if out is not None:
+        assert bool((out >= 0).all())
+
+
+ACC_BAD = [
+    (ACC.sequential_sum, (torch.ones(3), "fp16"), {}, "fmt"),
+    (ACC.sequential_sum, (torch.ones(3), FP8_E4M3), {}, "fmt"),
+    (ACC.sequential_sum, (torch.ones(3, 0),), {}, "x"),
+    (ACC.sequential_sum, (torch.tensor(1.0),), {}, "x"),
+    (ACC.sequential_sum, (torch.tensor([1e39], dtype=torch.float64),), {}, "x"),
+    (ACC.kahan_sum, (torch.tensor([1.0, math.nan]),), {}, "x"),
+    (ACC.kahan_sum, ("abc",), {}, "x"),
+    (ACC.dot, (torch.ones(2), torch.ones(3)), {}, "a and b"),
+    (ACC.dot, (torch.full((2,), 1e20), torch.full((2,), 1e20)), {}, "a * b"),  # was: blamed "inf in x"
+    (ACC.dot, (torch.full((2,), 1e5), torch.ones(2)), {"inputs": FP16}, "a "),
+    (ACC.dot, (torch.ones(2), torch.tensor([1.0, math.inf])), {}, "b"),
+    (ACC.kahan_add, (torch.ones(2), torch.zeros(2), torch.tensor([math.nan, 1.0])), {}, "update"),  # was: NaN weights
+    (ACC.kahan_add, (torch.ones(2), torch.zeros(2), torch.tensor([1e39, 1.0], dtype=torch.float64)), {}, "update"),
+    (ACC.kahan_add, (torch.ones(2), torch.zeros(2), torch.tensor([1e5, 1.0])), {"fmt": FP16}, "w + update"),
+    (ACC.kahan_add, (torch.ones(2), torch.zeros(3), torch.ones(2)), {}, "w, c and update"),
+    (ACC.kahan_add, ([1.0], torch.zeros(1), torch.ones(1)), {}, "w"),
+    (ACC.relative_error, (torch.ones(2), torch.ones(3)), {}, "approx and exact"),  # was: a raw broadcast error
+    (ACC.relative_error, (torch.ones(1), torch.zeros(1)), {}, "exact"),
+    (ACC.relative_error, (torch.ones(1, dtype=torch.float64), torch.tensor([1e-320], dtype=torch.float64)), {},
+     "relative error"),
+    (ACC.summation_errors, ([],), {}, "lengths"),
+    (ACC.summation_errors, ((0,),), {}, "lengths"),
+    (ACC.summation_errors, ((8,), 0), {}, "n_rows"),
+    (ACC.summation_errors, ((8,), 1, -1), {}, "seed"),
+]
+
+
+@pytest.mark.parametrize("fn, args, kwargs, name", ACC_BAD, ids=[f"{c[0].__name__}-{i}" for i, c in enumerate(ACC_BAD)])
+def test_accumulation_bad_input_names_the_argument(fn, args, kwargs, name):
+    refuses(fn, *args, name=name, **kwargs)
+
+
+# ============================================================================= ternary
+@SETTINGS
+@given(st.lists(f32_number, min_size=6, max_size=6), st.sampled_from([0, 1, -1]),
+       st.one_of(st.floats(0, 3), st.sampled_from([0.0, 0.7, F32.tiny, 1e30])))
+@example([3e38, 3e38, 3e38, 3e38, 3e38, 3e38], 0, 0.7)  # sums near float32's max: computed in float64
+def test_ternary_codes_and_scales(vals, axis, delta_factor):
+    w = f32(vals, (2, 3))
+    q, scale = TW.twn_quantize(w, axis, delta_factor)
+    assert set(q.unique().tolist()) <= {-1, 0, 1} and q.shape == w.shape
+    assert _finite(scale) and bool((scale >= 0).all())
+    slice_max = w.abs().amax(dim=1 - (axis % 2), keepdim=True)
+    assert bool((scale <= slice_max).all())  # a mean of kept |w| never exceeds their max
+    assert _finite(scale * q)
+
+
+@SETTINGS
+@given(number, number)
+def test_ternary_refuses_non_finite_weights_and_factors(value, delta_factor):
+    w = torch.tensor([[0.5, -0.25], [1.0, 0.0]], dtype=torch.float64)
+    w[0, 0] = value
+    out = holds(TW.twn_quantize, w, 0, delta_factor, names=("w", "delta_factor"))
+    if out is not None:
+        assert fits_float32([value]) and math.isfinite(delta_factor) and delta_factor >= 0
+    layer = _linear(4, 2)
+    with torch.no_grad():
+        layer.weight[0, 0] = value if abs(value) <= F32.max or not math.isfinite(value) else math.copysign(F32.max, value)
+    holds(TW.twn_ptq, layer, names=("w",))
+
+
+TERNARY_BAD = [
+    (TW.twn_quantize, (torch.ones(2, 2), 0, math.inf), {}, "delta_factor"),
+    (TW.twn_quantize, (torch.ones(2, 2), 0, -0.1), {}, "delta_factor"),
+    (TW.twn_quantize, (torch.ones(2, 2), 0, "0.7"), {}, "delta_factor"),
+    (TW.twn_quantize, (torch.ones(2, 2), 2), {}, "axis"),
+    (TW.twn_quantize, (torch.ones(2, 2), 0.0), {}, "axis"),
+    (TW.twn_quantize, (torch.tensor(1.0),), {}, "w"),
+    (TW.twn_quantize, (torch.ones(0, 2),), {}, "w"),
+    (TW.twn_quantize, (torch.tensor([[1e39, 1.0]], dtype=torch.float64),), {}, "w"),
+    (TW.twn_quantize, ("w",), {}, "w"),
+    (TW.twn_ptq, (5,), {}, "model"),
+    (TW.twn_ptq, (_linear(), math.nan), {}, "delta_factor"),
+]
+
+
+@pytest.mark.parametrize("fn, args, kwargs, name", TERNARY_BAD, ids=[f"ternary-{i}" for i in range(len(TERNARY_BAD))])
+def test_ternary_bad_input_names_the_argument(fn, args, kwargs, name):
+    refuses(fn, *args, name=name, **kwargs)
+
+
+# ============================================================================= integer_arithmetic
+codes16 = st.one_of(st.sampled_from([IA.CODE_MIN, IA.CODE_MAX, 0, 127, -128, 255]), st.integers(IA.CODE_MIN, IA.CODE_MAX))
+
+
+@SETTINGS
+@given(st.lists(codes16, min_size=6, max_size=6), st.lists(codes16, min_size=9, max_size=9), codes16,
+       st.lists(codes16, min_size=3, max_size=3))
+def test_integer_arithmetic_terms_add_up_exactly(xs, ws, z_x, z_w):
+    q_x, q_w = torch.tensor(xs).reshape(2, 3), torch.tensor(ws).reshape(3, 3)
+    acc = IA.accumulate(IA.zero_point_terms(q_x, z_x, q_w, torch.tensor(z_w)))
+    direct = (q_x[:, None, :] - z_x) * (q_w[None, :, :] - torch.tensor(z_w)[:, None])  # (N, O, K), exact in int64
+    assert torch.equal(acc, direct.sum(-1))
+
+
+@SETTINGS
+@given(st.lists(st.integers(-128, 255), min_size=6, max_size=6), st.lists(st.integers(-127, 127), min_size=6, max_size=6),
+       number, number, st.integers(0, 255))
+def test_integer_arithmetic_linear_matches_dequantize_or_names(xs, ws, s_x, s_w, z_x):
+    q_x, q_w = torch.tensor(xs).reshape(2, 3), torch.tensor(ws).reshape(2, 3)
+    names = ("scale_x", "scale_w", "scale", "overflows float32")
+    y_int = holds(IA.integer_linear, q_x, s_x, z_x, q_w, s_w, 0, names=names)
+    y_deq = holds(IA.dequantize_linear, q_x, s_x, z_x, q_w, s_w, 0, names=names)
+    if y_int is not None and y_deq is not None:
+        assert torch.allclose(y_int, y_deq, rtol=1e-5, atol=1e-30 + 1e-5 * float(y_deq.abs().max()))
+    if y_int is not None or y_deq is not None:
+        assert fits_float32([s_x, s_w]) and s_x > 0 and s_w > 0
+
+
+IA_QX, IA_QW = torch.tensor([[3, 0, 5]]), torch.tensor([[1, -2, 2], [0, 1, -1]])
+IA_BAD = [
+    (IA.zero_point_terms, (IA_QX, math.nan, IA_QW, 0), {}, "zero_point_x"),
+    (IA.zero_point_terms, (IA_QX, math.inf, IA_QW, 0), {}, "zero_point_x"),  # was: int64 garbage
+    (IA.zero_point_terms, (IA_QX, 1e30, IA_QW, 0), {}, "zero_point_x"),  # was: int64 garbage
+    (IA.zero_point_terms, (IA_QX, 0.5, IA_QW, 0), {}, "zero_point_x"),
+    (IA.zero_point_terms, (IA_QX, "1", IA_QW, 0), {}, "zero_point_x"),
+    (IA.zero_point_terms, (IA_QX, 0, IA_QW, [1, 2, 3]), {}, "zero_point_w"),
+    (IA.zero_point_terms, (IA_QX, 0, IA_QW, torch.ones(2, 3)), {}, "zero_point_w"),
+    (IA.zero_point_terms, (torch.full((1, 3), 2**62), 0, IA_QW, 0), {}, "q_x"),  # was: silent int64 wrap-around
+    (IA.zero_point_terms, (IA_QX.float(), 0, IA_QW, 0), {}, "q_x"),
+    (IA.zero_point_terms, (IA_QX[0], 0, IA_QW, 0), {}, "q_x"),
+    (IA.zero_point_terms, (IA_QX, 0, IA_QW[:, :2], 0), {}, "q_w"),
+    (IA.zero_point_terms, (IA_QX[:0], 0, IA_QW, 0), {}, "q_x"),
+    (IA.accumulate, ((1, 2, 3, 4),), {}, "terms"),
+    (IA.integer_linear, (IA_QX, math.nan, 0, IA_QW, 0.25, 0), {}, "scale_x"),  # was: NaN output
+    (IA.integer_linear, (IA_QX, 1e39, 0, IA_QW, 0.25, 0), {}, "scale_x"),  # was: inf output
+    (IA.integer_linear, (IA_QX, 3e38, 0, IA_QW, 0.25, 0), {}, "overflows float32"),  # was: inf output
+    (IA.integer_linear, (IA_QX, -1.0, 0, IA_QW, 0.25, 0), {}, "scale_x"),
+    (IA.integer_linear, (IA_QX, 0.5, 0, IA_QW, torch.ones(2, 3), 0), {}, "scale_w"),
+    (IA.integer_linear, (IA_QX, 0.5, 0, IA_QW, torch.ones(3), 0), {}, "scale_w"),
+    (IA.integer_linear, (IA_QX, 0.5, 0, IA_QW, 0.25, 0, torch.tensor([math.nan, 0.0])), {}, "bias"),  # was: NaN
+    (IA.integer_linear, (IA_QX, 0.5, 0, IA_QW, 0.25, 0, torch.ones(3)), {}, "bias"),  # was: a raw broadcast error
+    (IA.dequantize_linear, (IA_QX, 0.5, 0, IA_QW[:, :2], 0.25, 0), {}, "q_w"),  # was: torch's "mat1 and mat2"
+    (IA.dequantize_linear, (IA_QX, 0.5, 0, IA_QW, 0.25, 0, torch.ones(3)), {}, "bias"),
+    (IA.dequantize_linear, (IA_QX, 0.5, 0, IA_QW, 0.25, 0, torch.tensor([math.nan, 0.0])), {}, "bias"),
+    (IA.dequantize_linear, (IA_QX, 1e39, 0, IA_QW, 0.25, 0), {}, "scale_x"),
+]
+
+
+@pytest.mark.parametrize("fn, args, kwargs, name", IA_BAD, ids=[f"{c[0].__name__}-{i}" for i, c in enumerate(IA_BAD)])
+def test_integer_arithmetic_bad_input_names_the_argument(fn, args, kwargs, name):
+    refuses(fn, *args, name=name, **kwargs)
+
+
+# ============================================================================= energy
+@pytest.mark.parametrize("relative_to", list(EN.ENERGY_45NM_PJ))
+def test_energy_table_is_finite_and_consistent(relative_to):
+    rows = EN.energy_table(relative_to).splitlines()[2:]
+    assert len(rows) == len(EN.ENERGY_45NM_PJ)
+    for row, (op, pj) in zip(rows, EN.ENERGY_45NM_PJ.items()):
+        _, name, energy, multiple, _ = row.split("|")
+        assert name.strip() == op and math.isfinite(float(energy)) and float(energy) == pj
+        assert float(multiple.replace(",", "")) == round(pj / EN.ENERGY_45NM_PJ[relative_to])
+
+
+@pytest.mark.parametrize("relative_to", ["int4 add", ["int8 add"], None, 5])
+def test_energy_bad_input_names_the_argument(relative_to):
+    refuses(EN.energy_table, relative_to, name="relative_to")  # a list was: "unhashable type"
