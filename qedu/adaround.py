@@ -179,7 +179,10 @@ def _check(model, bits, x_calib):
 
 def _weight_grid(w: torch.Tensor, fmt: IntFormat, name: str):
     as_float32(as_float_tensor(w, f"{name}.weight"), f"{name}.weight")  # NaN/inf weights: say which layer
-    return choose_qparams(w, fmt, PerChannel(0))  # symmetric, per output channel, min/max: the lesson's default
+    try:
+        return choose_qparams(w, fmt, PerChannel(0))
+    except ValueError as err:  # e.g. a weight so close to float32's limit that the grid would overflow
+        raise ValueError(f"{name}.weight: {err}") from None  # symmetric, per output channel, min/max: the lesson's default
 
 
 def rtn_model(model: nn.Module, bits: int) -> nn.Module:
