@@ -314,6 +314,23 @@ def test_fp8_linear_refuses_non_finite_or_unfit_inputs(value, recipe):
         assert fits_float32([value])
 
 
+@FEW
+@given(st.sampled_from(F8.RECIPES), st.sampled_from([1e-30, 1e-3, 1.0, 1e3, 1e30]))
+def test_fp8_convert_to_float8_matches_its_layers_and_counts_rates(recipe, magnitude):
+    model = nn.Sequential(_linear(8, 6, seed=5), nn.ReLU(), _linear(6, 2, seed=6))
+    converted = F8.convert_to_float8(model, recipe, skip=["2"])
+    assert isinstance(converted[0], F8.Float8Linear) and isinstance(converted[2], nn.Linear)
+    x = torch.randn(3, 8, generator=torch.Generator().manual_seed(0)) * magnitude
+    y = holds(converted, x, names=("overflows float32",))
+    if y is None:
+        assert magnitude >= 1e30
+        return
+    rates = converted[0].stats.rates()
+    assert all(0 <= over <= 1 and 0 <= under <= 1 for over, under in rates.values())
+    if recipe != "mxfp8":  # (the MX path keeps no counts)
+        assert converted[0].stats.count["input"] == 3 * 8
+
+
 FP8_BAD = [
     (F8.amax_to_scale, ([1.0],), {"fmt": "e4m3"}, "fmt"),
     (F8.amax_to_scale, (torch.tensor([math.nan]),), {}, "amax"),
@@ -391,6 +408,24 @@ def test_lora_alpha_and_inputs_at_the_extremes(value):
     out = holds(LORA.LoRALinear(_linear(), 2), x, names=("x",))
     if out is not None:
         assert fits_float32([value])
+
+
+@FEW
+@given(st.integers(1, 3), st.floats(1e-3, 1e3), st.sampled_from([["0"], ["0", "2"], lambda n: n == "2"]))
+def test_lora_add_then_merge_keeps_the_outputs_and_counts(r, alpha, targets):
+    model = nn.Sequential(_linear(8, 6, seed=7), nn.ReLU(), _linear(6, 4, seed=8))
+    adapted = LORA.add_lora(model, targets, r, alpha)
+    names = [n for n in ("0", "2") if isinstance(adapted.get_submodule(n), LORA.LoRALinear)]
+    with torch.no_grad():
+        for n in names:
+            adapted.get_submodule(n).lora_B.fill_(0.01)
+    x = torch.randn(2, 8, generator=torch.Generator().manual_seed(0))
+    merged = LORA.merge_lora(adapted)
+    assert torch.allclose(merged(x), adapted(x), rtol=1e-4, atol=1e-4 * (1 + alpha))
+    trainable, total = LORA.trainable_parameters(adapted)
+    sizes = {"0": (8, 6), "2": (6, 4)}
+    assert trainable == sum(r * (sizes[n][0] + sizes[n][1]) for n in names)
+    assert total == sum(p.numel() for p in model.parameters()) + trainable
 
 
 LORA_BAD = [
@@ -619,6 +654,14 @@ def test_accumulation_relative_error_finite_or_named(vals):
     out = holds(ACC.relative_error, tensor64(vals[:1]), tensor64(vals[1:]), names=("exact", "relative error"))
     if out is not None:
         assert bool((out >= 0).all())
+
+
+@FEW
+@given(st.lists(st.integers(1, 64), min_size=1, max_size=3), st.integers(1, 3), st.integers(0, 2**32 - 1))
+def test_accumulation_summation_errors_are_finite(lengths, n_rows, seed):
+    rows = ACC.summation_errors(lengths, n_rows, seed)
+    assert len(rows) == len(lengths) * len(ACC.SUM_METHODS)
+    assert all(math.isfinite(r["mean_relative_error"]) and r["mean_relative_error"] >= 0 for r in rows)
 
 
 ACC_BAD = [
