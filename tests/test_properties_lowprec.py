@@ -1031,3 +1031,29 @@ def test_correct_bias_accepts_float64_inputs_that_fit_float32():
     corrected = BC.correct_bias(make_mlp(seed=0), _ptq_mlp(), x)
     shift = BC.output_shift(BC.fold_batchnorm(make_mlp(seed=0)).fc1, corrected.fc1, x.float().flatten(1))
     assert float(shift.abs().max()) < 1e-5
+
+
+# ============================================================================= methods leave their inputs and the RNG alone
+def _method_calls():
+    x8 = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    lora_layer = LORA.LoRALinear(_linear(), 2)
+    int_layer = INT.IntegerLinear(_linear(), (0.02, 128), (0.05, 100))
+    int_mlp = INT.IntegerMLP(make_mlp(seed=0), torch.rand(4, 1, 8, 8, generator=torch.Generator().manual_seed(1)))
+    images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(2))
+    calls = [(lora_layer, x8), (lora_layer.base_forward, x8), (lora_layer.merged,), (int_layer, torch.randint(0, 256, (2, 8))),
+             (int_layer.accumulate, torch.randint(0, 256, (2, 8)), True), (int_mlp.predict, images),
+             (int_mlp.quantize_input, images)]
+    calls += [(F8.Float8Linear(_linear(), recipe), x8) for recipe in F8.RECIPES]
+    return calls
+
+
+@pytest.mark.parametrize("i", range(12))
+def test_methods_do_not_change_their_inputs_or_the_global_rng(i):
+    calls = _method_calls()
+    assert len(calls) == 12  # one test per call: keep the parametrize range in step
+    fn, *args = calls[i]
+    before = [a.clone() for a in args if isinstance(a, torch.Tensor)]
+    rng = torch.random.get_rng_state()
+    fn(*args)
+    assert all(torch.equal(b, a) for b, a in zip(before, [a for a in args if isinstance(a, torch.Tensor)]))
+    assert torch.equal(rng, torch.random.get_rng_state())
