@@ -15,6 +15,8 @@ Inputs mix float32's extremes (its largest value, smallest normal and subnormal 
 float64 values beyond float32 (1e39, 1e-320), signed zeros, +-inf, NaN and ordinary values.
 Each test is bounded (``max_examples`` 8-50, no deadline) so the file runs in seconds.
 """
+import copy
+import functools
 import math
 
 import numpy as np
@@ -36,7 +38,7 @@ from qedu import lora as LORA
 from qedu import mx as MX
 from qedu import ternary as TW
 from qedu.floats import BF16, FP16, FP32, FP8_E4M3, FP8_E5M2, cast
-from qedu.formats import INT4, INT8
+from qedu.formats import INT4
 from qedu.loss_scaling import DelayedScaling
 from qedu.models import make_mlp
 
@@ -93,8 +95,20 @@ def holds(fn, *args, names=(), **kwargs):
     return out
 
 
+class Later:
+    """A function or argument built when the test runs, not when the file is collected (it takes a while)."""
+
+    def __init__(self, build):
+        self.build = build
+
+
+def _now(v):
+    return v.build() if isinstance(v, Later) else v
+
+
 def refuses(fn, *args, name: str, **kwargs):
     """``fn(*args)`` raises a ValueError/TypeError whose message names ``name``."""
+    fn, args = _now(fn), [_now(a) for a in args]
     with pytest.raises((ValueError, TypeError)) as info:
         fn(*args, **kwargs)
     assert name in str(info.value), f"{fn.__name__}: the error does not name {name!r}: {info.value}"
@@ -583,7 +597,8 @@ INTEGER_BAD = [
     (INT.IntegerMLP, (make_mlp(seed=0), torch.rand(4, 7)), {}, "x_calib"),
     (INT.IntegerMLP, (make_mlp(seed=0), torch.rand(0, 1, 8, 8)), {}, "x_calib"),
     (INT.IntegerMLP, (make_mlp(seed=0), torch.full((4, 1, 8, 8), math.nan)), {}, "x_calib"),
-    (INT.IntegerMLP(make_mlp(seed=0), torch.rand(4, 1, 8, 8)).predict, (torch.full((2, 1, 8, 8), math.nan),), {}, "x"),
+    (Later(lambda: INT.IntegerMLP(make_mlp(seed=0), torch.rand(4, 1, 8, 8)).predict), (torch.full((2, 1, 8, 8), math.nan),),
+     {}, "x"),
     (INT.IntegerMLP, ("mlp", torch.rand(4, 64)), {}, "model"),
 ]
 
@@ -987,10 +1002,15 @@ def test_bias_correction_layer_output(vals, value):
         assert fits_float32([value])
 
 
-def _ptq_mlp():
+@functools.lru_cache(maxsize=1)
+def _ptq_mlp_once():
     from qedu import ptq
     calib = torch.rand(16, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     return ptq.quantize_model(make_mlp(seed=0), ptq.PTQConfig(act_bits=8), calib)
+
+
+def _ptq_mlp():
+    return copy.deepcopy(_ptq_mlp_once())  # a fresh copy each time: quantize_model takes a while
 
 
 @FEW
@@ -1011,13 +1031,13 @@ BC_BAD = [
     (BC.layer_output, (_linear(2, 1), torch.ones(1, 2), torch.ones(1, 2), torch.ones(2)), {}, "bias"),
     (BC.layer_output, (_linear(2, 1), "x", torch.ones(1, 2), None), {}, "x"),
     (BC.output_shift, (make_mlp(seed=0).fc1, make_mlp(seed=0).fc1, torch.rand(4, 64)), {}, "quant_layer"),  # was raw
-    (BC.output_shift, (nn.Linear(64, 3), _ptq_mlp().fc1, torch.rand(4, 64)), {}, "float_layer"),
-    (BC.output_shift, (make_mlp(seed=0).fc1, _ptq_mlp().fc1, torch.rand(4, 63)), {}, "x"),
-    (BC.output_shift, (make_mlp(seed=0).fc1, _ptq_mlp().fc1, torch.full((4, 64), 3e38)), {}, "overflows float32"),
-    (BC.correct_bias, (make_mlp(seed=0), _ptq_mlp(), torch.rand(4, 7)), {}, "x_calib"),  # was: "mat1 and mat2"
-    (BC.correct_bias, (make_mlp(seed=0), _ptq_mlp(), torch.rand(0, 1, 8, 8)), {}, "x_calib"),
+    (BC.output_shift, (nn.Linear(64, 3), Later(lambda: _ptq_mlp().fc1), torch.rand(4, 64)), {}, "float_layer"),
+    (BC.output_shift, (make_mlp(seed=0).fc1, Later(lambda: _ptq_mlp().fc1), torch.rand(4, 63)), {}, "x"),
+    (BC.output_shift, (make_mlp(seed=0).fc1, Later(lambda: _ptq_mlp().fc1), torch.full((4, 64), 3e38)), {}, "overflows float32"),
+    (BC.correct_bias, (make_mlp(seed=0), Later(_ptq_mlp), torch.rand(4, 7)), {}, "x_calib"),  # was: "mat1 and mat2"
+    (BC.correct_bias, (make_mlp(seed=0), Later(_ptq_mlp), torch.rand(0, 1, 8, 8)), {}, "x_calib"),
     (BC.correct_bias, (make_mlp(seed=0), make_mlp(seed=0), torch.rand(4, 1, 8, 8)), {}, "quantized"),
-    (BC.correct_bias, ("model", _ptq_mlp(), torch.rand(4, 1, 8, 8)), {}, "float_model"),
+    (BC.correct_bias, ("model", Later(_ptq_mlp), torch.rand(4, 1, 8, 8)), {}, "float_model"),
 ]
 
 
