@@ -1077,3 +1077,26 @@ def test_methods_do_not_change_their_inputs_or_the_global_rng(i):
     fn(*args)
     assert all(torch.equal(b, a) for b, a in zip(before, [a for a in args if isinstance(a, torch.Tensor)]))
     assert torch.equal(rng, torch.random.get_rng_state())
+
+
+# ============================================================================= constant inputs
+@pytest.mark.parametrize("value", [0.0, -0.0, 1.0, F32.tiny, 1.4e-45, 3e38])
+def test_constant_inputs_give_finite_results(value):
+    const = torch.full((4, 32), value)
+    for rule in MX.RULES:
+        x_hat = MX.mx_dequantize(MX.mx_quantize(const, "fp8_e4m3", 32, rule))
+        assert _finite(x_hat) and bool((x_hat == x_hat[0, 0]).all())  # a constant stays constant
+    assert _finite(MX.nvfp4_dequantize(MX.nvfp4_quantize(const)))
+    q, scale = TW.twn_quantize(const)
+    assert _finite(scale * q)
+    assert _finite(EQ.equalization_scales(const[:, :4], const[:4, :4]))
+    if abs(value) < 1e3:
+        assert _finite(ACC.sequential_sum(const[0], FP32))
+        images = torch.full((8, 1, 8, 8), value)
+        assert _finite(INT.IntegerMLP(make_mlp(seed=0), images).predict(images))
+        assert _finite(BC.correct_bias(make_mlp(seed=0), _ptq_mlp(), images))
+        for recipe in F8.RECIPES:
+            layer = F8.Float8Linear(_linear(32, 4), recipe)
+            for _ in range(2):  # "delayed" uses the first step's amax in the second
+                # (delayed scaling refuses an amax whose scale 448 / amax is beyond float32, e.g. 1e-38)
+                holds(layer, const, names=("amax",))
