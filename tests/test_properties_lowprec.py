@@ -291,7 +291,11 @@ def test_fp8_amax_to_scale(vals, fmt, power_of_2):
 def test_fp8_matmul_finite_or_named(vals, recipe):
     a, b = f32(vals[:6], (2, 3)), f32(vals[6:], (3, 2))
     delayed = {"a": DelayedScaling(FP8_E4M3), "b": DelayedScaling(FP8_E4M3)}
-    out = holds(F8.fp8_matmul, a, b, FP8_E4M3, FP8_E4M3, recipe, delayed=delayed, names=("overflows float32", "mx"))
+    # DelayedScaling refuses an amax whose scale 448 / amax is beyond float32 (|values| all below ~1.3e-36)
+    names = ("overflows float32", "mx") + (("amax",) if recipe == "delayed" else ())
+    out = holds(F8.fp8_matmul, a, b, FP8_E4M3, FP8_E4M3, recipe, delayed=delayed, names=names)
+    if out is None and recipe == "delayed" and min(float(a.abs().max()), float(b.abs().max())) < 448 / F32.max:
+        return
     if out is None:  # only when a @ b (or a dequantized MX block) is beyond float32
         assert float(a.abs().max()) * float(b.abs().max()) * 3 > F32.max / 4 or float(a.abs().max()) > F32.max / 2 \
             or float(b.abs().max()) > F32.max / 2
