@@ -170,7 +170,7 @@ def mx_quantize(x: torch.Tensor, element: str = "fp8_e4m3", block_size: int = 32
 
 def _check_fits_float32(x_hat: torch.Tensor, finite_in: torch.Tensor, name: str) -> torch.Tensor:
     """Refuse a dequantized value that float32 cannot hold (a block max rounded up past 3.4e38)."""
-    over = torch.isinf(x_hat) & finite_in
+    over = ~torch.isfinite(x_hat) & finite_in  # (0 times a scale that overflowed is NaN)
     if bool(over.any()):
         raise ValueError(f"{name} holds {int(over.sum())} value(s) beyond float32's largest ({FLOAT32_MAX:.4g}): "
                          "the block's largest |x| was so close to it that its nearest value on the grid is 2**128. "

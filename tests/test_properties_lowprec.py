@@ -254,6 +254,7 @@ MX_BAD = [
     (MX.nvfp4_quantize, (torch.ones(1, 16), math.nan), {}, "per_tensor_scale"),
     (MX.nvfp4_quantize, (torch.ones(1, 16), "0.5"), {}, "per_tensor_scale"),
     (MX.nvfp4_dequantize, (3,), {}, "nv"),
+    (MX.nvfp4_dequantize, (MX.NVFP4Tensor(torch.zeros(1, 16), torch.tensor([[448.0]]), 3e38),), {}, "nv"),  # 0 * inf
     (MX.bits_per_value, ("fp4_e2m1", 32, -8), {}, "scale_bits"),
     (MX.bits_per_value, ("fp4_e2m1", 32, "8"), {}, "scale_bits"),
     (MX.bits_per_value, ("fp4_e2m1", 32, 8, -32, 10), {}, "tensor_bits"),
