@@ -124,6 +124,7 @@ def overflowed(scaled: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
     >>> overflowed(torch.tensor([448.0, 460.0, 464.0, 465.0, -1e4]), FP8_E4M3).tolist()
     [False, False, False, True, True]
     """
+    scaled = as_float_tensor(scaled, "scaled", allow_empty=True, allow_nonfinite=True)  # inf overflows, NaN does not
     return ~torch.isnan(scaled) & ~torch.isfinite(cast(scaled, fmt, saturate=False))
 
 
@@ -137,6 +138,11 @@ def underflowed(x: torch.Tensor, x_fp8: torch.Tensor) -> torch.Tensor:
     >>> underflowed(x, cast(x, FP8_E4M3)).tolist()
     [False, True, False]
     """
+    for name, t in (("x", x), ("x_fp8", x_fp8)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
+    if x.shape != x_fp8.shape:
+        raise ValueError(f"x and x_fp8 must have the same shape, got {tuple(x.shape)} and {tuple(x_fp8.shape)}.")
     return (x != 0) & (x_fp8 == 0)
 
 

@@ -350,8 +350,26 @@ def test_fp8_convert_to_float8_matches_its_layers_and_counts_rates(recipe, magni
         assert converted[0].stats.count["input"] == 3 * 8
 
 
+@SETTINGS
+@given(st.lists(number, min_size=1, max_size=8), st.sampled_from([FP8_E4M3, FP8_E5M2]))
+def test_fp8_overflowed_and_underflowed_follow_the_cast(vals, fmt):
+    scaled = tensor64(vals)
+    over = F8.overflowed(scaled, fmt)
+    big = scaled.abs() > fmt.max
+    assert not bool((over & ~big).any())  # only values beyond the max overflow (some just above round down to it)
+    assert not bool((over & torch.isnan(scaled)).any()) and bool(over[torch.isinf(scaled)].all())
+    x_fp8 = cast(scaled.float().clamp(-fmt.max, fmt.max), fmt)
+    under = F8.underflowed(scaled, x_fp8)
+    assert bool((under == ((scaled != 0) & (x_fp8 == 0))).all())
+    assert not bool((under & (scaled.abs() > fmt.min_subnormal)).any())  # above the smallest subnormal: never 0
+
+
 FP8_BAD = [
     (F8.amax_to_scale, ([1.0],), {"fmt": "e4m3"}, "fmt"),
+    (F8.overflowed, ("x", FP8_E4M3), {}, "scaled"),  # was: torch's "isnan(): argument 'input'"
+    (F8.overflowed, (torch.ones(2), "e4m3"), {}, "fmt"),
+    (F8.underflowed, (torch.ones(2), torch.ones(3)), {}, "x and x_fp8"),  # was: a raw broadcast error
+    (F8.underflowed, ([1.0], [0.0]), {}, "x"),  # was: False (a list compared with a number)
     (F8.amax_to_scale, (torch.tensor([math.nan]),), {}, "amax"),
     (F8.amax_to_scale, (torch.tensor([math.inf]),), {}, "amax"),
     (F8.amax_to_scale, (torch.tensor([-1.0]),), {}, "amax"),
