@@ -106,7 +106,7 @@ class BitFlipResult:
 def _layers(model: nn.Module) -> dict:
     layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayer)}
     if not layers:
-        raise TypeError("model must come from qedu.ptq.quantize_model (it holds no QuantLayer with integer codes).")
+        raise TypeError("quantized must be a model from qedu.ptq.quantize_model (this one holds no QuantLayer with integer codes).")
     return layers
 
 

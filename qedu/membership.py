@@ -97,7 +97,7 @@ def loss_threshold_attack(model: nn.Module, x_members, y_members, x_nonmembers, 
     """
     member = per_example_loss(model, x_members, y_members)
     nonmember = per_example_loss(model, x_nonmembers, y_nonmembers)
-    tau = float(member.mean()) if threshold is None else check_real(threshold, "threshold", allow_inf=True, example="0.5")
+    tau = float(member.mean()) if threshold is None else check_real(threshold, "threshold", example="0.5")
     tpr, fpr = float((member <= tau).double().mean()), float((nonmember <= tau).double().mean())
     return MembershipResult(tau, tpr, fpr, tpr - fpr, membership_auc(member, nonmember), float(member.mean()),
                             float(nonmember.mean()))
