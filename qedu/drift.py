@@ -43,11 +43,11 @@ def psi(expected, actual, *, floor: float = FLOOR) -> float:
 
     Raises:
         ValueError: NaN/inf or negative counts, a zero total, different numbers of bins, or
-            ``floor`` outside (0, 1) (0 would make an empty bin's ``ln(a / e)`` infinite).
+            ``floor`` outside [1e-12, 1) (0 would make an empty bin's ``ln(a / e)`` infinite).
     """
     e = as_float_tensor(expected, "expected").double().flatten()
     a = as_float_tensor(actual, "actual").double().flatten()
-    floor = check_real(floor, "floor", 0, 1, lo_open=True, hi_open=True, example="1e-4")
+    floor = check_real(floor, "floor", 1e-12, 1, hi_open=True, example="1e-4")  # a subnormal floor overflows a / e
     if e.shape != a.shape:
         raise ValueError(f"expected and actual need the same bins, got {len(e)} and {len(a)} bins.")
     for name, h in (("expected", e), ("actual", a)):

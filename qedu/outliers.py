@@ -146,9 +146,10 @@ def channel_stats(name: str, channel_max: torch.Tensor, threshold: float = LLM_I
     """
     if not isinstance(channel_max, torch.Tensor) or channel_max.ndim != 1:
         raise TypeError(f"channel_max must be a non-empty 1-D tensor of per-channel maxima, got {type(channel_max).__name__}.")
-    m = as_float32(as_float_tensor(channel_max, "channel_max"), "channel_max").double()  # max / median of float32s: finite in float64
+    m = as_float_tensor(channel_max, "channel_max")
     if bool((m < 0).any()):
         raise ValueError(f"channel_max holds negative values ({float(m.min()):g}); it must be max |x| per channel.")
+    m = as_float32(m, "channel_max").double()  # the max / median of float32 values is finite in float64
     threshold = check_real(threshold, "threshold", 0, example="6.0")
     top = check_int(top, "top", 1)
     median = float(m.median())
