@@ -763,3 +763,51 @@ def test_doctor_report_is_text_all_the_way_down():
     flat = [v for part in report.values() for v in (part.values() if isinstance(part, dict) else [part])]
     assert all(isinstance(v, (str, int, float, bool, dict, list, type(None))) for v in flat)
     assert isinstance(doctor.doctor_text(), str) and isinstance(doctor.extras_status(), dict)
+
+
+# ============================================================================= LLM methods: what test_llm_methods_extremes.py leaves out
+from qedu import awq, layerwise, llm_int8  # noqa: E402
+
+
+@SETTINGS
+@given(st.lists(number, min_size=4, max_size=4))
+def test_awq_activation_scale(vals):
+    x = tensor64(vals).reshape(2, 2)
+    s = clear(awq.activation_scale, x, names=("x",))
+    if s is not None:
+        assert all(math.isfinite(v) for v in vals) and bool((s >= 0).all())
+    else:
+        assert not fits_float32(vals) or not bool(torch.isfinite(x.abs().mean(0).float()).all())
+
+
+@SETTINGS
+@given(number, st.integers(-2**31, 2**31 - 1))
+def test_llm_int8_mm_dequant_factor_and_overflow(factor, acc):
+    out = clear(llm_int8.int8_mm_dequant, torch.tensor([[acc]], dtype=torch.int32), torch.tensor([2.0]), torch.tensor([3.0]),
+                factor=factor, names=("factor", "beyond float32"))
+    if out is not None:
+        assert math.isfinite(factor) and factor > 0  # an inf factor gave inf outputs before
+
+
+@FEW
+@given(st.lists(number, min_size=4, max_size=4), st.booleans())
+def test_layerwise_quantize_linears_on_extreme_inputs(vals, sequential):
+    model = nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2))
+    x = tensor64(vals).reshape(2, 2)
+    q = clear(layerwise.quantize_linears, model, x, lambda w, x_: w.round(), sequential=sequential, names=("inputs",))
+    if not fits_float32(vals):
+        assert q is None  # NaN/inf inputs were recorded as NaN inputs before
+    elif q is not None:
+        assert all(bool(torch.isfinite(p).all()) for p in q.parameters())
+
+
+@pytest.mark.parametrize("call, names", [
+    (lambda m: layerwise.linear_inputs(m, torch.ones(2, 5)), ("inputs",)),  # raw "mat1 and mat2" before
+    (lambda m: layerwise.linear_inputs(m, torch.full((2, 2), math.nan)), ("inputs",)),
+    (lambda m: layerwise.quantize_linears(m, torch.ones(2, 2), lambda w, x: w * math.nan), ("quantize_weight",)),  # NaN weights before
+    (lambda m: layerwise.quantize_linears(m, torch.ones(2, 2), lambda w, x: w[:1]), ("quantize_weight",)),
+    (lambda m: layerwise.replace_linears(m, lambda lin: lin, names="0"), ("names",)),
+    (lambda m: llm_int8.int8_mm_dequant(torch.ones(1, 1, dtype=torch.int32), torch.tensor([-1.0]), torch.ones(1)), ("absmax",)),
+], ids=lambda v: "" if callable(v) else v[0])
+def test_layerwise_and_llm_int8_bad_input_names_the_argument(call, names):
+    refuses(call, nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 2)), names=names)
