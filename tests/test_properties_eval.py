@@ -706,6 +706,14 @@ def test_llm_quant_errors_are_finite_fractions(rows, seq_len, bits, group_size):
     assert q is not gpt() and gpt().training
 
 
+@FEW
+@given(st.integers(1, 3), st.integers(0, 2**32 - 1), st.integers(1, 16))
+def test_llm_quant_calibration_tokens_are_seeded_and_leave_the_global_rng_alone(n, seed, seq_len):
+    x = clear(llm_quant.calibration_tokens, n, seed, seq_len, names=())  # clear() checks the global RNG states
+    assert x.shape == (n, seq_len) and torch.equal(x, llm_quant.calibration_tokens(n, seed, seq_len))
+    assert 0 <= int(x.min()) and int(x.max()) < 256
+
+
 def _nan_method(layer, x):
     with torch.no_grad():
         layer.weight.fill_(math.nan)
