@@ -124,6 +124,8 @@ def _set_code(layer: QuantLayer, index: int, code: int) -> None:
 def _batch(model: nn.Module, x, y, x_name: str, y_name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """``x`` in the model's dtype and ``y`` as labels in ``0..n_outputs - 1``, one per image (or a clear error)."""
     x = to_model_dtype(as_float_tensor(x, x_name), model, x_name)
+    if x.ndim == 0:
+        raise ValueError(f"{x_name} must be a batch of images (N, ...), got the single number {float(x)!r}.")
     with torch.no_grad():
         n_classes = run_model(model, x[:1], x_name).shape[-1]
     return x, check_labels(y, y_name, len(x), n_classes)

@@ -54,12 +54,15 @@ def linear_names(model: nn.Module, names=None) -> list[str]:
 
 
 def _run(model: nn.Module, inputs):
+    if not isinstance(inputs, (torch.Tensor, tuple)):
+        raise TypeError(f"inputs must be a tensor (e.g. token ids (batch, seq)) or a tuple of the model's positional "
+                        f"arguments, got {type(inputs).__name__}.")
     if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():  # features: finite, in the model's dtype
         inputs = to_model_dtype(as_float_tensor(inputs, "inputs"), model, "inputs")
     try:
         with torch.no_grad():
             return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
-    except (RuntimeError, IndexError) as err:
+    except (RuntimeError, IndexError, AttributeError) as err:
         shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
         raise ValueError(f"the model cannot run on inputs ({shape}): {str(err).splitlines()[0]}. "
                          "Pass calibration inputs shaped like the model's data.") from err
