@@ -25,8 +25,13 @@ Recipes differ in where ``amax`` comes from (the names are torchao's and Transfo
 - ``"unscaled"``: no scale at all (``s = 1``), a plain saturating cast to e4m3 / e5m2: the
   baseline that shows why the others exist (small gradients underflow to 0).
 
-:class:`Float8Linear` counts, per operand role, how many values overflowed (saturated) or
-underflowed (a nonzero value that became 0): where a recipe breaks shows there first.
+:class:`Float8Linear` counts, per operand role, how many values overflowed or underflowed: where a
+recipe breaks shows there first. Both are defined by what the cast does (:func:`overflowed`,
+:func:`underflowed`): a scaled value *overflows* when it rounds (to nearest even) past the format's
+max, so that the saturating cast clips it (a plain cast would give inf or NaN); one that rounds
+down to the max is ordinary rounding (e4m3: max 448, neighbours 32 apart, overflow above 464). A
+nonzero value *underflows* when its fp8 value is 0 (e4m3: magnitudes up to 2^-10, half its smallest
+subnormal). MXFP8 counts both per element, after the element's block scale.
 
 Tested in tests/test_fp8_training.py against torchao 0.18's ``convert_to_float8_training``
 (tensorwise and rowwise run on the CPU) and against the formulas. torchao's rowwise matmuls return
@@ -47,9 +52,10 @@ from torch import nn
 from qedu._validation import check_choice, check_module
 from qedu.floats import FP8_E4M3, FP8_E5M2, FloatFormat, cast
 from qedu.loss_scaling import DelayedScaling
-from qedu.mx import mx_dequantize, mx_quantize
+from qedu.mx import E8M0_BIAS, mx_dequantize, mx_quantize
 
-__all__ = ["RECIPES", "ROLES", "amax_to_scale", "fp8_matmul", "FP8Stats", "Float8Linear", "convert_to_float8"]
+__all__ = ["RECIPES", "ROLES", "amax_to_scale", "overflowed", "underflowed", "fp8_matmul", "FP8Stats", "Float8Linear",
+           "convert_to_float8"]
 
 RECIPES = ("tensorwise", "rowwise", "delayed", "mxfp8", "unscaled")
 # the six operands of a linear layer's three matmuls
@@ -73,18 +79,57 @@ def amax_to_scale(amax: torch.Tensor, fmt: FloatFormat = FP8_E4M3, power_of_2: b
     return scale
 
 
+def overflowed(scaled: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
+    """Where casting ``scaled`` to ``fmt`` overflows: the magnitude rounds (to nearest even) past ``fmt.max``.
+
+    These are the values a plain cast turns into inf (e5m2) or NaN (e4m3fn without saturation) and
+    a saturating cast clips to ``±fmt.max``. A value a little above the max that rounds *down* to it
+    is not one: e4m3's top neighbours are 448 and 480 (not a number in e4m3fn), so it overflows
+    above 464 (464 itself ties to 448, the even neighbour); e5m2 (max 57344, next 2^16 = inf)
+    overflows from 61440 on (that tie goes to the even 2^16). ±inf overflows; NaN does not.
+
+    Args:
+        scaled: the values about to be cast (already multiplied by their scale).
+        fmt: the fp8 (or any) :class:`~qedu.floats.FloatFormat`.
+
+    Returns:
+        A bool tensor shaped like ``scaled``.
+
+    >>> overflowed(torch.tensor([448.0, 460.0, 464.0, 465.0, -1e4]), FP8_E4M3).tolist()
+    [False, False, False, True, True]
+    """
+    return ~torch.isnan(scaled) & ~torch.isfinite(cast(scaled, fmt, saturate=False))
+
+
+def underflowed(x: torch.Tensor, x_fp8: torch.Tensor) -> torch.Tensor:
+    """Where a nonzero ``x`` became 0 in ``x_fp8`` (its scaled, cast value; same shape).
+
+    A magnitude underflows when ``|x * scale|`` is at most half the format's smallest subnormal
+    (the tie goes to the even neighbour, 0): e4m3 up to 2^-10, e5m2 up to 2^-17.
+
+    >>> x = torch.tensor([0.0, 2.0**-10, 2.0**-9])
+    >>> underflowed(x, cast(x, FP8_E4M3)).tolist()
+    [False, True, False]
+    """
+    return (x != 0) & (x_fp8 == 0)
+
+
 @dataclass
 class FP8Stats:
-    """Per operand role: values cast, values that saturated, nonzero values that became 0."""
+    """Per operand role: values cast, values that overflowed, nonzero values that became 0.
+
+    "Overflowed" and "became 0" are :func:`overflowed` and :func:`underflowed`: what the cast did.
+    """
 
     count: dict = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
     overflow: dict = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
     underflow: dict = field(default_factory=lambda: dict.fromkeys(ROLES, 0))
 
     def add(self, role: str, scaled: torch.Tensor, x: torch.Tensor, x_fp8: torch.Tensor, fmt: FloatFormat) -> None:
+        """Count ``x`` (cast as ``x_fp8`` from ``scaled``, element by element) under ``role``."""
         self.count[role] += x.numel()
-        self.overflow[role] += int((scaled.abs() > fmt.max).sum())
-        self.underflow[role] += int(((x_fp8 == 0) & (x != 0)).sum())
+        self.overflow[role] += int(overflowed(scaled, fmt).sum())
+        self.underflow[role] += int(underflowed(x, x_fp8).sum())
 
     def rates(self) -> dict[str, tuple[float, float]]:
         """role -> (overflow share, underflow share) of the values cast so far."""
@@ -100,6 +145,16 @@ def _cast(x: torch.Tensor, fmt: FloatFormat, scale: torch.Tensor, role: str, sta
     return x_fp8
 
 
+def _mx_cast(x: torch.Tensor, role: str, stats: FP8Stats | None) -> torch.Tensor:
+    """MXFP8 (e4m3, blocks of 32 along the last dimension) values of ``x``; counts per element."""
+    mx = mx_quantize(x.float(), "fp8_e4m3", 32)
+    if stats is not None:  # each element against its own block's scale 2**(code - 127)
+        e = mx.scale_code.to(torch.int32) - E8M0_BIAS  # (M, K/32)
+        scale = torch.ldexp(torch.ones(e.shape), e.clamp(max=E8M0_BIAS)).repeat_interleave(32, dim=-1)  # (M, K)
+        stats.add(role, x.float() / scale, x, mx.elements, FP8_E4M3)
+    return mx_dequantize(mx)
+
+
 def fp8_matmul(a: torch.Tensor, b: torch.Tensor, fmt_a: FloatFormat, fmt_b: FloatFormat, recipe: str = "tensorwise",
                *, roles=("a", "b"), stats: FP8Stats | None = None, delayed: dict | None = None) -> torch.Tensor:
     """``a @ b`` (``(M, K) @ (K, N)``) with both operands cast to fp8 as ``recipe`` says, fp32 accumulation.
@@ -113,18 +168,17 @@ def fp8_matmul(a: torch.Tensor, b: torch.Tensor, fmt_a: FloatFormat, fmt_b: Floa
     """
     check_choice(recipe, "recipe", RECIPES)
     if recipe == "mxfp8":  # blocks of 32 along K: rows of a, columns of b
-        a_hat = mx_dequantize(mx_quantize(a.float(), "fp8_e4m3", 32))
-        b_hat = mx_dequantize(mx_quantize(b.float().t().contiguous(), "fp8_e4m3", 32)).t()
-        return a_hat @ b_hat
+        return _mx_cast(a, roles[0], stats) @ _mx_cast(b.t().contiguous(), roles[1], stats).t()
     if recipe == "delayed":
-        a_hat = delayed[roles[0]].quantize(a)  # scale from earlier steps' amax history
-        b_hat = delayed[roles[1]].quantize(b)
-        if stats is not None:
-            for role, scaler, x in ((roles[0], delayed[roles[0]], a), (roles[1], delayed[roles[1]], b)):
-                stats.count[role] += x.numel()
-                stats.overflow[role] += round(scaler.last_overflow * x.numel())
-                stats.underflow[role] += round(scaler.last_underflow * x.numel())
-        return a_hat @ b_hat
+        hats = []
+        for role, x in ((roles[0], a), (roles[1], b)):
+            scaler = delayed[role]
+            scale = scaler.scale  # from earlier steps' amax history
+            hats.append(scaler.quantize(x))  # then the history takes this step's amax
+            if stats is not None:
+                scaled = x.float() * scale  # what quantize cast
+                stats.add(role, scaled, x, cast(scaled, scaler.fmt, saturate=True), scaler.fmt)
+        return hats[0] @ hats[1]
     if recipe == "unscaled":  # a plain cast: s = 1
         one = torch.ones(())
         return _cast(a, fmt_a, one, roles[0], stats) @ _cast(b, fmt_b, one, roles[1], stats)

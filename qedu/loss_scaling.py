@@ -248,7 +248,8 @@ class DelayedScaling:
 
     The first step uses ``scale = 1``. A tensor that suddenly grows beyond the history's amax
     saturates at ``fmt.max`` for one step; ``last_overflow`` and ``last_underflow`` report the
-    fraction of values that saturated or rounded to zero in the latest call.
+    fraction of values that saturated (rounded past ``fmt.max``: above 464 for e4m3) or rounded to
+    zero (nonzero before) in the latest call.
 
     Args:
         fmt: the fp8 (or any) :class:`~qedu.floats.FloatFormat`, default ``FP8_E4M3``.
@@ -276,8 +277,9 @@ class DelayedScaling:
         scale = self.scale  # decided by earlier steps
         scaled = x * scale
         x_fp8 = cast(scaled, self.fmt, saturate=True)  # fp8 training saturates instead of making inf
-        self.last_overflow = float((scaled.abs() > self.fmt.max).float().mean())
-        self.last_underflow = float(((x_fp8 == 0) & (x != 0)).float().mean())
+        # overflow: rounds past fmt.max (what a plain cast makes inf/NaN), not merely above it (e4m3: > 464)
+        self.last_overflow = float((~torch.isnan(scaled) & ~torch.isfinite(cast(scaled, self.fmt, saturate=False))).double().mean())
+        self.last_underflow = float(((x_fp8 == 0) & (x != 0)).double().mean())
         self.amax_history.append(float(x.abs().max()))
         self.scale = scale_from_amax(max(self.amax_history), self.fmt, self.margin, previous=scale)
         return x_fp8 / scale
