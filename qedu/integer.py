@@ -51,7 +51,8 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from qedu._validation import as_float_tensor, check_choice, check_module
+from qedu._validation import (FLOAT32_MAX, as_float32, as_float_tensor, check_bool, check_choice, check_int,
+                              check_module, check_real)
 from qedu.ptq import PTQConfig, fold_batchnorm, quantize_model
 
 __all__ = ["INT32_MIN", "INT32_MAX", "ROUNDINGS", "quantize_multiplier", "saturating_rounding_doubling_high_mul",
@@ -72,10 +73,11 @@ def quantize_multiplier(real_multiplier: float) -> tuple[int, int]:
 
     >>> quantize_multiplier(0.5), quantize_multiplier(1.0), quantize_multiplier(0.0)
     ((1073741824, 0), (1073741824, 1), (0, 0))
+
+    Raises:
+        TypeError / ValueError: not a finite number >= 0, or too large (shift > 30).
     """
-    if isinstance(real_multiplier, bool) or not isinstance(real_multiplier, (int, float)) \
-            or not math.isfinite(real_multiplier) or real_multiplier < 0:
-        raise ValueError(f"real_multiplier must be a finite number >= 0, got {real_multiplier!r}.")
+    real_multiplier = check_real(real_multiplier, "real_multiplier", 0, example="s_x * s_w / s_y")
     if real_multiplier == 0:
         return 0, 0
     frac, shift = math.frexp(real_multiplier)
@@ -86,14 +88,19 @@ def quantize_multiplier(real_multiplier: float) -> tuple[int, int]:
     if shift < -31:
         return 0, 0
     if shift > 30:
-        raise ValueError(f"real_multiplier={real_multiplier} is too large for a 31-bit left shift.")
+        raise ValueError(f"real_multiplier={real_multiplier} is too large for a 31-bit left shift (it must be < 2**30); "
+                         "a requantization multiplier s_x * s_w / s_y is normally below 1: check the output scale s_y.")
     return q, shift
 
 
-def _i64(x) -> torch.Tensor:
-    if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.dtype == torch.bool:
-        raise TypeError(f"x must be an integer tensor (int32 accumulators), got {getattr(x, 'dtype', type(x).__name__)}.")
-    return x.to(torch.int64)
+def _i64(x, name: str = "x", lo: int = INT32_MIN, hi: int = INT32_MAX) -> torch.Tensor:
+    """``x`` (an integer tensor whose values lie in ``[lo, hi]``, by default int32's range) as int64."""
+    if not isinstance(x, torch.Tensor) or x.is_floating_point() or x.is_complex() or x.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor (int32 accumulators), got {getattr(x, 'dtype', type(x).__name__)}.")
+    x = x.to(torch.int64)
+    if x.numel() and (int(x.min()) < lo or int(x.max()) > hi):
+        raise ValueError(f"{name} must hold values in [{lo}, {hi}], got values from {int(x.min())} to {int(x.max())}.")
+    return x
 
 
 def _div_toward_zero(a: torch.Tensor, b: int) -> torch.Tensor:
@@ -112,8 +119,7 @@ def saturating_rounding_doubling_high_mul(a: torch.Tensor, b) -> torch.Tensor:
     >>> saturating_rounding_doubling_high_mul(torch.tensor([2**30, -(2**30), 3]), 2**30).tolist()
     [536870912, -536870912, 2]
     """
-    a = _i64(a)
-    b = _int_arg(b, "b")
+    a, b = _i64(a, "a"), _int_arg(b, "b", INT32_MIN, INT32_MAX)
     ab = a * b
     nudge = torch.where(ab >= 0, torch.full_like(ab, 1 << 30), torch.full_like(ab, 1 - (1 << 30)))
     out = _div_toward_zero(ab + nudge, 1 << 31)
@@ -131,9 +137,7 @@ def rounding_divide_by_pot(x: torch.Tensor, exponent) -> torch.Tensor:
     [3, -3, 3, -3, 4]
     """
     x = _i64(x)
-    exponent = _int_arg(exponent, "exponent")
-    if bool(((exponent < 0) | (exponent > 31)).any()):
-        raise ValueError(f"exponent must be in 0..31, got {exponent.tolist()}.")
+    exponent = _int_arg(exponent, "exponent", 0, 31)
     mask = (torch.ones_like(exponent) << exponent) - 1
     remainder = x & mask
     threshold = (mask >> 1) + (x < 0).to(torch.int64)
@@ -145,32 +149,42 @@ def multiply_by_quantized_multiplier(x: torch.Tensor, m0, shift, rounding: str =
 
     ``rounding="double"`` (TFLite's default): a rounding high multiply, then a rounding shift
     (two roundings). ``"single"`` (``TFLITE_SINGLE_ROUNDING``): one 64-bit product, one rounding
-    shift with ties toward +inf. ``m0`` and ``shift`` are ints or integer tensors that broadcast
-    against ``x`` (e.g. shape ``(C_out,)`` for an ``(N, C_out)`` accumulator): no Python loop.
+    shift with ties toward +inf. Both saturate to int32. ``m0`` and ``shift`` are ints or integer
+    tensors that broadcast against ``x`` (e.g. shape ``(C_out,)`` for an ``(N, C_out)``
+    accumulator): no Python loop.
+
+    Args:
+        x: int32 values (e.g. accumulators). m0, shift: from :func:`quantize_multiplier`
+            (``0 <= m0 < 2^31``, ``-31 <= shift <= 30``).
+
+    Raises:
+        TypeError / ValueError: ``x`` not integers in int32's range; ``m0``, ``shift`` or ``rounding`` out of range.
 
     >>> multiply_by_quantized_multiplier(torch.tensor([[10, 10]]), torch.tensor([2**30, 2**30]), torch.tensor([0, -1])).tolist()
     [[5, 3]]
     """
     check_choice(rounding, "rounding", ("double", "single"))
     x = _i64(x)
-    m0, shift = _int_arg(m0, "m0"), _int_arg(shift, "shift")
+    m0, shift = _int_arg(m0, "m0", 0, INT32_MAX), _int_arg(shift, "shift", -31, 30)
     if rounding == "single":
         total_shift = 31 - shift
         out = (x * m0 + (torch.ones_like(total_shift) << (total_shift - 1))) >> total_shift
         return out.clamp(INT32_MIN, INT32_MAX)
     left, right = shift.clamp(min=0), (-shift).clamp(min=0)
-    return rounding_divide_by_pot(saturating_rounding_doubling_high_mul(x << left, m0), right)
+    high = saturating_rounding_doubling_high_mul((x << left).clamp(INT32_MIN, INT32_MAX), m0)  # int32, as in C
+    return rounding_divide_by_pot(high, right)
 
 
-def _int_arg(v, name: str) -> torch.Tensor:
-    """An int or an integer tensor, as int64 (the multiplier, shift or exponent of a requantization)."""
+def _int_arg(v, name: str, lo: int, hi: int) -> torch.Tensor:
+    """An int or an integer tensor with values in ``[lo, hi]``, as int64 (a multiplier, shift or exponent)."""
     if isinstance(v, torch.Tensor):
-        if v.is_floating_point() or v.dtype == torch.bool:
+        if v.is_floating_point() or v.is_complex() or v.dtype == torch.bool:
             raise TypeError(f"{name} must be an int or an integer tensor, got dtype {v.dtype}.")
-        return v.to(torch.int64)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise TypeError(f"{name} must be an int or an integer tensor, got {type(v).__name__} {v!r}.")
-    return torch.tensor(v, dtype=torch.int64)
+        v = v.to(torch.int64)
+        if v.numel() and (int(v.min()) < lo or int(v.max()) > hi):
+            raise ValueError(f"{name} must hold values in [{lo}, {hi}], got values from {int(v.min())} to {int(v.max())}.")
+        return v
+    return torch.tensor(check_int(v, name, lo, hi), dtype=torch.int64)
 
 
 def power_of_two_multiplier(real_multiplier: float) -> tuple[int, int]:
@@ -193,11 +207,22 @@ def power_of_two_multiplier(real_multiplier: float) -> tuple[int, int]:
 
 
 def requantize_float(acc: torch.Tensor, multiplier: torch.Tensor, bias_over_sy: torch.Tensor | None = None) -> torch.Tensor:
-    """torch's int8 kernels: ``rint(acc * M + b / s_y)`` in float32 (before the output zero point)."""
-    out = _i64(acc).float() * multiplier
+    """torch's int8 kernels: ``rint(acc * M + b / s_y)`` in float32 (before the output zero point).
+
+    The result saturates to int32 (a float beyond it has no integer code).
+
+    Raises:
+        TypeError / ValueError: ``acc`` not int32 integers; ``multiplier`` not finite numbers > 0;
+        ``bias_over_sy`` not finite.
+    """
+    multiplier = as_float32(as_float_tensor(multiplier, "multiplier"), "multiplier")
+    if bool((multiplier <= 0).any()):
+        raise ValueError(f"multiplier must be > 0 (s_x * s_w / s_y), got {multiplier.min().item()}.")
+    out = _i64(acc, "acc").float() * multiplier
     if bias_over_sy is not None:
-        out = out + bias_over_sy
-    return torch.round(out).to(torch.int64)  # torch.round is half to even, as rint
+        out = out + as_float32(as_float_tensor(bias_over_sy, "bias_over_sy"), "bias_over_sy")
+    # torch.round is half to even, as rint; the clamp runs in float64, where INT32_MAX is exact (float32 rounds it up)
+    return torch.round(out).double().clamp(INT32_MIN, INT32_MAX).to(torch.int64)
 
 
 class _QParams(NamedTuple):
@@ -224,8 +249,10 @@ class IntegerLinear(nn.Module):
     ``s_x`` and ``s_y`` are powers of two too (:class:`IntegerMLP` then chooses them so).
 
     Raises:
-        TypeError: ``linear`` is not an ``nn.Linear``; ``forward`` gets float codes.
-        ValueError: unknown ``rounding`` or ``power_of_two``; ``power_of_two`` with a float rounding.
+        TypeError / ValueError: ``linear`` not an ``nn.Linear`` with finite weights; a
+        ``(scale, zero_point)`` that is not ``(float > 0, int in qrange)``; ``qrange`` not an 8-bit
+        range ``(qmin, qmax)``; a bias or multiplier the int32 / fixed-point path cannot hold;
+        unknown ``rounding`` or ``power_of_two``; ``power_of_two`` with a float rounding.
     """
 
     def __init__(self, linear: nn.Linear, in_qparams: tuple[float, int], out_qparams: tuple[float, int],
@@ -239,19 +266,28 @@ class IntegerLinear(nn.Module):
         if power_of_two is not None and rounding not in ("double", "single"):
             raise ValueError(f"power_of_two={power_of_two!r} replaces the fixed-point multiplier by a shift; it needs "
                              f"rounding='double' or 'single', got {rounding!r}.")
-        self.x_qp, self.y_qp = _QParams(*in_qparams), _QParams(*out_qparams)
-        self.qmin, self.qmax = qrange
-        w = linear.weight.detach().float()
+        check_bool(relu, "relu")
+        if not isinstance(qrange, (tuple, list)) or len(qrange) != 2:
+            raise TypeError(f"qrange must be (qmin, qmax), e.g. (0, 255) or (-128, 127), got {qrange!r}.")
+        self.qmin, self.qmax = check_int(qrange[0], "qrange[0]", -128, 255), check_int(qrange[1], "qrange[1]", -128, 255)
+        if self.qmin >= self.qmax or (self.qmin < 0 and self.qmax > 127):
+            raise ValueError(f"qrange must be an 8-bit range with qmin < qmax, e.g. (0, 255) or (-128, 127), got {qrange!r}.")
+        self.x_qp, self.y_qp = self._qparams(in_qparams, "in_qparams"), self._qparams(out_qparams, "out_qparams")
+        w = as_float32(as_float_tensor(linear.weight.detach(), "linear.weight"), "linear.weight")
         s_w = (w.abs().amax(dim=1) / 127).clamp(min=torch.finfo(torch.float32).tiny)  # (C_out,)
         if power_of_two == "scales":
             s_w = _pow2_ceil(s_w)
         self.register_buffer("q_w", torch.clamp(torch.round(w / s_w[:, None]), -127, 127).to(torch.int8))
         self.register_buffer("s_w", s_w)
         b = torch.zeros(w.shape[0]) if linear.bias is None else linear.bias.detach().float()
-        self.register_buffer("bias", b)
+        self.register_buffer("bias", as_float32(as_float_tensor(b, "linear.bias"), "linear.bias"))
         # everything the integer path needs, computed once when the model is converted
-        self.register_buffer("bias_q", torch.round(b / (self.x_qp.scale * s_w)).to(torch.int32))
-        real = (self.x_qp.scale * s_w.double() / self.y_qp.scale)  # M[o] = s_x s_w[o] / s_y
+        bias_q = torch.round(b.double() / (self.x_qp.scale * s_w.double()))
+        if bool((bias_q.abs() > INT32_MAX).any()):
+            raise ValueError(f"the bias at the accumulator's scale, b / (s_x * s_w), does not fit int32 (largest "
+                             f"{bias_q.abs().max().item():.3g}): in_qparams' scale {self.x_qp.scale:g} is too small.")
+        self.register_buffer("bias_q", bias_q.to(torch.int32))
+        real = self.x_qp.scale * s_w.double() / self.y_qp.scale  # M[o] = s_x s_w[o] / s_y
         to_fixed = power_of_two_multiplier if power_of_two else quantize_multiplier
         pairs = [to_fixed(float(m)) for m in real]
         self.register_buffer("m0", torch.tensor([p[0] for p in pairs], dtype=torch.int64))
@@ -259,13 +295,22 @@ class IntegerLinear(nn.Module):
         self.register_buffer("multiplier_f32", (self.x_qp.scale * s_w / self.y_qp.scale).float())
         self.out_min = max(self.qmin, self.y_qp.zero_point) if relu else self.qmin  # fused ReLU: a clamp
 
+    def _qparams(self, qparams, name: str) -> _QParams:
+        if not isinstance(qparams, (tuple, list)) or len(qparams) != 2:
+            raise TypeError(f"{name} must be (scale, zero_point), e.g. (0.02, 128), got {qparams!r}.")
+        scale = check_real(qparams[0], f"{name}[0] (the scale)", 0, FLOAT32_MAX, lo_open=True, example="0.02")
+        zero_point = check_int(qparams[1], f"{name}[1] (the zero point)", self.qmin, self.qmax)
+        return _QParams(scale, zero_point)
+
     def accumulate(self, q_x: torch.Tensor, saturate_pairs: bool = False) -> torch.Tensor:
         """``sum_k (q_x - z_x) q_w`` in int32 (int64 storage, checked to fit), without the bias.
 
         ``saturate_pairs=True`` computes it as fbgemm's AVX2 kernel does: ``sum_k q_x q_w`` in
         pairs of adjacent ``k`` clamped to int16, then ``- z_x * sum_k q_w`` (precomputed).
         """
-        q_x, q_w = _i64(q_x), self.q_w.to(torch.int64)
+        q_x, q_w = _i64(q_x, "q_x", -128, 255), self.q_w.to(torch.int64)
+        if q_x.ndim != 2 or q_x.shape[1] != q_w.shape[1]:
+            raise ValueError(f"q_x must have shape (N, {q_w.shape[1]}) (in_features), got {tuple(q_x.shape)}.")
         if saturate_pairs:
             if q_x.shape[1] % 2:
                 raise ValueError("saturate_pairs needs an even number of inputs (products are paired).")
@@ -274,7 +319,7 @@ class IntegerLinear(nn.Module):
             return pairs.sum(-1) - self.x_qp.zero_point * q_w.sum(1)[None, :]
         acc = (q_x - self.x_qp.zero_point) @ q_w.t()  # (N, K) @ (K, C_out)
         if acc.numel() and acc.abs().max() > INT32_MAX:
-            raise OverflowError("the int32 accumulator overflowed: the layer has too many inputs for int8 x int8.")
+            raise ValueError("the int32 accumulator overflowed: the layer has too many inputs for int8 x int8.")
         return acc
 
     def requantize(self, acc: torch.Tensor) -> torch.Tensor:
@@ -428,23 +473,40 @@ class IntegerMLP(_IntegerModel):
         super().__init__()
         check_module(model)
         _check_pow2(power_of_two)
-        x_calib = as_float_tensor(x_calib, "x_calib")  # refuses empty, NaN and inf calibration data
         layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
         if not layers:
             raise ValueError("model has no nn.Linear layers to convert.")
+        x_calib = self._check_images(x_calib, "x_calib", layers[0].in_features)
         with torch.no_grad():
-            acts = [x_calib.flatten(1).float()]
+            acts = [x_calib]
             h = acts[0]
             for i, lin in enumerate(layers):
                 h = lin(h)
                 if i < len(layers) - 1:
                     h = torch.relu(h)
                 acts.append(h)
+        if not all(bool(torch.isfinite(a).all()) for a in acts):
+            raise ValueError("x_calib makes the float model's activations overflow float32; scale x_calib down.")
         qps = [_act_qparams(a, power_of_two) for a in acts]
         self.in_qparams, self.out_qparams = qps[0], qps[-1]
         self.layers = nn.ModuleList(
             IntegerLinear(lin, qps[i], qps[i + 1], relu=i < len(layers) - 1, rounding=rounding, power_of_two=power_of_two)
             for i, lin in enumerate(layers))
+
+    @staticmethod
+    def _check_images(x, name: str, in_features: int) -> torch.Tensor:
+        """``x`` flattened to ``(N, in_features)`` float32: finite, non-empty, the right size."""
+        x = as_float32(as_float_tensor(x, name), name)
+        if x.ndim < 2 or x[0].numel() != in_features:
+            raise ValueError(f"{name} must have shape (N, ...) with {in_features} values per sample (the first layer's "
+                             f"in_features), got {tuple(x.shape)}.")
+        return x.flatten(1)
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Float images -> uint8 input codes, checked: ``(N, ...)`` with in_features values each, finite."""
+        s, z = self.in_qparams
+        x = self._check_images(x, "x", self.layers[0].q_w.shape[1])
+        return torch.clamp(torch.round(x / s) + z, 0, 255).to(torch.uint8)
 
 
 class _Flatten(nn.Module):
