@@ -9,6 +9,7 @@ out); :func:`quantization_explorer` wraps it in a :class:`~qedu.widgets.Panel`.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import NamedTuple
 
 import ipywidgets as W
@@ -234,10 +235,10 @@ def quantization_explorer(weights=None) -> Panel:
             curves[key] = np.array([e.sqnr_db for e in errors])
         return curves[key]
 
-    def draw_slices(r: WeightQuantization, bits: int) -> str:
-        """Draw each example row's grid(s); return an HTML table of their scales and errors."""
-        table = []
-        for row, ax, levels, ends in small:
+    def slice_lines(r: WeightQuantization, bits: int) -> tuple[list, str]:
+        """Each example row's level and end lines (x, y data), and an HTML table of their scales and errors."""
+        lines, table = [], []
+        for row, ax, _levels, _ends in small:
             runs = slice_grids(w, r, bits, row)
             lo, hi = ax.get_ylim()
             level_x0, level_x1, level_y, end_x0, end_x1, end_y, in_view = [], [], [], [], [], [], 0
@@ -253,17 +254,24 @@ def quantization_explorer(weights=None) -> Panel:
                     xs0 += [a - 0.5] * n
                     xs1 += [b - 0.5] * n
                     ys += lv[keep].tolist()
-            levels.set_data(*_segments(level_x0, level_x1, level_y))
-            ends.set_data(*_segments(end_x0, end_x1, end_y))
+            lines.append((_segments(level_x0, level_x1, level_y), _segments(end_x0, end_x1, end_y)))
             scales = [float(lv[1] - lv[0]) for _, _, lv in runs]
             mse = float(((w[row] - r.x_hat[row]) ** 2).mean())
             table.append(f"<tr><td>{row}</td><td>{row_max[row]:.3f}</td><td>"
                          + (f"{scales[0]:.4f}" if len(scales) == 1 else f"{min(scales):.4f} to {max(scales):.4f} ({len(scales)})")
                          + f"</td><td>{in_view} of {len(runs) * 2**bits}</td><td>{mse:.1e}</td></tr>")
-        return ("<table style='border-collapse:collapse;font-size:90%'><tr><th>row</th><th>max |w|</th><th>scale</th>"
-                "<th>levels in its range</th><th>MSE</th></tr>" + "".join(table) + "</table>")
+        return lines, ("<table style='border-collapse:collapse;font-size:90%'><tr><th>row</th><th>max |w|</th>"
+                       "<th>scale</th><th>levels in its range</th><th>MSE</th></tr>" + "".join(table) + "</table>")
 
-    def update(bits, symmetric, granularity, rounding, clipping):
+    views: OrderedDict = OrderedDict()  # settings -> what update shows: line data and text (a few KiB each)
+
+    def view(bits, symmetric, granularity, rounding, clipping) -> dict:
+        """Everything update draws and says for these settings; the last 128 are kept, since learners
+        go back and forth between settings (the quantization itself is the slow part)."""
+        key = (bits, symmetric, granularity, rounding, clipping)
+        if key in views:
+            views.move_to_end(key)
+            return views[key]
         r = quantize_weights(w, bits, symmetric, GRANULARITIES[granularity], rounding, CLIPPINGS[clipping])
         sqnr = curve(symmetric, granularity, rounding, clipping)
         # the grid of the slice that holds the largest |w| (per-tensor: the only grid)
@@ -273,17 +281,11 @@ def quantization_explorer(weights=None) -> Panel:
         fmt = IntFormat(bits)
         levels = (np.arange(fmt.qmin, fmt.qmax + 1) - zero_point) * scale
         grid_y, grid_x = _segments(0.0, 1.0, levels)  # vertical lines: x and y swap roles
-        grid.set_data(grid_x, grid_y)
-        for line, v in zip(clip_lines, (levels[0], levels[-1])):
-            line.set_xdata([v, v])
         slices = GRANULARITIES[granularity].num_params(w.shape)
-        title.set_text(f"{2**bits} levels" + ("" if slices == 1 else f" (the grid of the widest of {slices} slices)"))
-        sqnr_line.set_ydata(sqnr)
-        sqnr_point.set_data([bits], [r.error.sqnr_db])
-        rows_table = draw_slices(r, bits)
+        row_lines, rows_table = slice_lines(r, bits)
         fp32 = w.numel() * 4
         s = r.storage
-        return (
+        text = (
             f"<b>{bits}-bit {'symmetric' if symmetric else 'affine'}, {granularity}, {rounding}, clip {clipping}</b>: "
             f"MSE {r.error.mse:.2e} &middot; SQNR {r.error.sqnr_db:.1f} dB &middot; codes used {r.codes_used} of {2**bits} "
             f"&middot; clipped {plural(r.n_clipped, 'weight')}<br>"
@@ -295,6 +297,27 @@ def quantization_explorer(weights=None) -> Panel:
                else " (each row its own)" if slices > 1 else " (one grid for the whole tensor: narrow rows use few levels)")
             + rows_table
         )
+        views[key] = {
+            "grid": (grid_x, grid_y), "ends": (levels[0], levels[-1]), "rows": row_lines, "sqnr": sqnr,
+            "point": r.error.sqnr_db, "text": text,
+            "title": f"{2**bits} levels" + ("" if slices == 1 else f" (the grid of the widest of {slices} slices)"),
+        }
+        if len(views) > 128:
+            views.popitem(last=False)
+        return views[key]
+
+    def update(bits, symmetric, granularity, rounding, clipping):
+        v = view(bits, symmetric, granularity, rounding, clipping)
+        grid.set_data(*v["grid"])
+        for line, x in zip(clip_lines, v["ends"]):
+            line.set_xdata([x, x])
+        title.set_text(v["title"])
+        sqnr_line.set_ydata(v["sqnr"])
+        sqnr_point.set_data([bits], [v["point"]])
+        for (_, _, levels, ends), (level_xy, end_xy) in zip(small, v["rows"]):
+            levels.set_data(*level_xy)
+            ends.set_data(*end_xy)
+        return v["text"]
 
     controls = {
         "bits": W.IntSlider(value=4, min=2, max=8, description="bits"),
