@@ -45,6 +45,7 @@ from torch import nn
 
 from qedu._validation import as_float_tensor, check_bool, check_int, check_module, check_seed, to_model_dtype
 from qedu.data import Digits, batches, load_digits
+from qedu.optim import _LeanAdam
 
 __all__ = [
     "make_mlp", "make_cnn", "count_params", "History", "train", "predict", "evaluate", "per_class_accuracy",
@@ -306,7 +307,7 @@ def train(
         raise TypeError(f"callback must be a function callback(epoch, metrics), got {type(callback).__name__}.")
 
     generator = torch.Generator().manual_seed(seed)  # one generator: a new order every epoch
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    optimizer = _LeanAdam(model.parameters(), lr=lr, weight_decay=weight_decay)  # torch.optim.Adam's update
     history = History()
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
