@@ -74,7 +74,7 @@ def _check_x(x, name: str = "x") -> torch.Tensor:
 
 def _broadcasts_to(t: torch.Tensor, shape, name: str) -> None:
     # t broadcasts to shape when, aligned from the right, each of its sizes is 1 or shape's size. (Not
-    # torch.broadcast_shapes: its first call imports torch._refs and SymPy, ~34 MiB per kernel.)
+    # torch.broadcast_shapes: its first call imports SymPy, ~31-34 MiB per kernel.)
     ok = t.dim() <= len(shape) and all(a == 1 or a == b for a, b in zip(reversed(t.shape), reversed(tuple(shape))))
     if not ok:
         raise ValueError(
