@@ -12,12 +12,13 @@ STAMP := $(VENV)/.qedu-installed
 PORT ?= 8888
 PYTEST_ARGS ?=
 
-.PHONY: lab test bench venv exercises strip clean-venv help
+.PHONY: lab test bench venv exercises html strip clean-venv help
 
 help:
 	@echo "make lab        open JupyterLab at lessons/00_welcome.ipynb (creates .venv first)"
 	@echo "make test       run the whole test suite (creates .venv first)"
-	@echo "make exercises  regenerate exercises/ and solutions/ from exercise_sources/"
+	@echo "make exercises  regenerate exercises/, solutions/ and nbgrader/source/ from exercise_sources/"
+	@echo "make html       run every lesson and write a static, offline site to build/html/"
 	@echo "make strip      strip outputs from every notebook"
 	@echo "make bench      run the benchmark suite (writes benchmarks/results/)"
 
@@ -29,7 +30,11 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --upgrade pip
 	$(BIN)/python -m pip install "$(TORCH)"
-	$(BIN)/python -m pip install -e ".[test,browser,ref]"
+	$(BIN)/python -m pip install -e ".[test,browser,ref,teacher]"
+	@# JupyterHub's proxy comes from npm (tests/test_classroom.py runs a real hub on 127.0.0.1)
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm install --silent --no-audit --no-fund --prefix $(VENV)/node configurable-http-proxy@5.3.0; \
+	else echo "npm not found: the JupyterHub test will skip (install Node.js to run it)"; fi
 	touch $(STAMP)
 
 lab: $(STAMP)
@@ -53,6 +58,10 @@ bench: $(STAMP)
 
 exercises: $(STAMP)
 	$(BIN)/python scripts/build_exercises.py
+
+# Executes every lesson (a few minutes on 2 cores); the pages load scripts only from build/html/vendor/.
+html: $(STAMP)
+	$(BIN)/python scripts/build_html.py --out build/html
 
 strip: $(STAMP)
 	$(BIN)/python scripts/strip_notebooks.py

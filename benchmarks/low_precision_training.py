@@ -14,21 +14,27 @@ Parts (one results file, ``results/low_precision_training.{json,md}``; ``--quick
   (so every gradient) is multiplied by ``SPIKE``. Delayed scaling with an amax history of 1
   against 16, and tensorwise (current) scaling: overflowed gradient values per step.
 * ``qlora``: the shipped tinylm fine-tuned for 60 steps on a second domain, the Python
-  standard library's own source (``inspect.getsource`` of fixed modules): full fine-tuning (fp32;
-  bf16 autocast is ~20x slower on one CPU thread and left out), LoRA on the float base and QLoRA (NF4 + double quantization base), rank 8,
-  alpha 16, on qkv, proj, fc1, fc2. Perplexity on held-out stdlib source (new domain) and on the
-  pydoc test split (old domain: forgetting), trainable parameters, memory estimated with
-  ``qedu.memory.training_memory`` and measured as bytes of the CPU tensors after training.
+  standard library's own source (``inspect.getsource`` of fixed modules): full fine-tuning in fp32,
+  in bf16 with fp32 master weights and AdamW states (mixed precision) and in pure bf16 (no fp32
+  copy; bf16 matmuls simulated by :class:`Bf16Matmuls`, since this CPU's bf16 matmul is ~60x
+  slower than fp32), LoRA on the float base and QLoRA (NF4 + double quantization base), rank 8,
+  alpha 16, on qkv, proj, fc1, fc2; seed 0 for all. Perplexity on held-out stdlib source (new
+  domain) and on the pydoc test split (old domain: forgetting), training losses, trainable
+  parameters, memory estimated with ``qedu.memory.training_memory`` and measured as bytes of the
+  CPU tensors after training.
 
 Runs on ONE thread (the machine is shared). Usage::
 
     python benchmarks/low_precision_training.py           # ~10 min on one busy core (60 steps per run)
     python benchmarks/low_precision_training.py --quick   # a smoke test
+    python benchmarks/low_precision_training.py --parts qlora   # re-run one part, keep the others
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
+import json
 import math
 import sys
 import time
@@ -40,8 +46,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from torch.overrides import TorchFunctionMode  # noqa: E402
 
-from _common import machine, write  # noqa: E402
+from _common import RESULTS, machine, write  # noqa: E402
 from qedu.fp8_training import ROLES, Float8Linear, convert_to_float8  # noqa: E402
 from qedu.lm_eval import perplexity  # noqa: E402
 from qedu.lora import LoRALinear, add_lora, trainable_parameters  # noqa: E402
@@ -150,12 +157,44 @@ def stdlib_tokens() -> tuple[torch.Tensor, torch.Tensor, str]:
     return train, test, sys.version.split()[0]
 
 
-def _tensor_bytes(model, opt) -> dict:
-    """Bytes of the CPU tensors: weights (parameters + buffers), gradients, optimizer states."""
+def _tensor_bytes(model, opt, master=()) -> dict:
+    """Bytes of the CPU tensors: weights (parameters + buffers), gradients, fp32 master copies, optimizer states."""
     weights = sum(t.nbytes for t in model.parameters()) + sum(b.nbytes for b in model.buffers())
     grads = sum(p.grad.nbytes for p in model.parameters() if p.grad is not None)
+    copies = sum(t.nbytes for t in master)
     states = sum(t.nbytes for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor) and t.ndim > 0)
-    return {"weights": weights, "grads": grads, "optimizer": states, "total": weights + grads + states}
+    return {"weights": weights, "grads": grads, "master": copies, "optimizer": states,
+            "total": weights + grads + copies + states}
+
+
+class Bf16Matmuls(TorchFunctionMode):
+    """Inside it, every matmul (``F.linear``, ``@``) with a bf16 operand runs as a GPU runs a bf16 GEMM:
+    bf16 operands, fp32 products and sums, the result rounded to bf16.
+
+    It computes with fp32 kernels (a product of two bf16 numbers is exact in fp32), because this CPU
+    has no fast bf16 matmul: ``torch.mm`` in bf16 is ~60x slower than in fp32 here. Autograd
+    differentiates the fp32 matmul and the casts, so the backward matmuls see bf16 operands too and
+    their results (the gradients) are rounded to bf16. Everything else (layer norm, attention, GELU)
+    runs in torch's own bf16 kernels.
+    """
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__name__", "") in ("linear", "matmul") and any(
+                isinstance(a, torch.Tensor) and a.dtype == torch.bfloat16 for a in args):
+            args = tuple(a.float() if isinstance(a, torch.Tensor) else a for a in args)
+            return func(*args, **kwargs).bfloat16()
+        return func(*args, **kwargs)
+
+
+# name -> (what is stored in which precision, qedu.memory recipe of the trained parameters)
+QLORA_METHODS = {
+    "full_fp32": ("fp32 weights, gradients, matmuls and AdamW states", "fp32"),
+    "full_bf16": ("bf16 weights, gradients and matmuls; fp32 master weights and AdamW states", "mixed"),
+    "full_bf16_pure": ("bf16 weights, gradients, matmuls and AdamW states; no fp32 copy", "bf16_pure"),
+    "lora": ("frozen fp32 base; fp32 adapters, gradients and AdamW states", "fp32"),
+    "qlora": ("frozen NF4 base (double quantization); fp32 adapters, gradients and AdamW states", "fp32"),
+}
 
 
 def qlora_part(steps, text) -> dict:
@@ -169,39 +208,52 @@ def qlora_part(steps, text) -> dict:
     with torch.no_grad():
         out["before"] = {"new_ppl": round(perplexity(base, *new), 3), "old_ppl": round(perplexity(base, *old), 3)}
     print("before:", out["before"], flush=True)
-    for name in ("full_fp32", "lora", "qlora"):  # full bf16 (CPU autocast) is ~20x slower on one thread: left out
+    for name, (precision, recipe) in QLORA_METHODS.items():
         torch.manual_seed(0)
+        bf16 = name.startswith("full_bf16")
         if name.startswith("full"):
             model, lr = load_tinylm().train(), 3e-4
+            if bf16:
+                model = model.to(torch.bfloat16)
         else:
             model = add_lora(load_tinylm(), lambda n: n.endswith(LORA_TARGETS), r=8, alpha=16,
                              base_format="nf4" if name == "qlora" else "float").train()
             lr = 3e-3
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+        # mixed precision: AdamW updates fp32 master copies, and the bf16 weights are them rounded after each step
+        master = [p.detach().float().requires_grad_() for p in params] if name == "full_bf16" else []
+        opt = torch.optim.AdamW(master or params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
         gen = torch.Generator().manual_seed(0)
         t0, losses = time.process_time(), []
         for _ in range(steps):
             x, y = random_windows(train, s, BATCH, gen)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=name == "full_bf16"):
+            with Bf16Matmuls() if bf16 else contextlib.nullcontext():
                 logits = model(x)
             loss = F.cross_entropy(logits.float().reshape(-1, 256), y.reshape(-1))
-            opt.zero_grad(set_to_none=False)
+            model.zero_grad(set_to_none=False)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            for m, p in zip(master, params):
+                m.grad = p.grad.float()  # fp32 gradient copies, only for the update
+            torch.nn.utils.clip_grad_norm_(master or params, 1.0)
             opt.step()
+            with torch.no_grad():
+                for m, p in zip(master, params):
+                    p.copy_(m)  # round the updated master weights to bf16
+                    m.grad = None
             losses.append(float(loss))
         seconds = time.process_time() - t0
         model.eval()
         trainable, total = trainable_parameters(model)
-        measured = _tensor_bytes(model, opt)
+        measured = _tensor_bytes(model, opt, master)
         nf4 = sum(m.lora_B.shape[0] * m.lora_A.shape[1] for m in model.modules() if isinstance(m, LoRALinear)) if name == "qlora" else 0
-        est = training_memory(trainable, "fp32")  # fp32 weights, grads and Adam states of what trains
+        est = training_memory(trainable, recipe)  # weights, grads, master copies and AdamW states of what trains
         frozen_bytes = nf4 * nf4_bits_per_parameter() / 8 + (total - trainable - nf4) * 4  # NF4 + DQ bases, the rest fp32
-        with torch.no_grad():
-            row = {"new_ppl": round(perplexity(model, *new), 3), "old_ppl": round(perplexity(model, *old), 3),
+        with torch.no_grad(), Bf16Matmuls() if bf16 else contextlib.nullcontext():
+            row = {"precision": precision, "memory_recipe": recipe,
+                   "new_ppl": round(perplexity(model, *new), 3), "old_ppl": round(perplexity(model, *old), 3),
                    "trainable": trainable, "total": total, "loss": [round(v, 4) for v in losses],
-                   "measured_bytes": measured, "estimated_bytes": round(est.weights + est.grads + est.optimizer + frozen_bytes),
+                   "measured_bytes": measured,
+                   "estimated_bytes": round(est.weights + est.grads + est.master + est.optimizer + frozen_bytes),
                    "cpu_seconds": round(seconds, 1)}
         out["methods"][name] = row
         print(name, {k: v for k, v in row.items() if k != "loss"}, flush=True)
@@ -213,7 +265,11 @@ def markdown(res: dict) -> str:
     c = fp8["config"]
     lines = ["# Low-precision training (lesson 12)", "",
              f"Machine: {res['machine']['processor']}, torch {res['machine']['torch']}, {res['machine']['torch_threads']} thread; "
-             f"{res['seconds']:.0f} s. `python benchmarks/low_precision_training.py`.", "",
+             f"{res['seconds']:.0f} s. `python benchmarks/low_precision_training.py`.", ""]
+    for part, run in res.get("reruns", {}).items():
+        lines += [f"Part `{part}` re-run on {run['date']} ({run['seconds']:.0f} s, load {run['load_average_1min']}): "
+                  f"`python benchmarks/low_precision_training.py --parts {part}`.", ""]
+    lines += [
              f"## FP8 recipes: small TinyGPT (hidden {c['hidden']}, {c['n_layers']} layers, seq {c['seq_len']}), "
              f"{c['steps']} steps, batch {c['batch']}, seeds {c['seeds']}", "",
              "| recipe | val loss (mean) | val loss per seed | final train loss (mean) | worst overflow share (role) | worst underflow share (role) |",
@@ -231,28 +287,47 @@ def markdown(res: dict) -> str:
     lines += ["", f"## QLoRA: tinylm fine-tuned on Python {ql['python']} stdlib source ({ql['train_tokens']} bytes), "
               f"{ql['steps']} steps, batch {ql['batch']}, seq {ql['seq_len']}; LoRA r={ql['r']}, alpha={ql['alpha']} on {', '.join(ql['targets'])}", "",
               f"Before fine-tuning: new-domain perplexity {ql['before']['new_ppl']:.3f}, old-domain {ql['before']['old_ppl']:.3f}.", "",
-              "| method | new-domain ppl | old-domain ppl (forgetting) | trainable params | total params | measured bytes (weights+grads+Adam) | estimated bytes | CPU s |",
-              "|---|---|---|---|---|---|---|---|"]
+              "| method | new-domain ppl | old-domain ppl (forgetting) | final train loss | trainable params | total params | "
+              "measured bytes (weights+grads+master+Adam) | estimated bytes | CPU s |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for name, r in ql["methods"].items():
-        lines.append(f"| {name} | {r['new_ppl']:.3f} | {r['old_ppl']:.3f} | {r['trainable']:,} | {r['total']:,} | "
+        lines.append(f"| {name} | {r['new_ppl']:.3f} | {r['old_ppl']:.3f} | {r['loss'][-1]:.3f} | {r['trainable']:,} | {r['total']:,} | "
                      f"{r['measured_bytes']['total']:,} | {r['estimated_bytes']:,} | {r['cpu_seconds']} |")
+    lines += [""] + [f"* {name}: {r['precision']}." for name, r in ql["methods"].items() if "precision" in r]
     return "\n".join(lines)
+
+
+PARTS = ("fp8", "spike", "qlora")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1 seed, few steps: a smoke test")
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS),
+                        help="run only these parts; the others are kept from the results file already there")
     args = parser.parse_args()
     torch.set_num_threads(1)
     start = time.time()
     text = load_text()
     seeds = (0,) if args.quick else (0, 1, 2)
     steps = 6 if args.quick else 60
-    res = {"machine": machine(), "fp8": fp8_part(seeds, steps, text),
-           "spike": spike_part(14 if args.quick else 60, 2 if args.quick else 30, text),
-           "qlora": qlora_part(3 if args.quick else 60, text)}
-    res["seconds"] = round(time.time() - start, 1)
-    write("low_precision_training_quick" if args.quick else "low_precision_training", res, markdown(res))
+    name = "low_precision_training_quick" if args.quick else "low_precision_training"
+    partial = set(args.parts) != set(PARTS)
+    res = json.loads((RESULTS / f"{name}.json").read_text()) if partial else {"machine": machine()}
+    for part in args.parts:
+        t0 = time.time()
+        if part == "fp8":
+            res["fp8"] = fp8_part(seeds, steps, text)
+        elif part == "spike":
+            res["spike"] = spike_part(14 if args.quick else 60, 2 if args.quick else 30, text)
+        else:
+            res["qlora"] = qlora_part(3 if args.quick else 60, text)
+        if partial:  # when and where this part was re-run
+            res.setdefault("reruns", {})[part] = {**machine(), "seconds": round(time.time() - t0, 1)}
+    if not partial:
+        res["seconds"] = round(time.time() - start, 1)
+        res.pop("reruns", None)
+    write(name, res, markdown(res))
 
 
 if __name__ == "__main__":

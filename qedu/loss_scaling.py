@@ -35,7 +35,7 @@ import torch
 from qedu._validation import FLOAT32_MAX, as_float32, as_float_tensor, check_int, check_real
 from qedu.floats import FP8_E4M3, FloatFormat, cast
 
-__all__ = ["StaticLossScaler", "DynamicLossScaler", "DelayedScaling", "scale_from_amax"]
+__all__ = ["StaticLossScaler", "DynamicLossScaler", "DelayedScaling", "scale_from_amax", "AMAX_FLOOR"]
 
 
 def _positive(value, name: str, example: str) -> float:
@@ -199,6 +199,10 @@ class DynamicLossScaler(StaticLossScaler):
         self._unscaled = False
 
 
+# torchao's EPS in float8 ``amax_to_scale``: an amax below it is treated as 1e-12 when a scale is chosen
+AMAX_FLOOR = 1e-12
+
+
 def scale_from_amax(amax: float, fmt: FloatFormat, margin: int = 0, previous: float = 1.0) -> float:
     """The per-tensor FP8 scale that maps ``amax`` onto the top of ``fmt``: ``fmt.max / amax / 2**margin``.
 
@@ -248,7 +252,8 @@ class DelayedScaling:
 
     The first step uses ``scale = 1``. A tensor that suddenly grows beyond the history's amax
     saturates at ``fmt.max`` for one step; ``last_overflow`` and ``last_underflow`` report the
-    fraction of values that saturated or rounded to zero in the latest call.
+    fraction of values that saturated (rounded past ``fmt.max``: above 464 for e4m3) or rounded to
+    zero (nonzero before) in the latest call.
 
     Args:
         fmt: the fp8 (or any) :class:`~qedu.floats.FloatFormat`, default ``FP8_E4M3``.
@@ -276,8 +281,12 @@ class DelayedScaling:
         scale = self.scale  # decided by earlier steps
         scaled = x * scale
         x_fp8 = cast(scaled, self.fmt, saturate=True)  # fp8 training saturates instead of making inf
-        self.last_overflow = float((scaled.abs() > self.fmt.max).float().mean())
-        self.last_underflow = float(((x_fp8 == 0) & (x != 0)).float().mean())
+        # overflow: rounds past fmt.max (what a plain cast makes inf/NaN), not merely above it (e4m3: > 464)
+        self.last_overflow = float((~torch.isnan(scaled) & ~torch.isfinite(cast(scaled, self.fmt, saturate=False))).double().mean())
+        self.last_underflow = float(((x_fp8 == 0) & (x != 0)).double().mean())
         self.amax_history.append(float(x.abs().max()))
-        self.scale = scale_from_amax(max(self.amax_history), self.fmt, self.margin, previous=scale)
+        amax = max(self.amax_history)
+        if amax > 0:  # like torchao, floor a tiny amax: 448 / 1e-40 is no float32 scale
+            amax = max(amax, AMAX_FLOOR)
+        self.scale = scale_from_amax(amax, self.fmt, self.margin, previous=scale)
         return x_fp8 / scale

@@ -177,7 +177,10 @@ class GradStats:
             zero=int((before == 0).sum()),
             underflow=int(((before != 0) & zero_after).sum()),
             subnormal=int((~zero_after & (after.abs() < fmt.min_normal)).sum()),
-            overflow=int((~torch.isfinite(after) | ((after.abs() == fmt.max) & (before.abs() > fmt.max))).sum()),
+            # overflow: the value rounds past the format's max (a plain cast gives inf/NaN, a saturating
+            # one clips it); a value a little above the max that rounds down to it is not one
+            overflow=int((~torch.isfinite(after) | (~torch.isnan(before) & ~torch.isfinite(
+                cast(before, fmt, saturate=False)))).sum()),
         )
 
 

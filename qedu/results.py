@@ -42,6 +42,8 @@ def results_dir() -> Path:
 def _path(name, suffix: str) -> Path:
     if not isinstance(name, str) or not name:
         raise TypeError(f"name must be a results file name such as 'ptq_ablation', got {name!r}.")
+    if "/" in name or "\\" in name or name.startswith("."):
+        raise ValueError(f"name must be a bare file name in the results folder such as 'ptq_ablation', got {name!r}.")
     path = results_dir() / f"{name.removesuffix(suffix)}{suffix}"
     if not path.exists():
         available = sorted(p.stem for p in path.parent.glob(f"*{suffix}"))

@@ -19,6 +19,6 @@ if os.environ.get("QEDU_REQUIRE_EXTRAS") == "1":
             return _importorskip(modname, *args, **kwargs)
         except pytest.skip.Exception as err:
             pytest.fail(f"QEDU_REQUIRE_EXTRAS=1 but {modname} is missing ({err}). Install the extras: "
-                        "`make test` does (pip install -e '.[test,browser,ref]').", pytrace=False)
+                        "`make test` does (pip install -e '.[test,browser,ref,teacher]').", pytrace=False)
 
     pytest.importorskip = _import_or_fail

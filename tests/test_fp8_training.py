@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import pytest
 import torch
 from torch import nn
 
 from qedu.floats import FP8_E4M3, FP8_E5M2, cast
-from qedu.fp8_training import RECIPES, ROLES, Float8Linear, amax_to_scale, convert_to_float8, fp8_matmul
+from qedu.fp8_training import (RECIPES, ROLES, FP8Stats, Float8Linear, amax_to_scale, convert_to_float8, fp8_matmul,
+                               overflowed, underflowed)
 from qedu.mx import mx_dequantize, mx_quantize
 
 
@@ -182,3 +184,130 @@ def test_unscaled_recipe_is_a_plain_saturating_cast_and_underflows_small_gradien
     scaled = Float8Linear(torch.nn.Linear(8, 4), "tensorwise")
     (scaled(x).sum() * 1e-9).backward()
     assert torch.count_nonzero(scaled.weight.grad) == 32  # with a scale, the same gradients survive
+
+
+# --- what counts as an overflow or an underflow: exactly what the cast does ----------------------
+
+def _up(v: float) -> float:
+    return torch.nextafter(torch.tensor(v), torch.tensor(math.inf)).item()
+
+
+def _down(v: float) -> float:
+    return torch.nextafter(torch.tensor(v), torch.tensor(-math.inf)).item()
+
+
+# (format, torch dtype, value, overflows?) at the top of each format: the float32 values around the max,
+# around the midpoint to the next (missing) value, and beyond
+BOUNDARIES = [
+    (FP8_E4M3, 448.0, False), (FP8_E4M3, _up(448.0), False),   # 1 ulp above the max rounds to it
+    (FP8_E4M3, _down(464.0), False), (FP8_E4M3, 464.0, False),  # the midpoint ties to 448 (even mantissa 110)
+    (FP8_E4M3, _up(464.0), True), (FP8_E4M3, 480.0, True), (FP8_E4M3, math.inf, True),
+    (FP8_E5M2, 57344.0, False), (FP8_E5M2, _up(57344.0), False),
+    (FP8_E5M2, _down(61440.0), False), (FP8_E5M2, 61440.0, True),  # this tie goes to the even 2^16: inf
+    (FP8_E5M2, _up(61440.0), True), (FP8_E5M2, math.inf, True),
+]
+
+
+@pytest.mark.parametrize("fmt, value, expected", BOUNDARIES,
+                         ids=[f"{f.name}-{v!r}" for f, v, _ in BOUNDARIES])
+def test_overflow_is_rounding_past_the_max_as_the_cast_does_it(fmt, value, expected):
+    x = torch.tensor([value, -value])
+    assert overflowed(x, fmt).tolist() == [expected, expected]
+    dtype = {FP8_E4M3: torch.float8_e4m3fn, FP8_E5M2: torch.float8_e5m2}[fmt]
+    by_torch = x.to(dtype).float()
+    if fmt is FP8_E5M2:  # torch's e5m2 cast makes inf exactly where the value overflows
+        assert torch.isinf(by_torch).tolist() == [expected, expected]
+    else:  # torch 2.13 saturates e4m3fn (2.11 gave NaN): where not an overflow, it is plain rounding
+        assert (torch.isnan(by_torch) | (by_torch.abs() == 448)).all()
+        if not expected:
+            assert torch.equal(by_torch, cast(x, fmt, saturate=False))
+    assert torch.isfinite(cast(x, fmt, saturate=False)).tolist() == [not expected, not expected]
+
+
+def test_overflow_equals_the_plain_casts_nonfinite_values_near_every_boundary():
+    g = torch.Generator().manual_seed(0)
+    for fmt, dtype in ((FP8_E4M3, torch.float8_e4m3fn), (FP8_E5M2, torch.float8_e5m2)):
+        mid = fmt.max * (1 + 2.0 ** -(fmt.man_bits + 1) / 1.75)  # halfway from max to the next power-of-two step
+        x = torch.cat([torch.linspace(fmt.max * 0.99, fmt.max * 1.2, 100_001), mid + torch.arange(-64, 65) * mid * 2.0**-24,
+                       torch.randn(10_000, generator=g) * fmt.max, torch.tensor([math.nan, 0.0])])
+        x = torch.cat([x, -x])
+        expected = ~torch.isnan(x) & ~torch.isfinite(cast(x, fmt, saturate=False))
+        assert torch.equal(overflowed(x, fmt), expected)
+        if fmt is FP8_E5M2:
+            assert torch.equal(overflowed(x, fmt), torch.isinf(x.to(dtype).float()))
+        assert 0 < int(expected.sum()) < x.numel()
+
+
+UNDERFLOWS = [(FP8_E4M3, 2.0**-10, True), (FP8_E4M3, _up(2.0**-10), False), (FP8_E4M3, 2.0**-9, False),
+              (FP8_E4M3, 1e-30, True), (FP8_E4M3, 0.0, False),
+              (FP8_E5M2, 2.0**-17, True), (FP8_E5M2, _up(2.0**-17), False), (FP8_E5M2, 2.0**-16, False)]
+
+
+@pytest.mark.parametrize("fmt, value, expected", UNDERFLOWS, ids=[f"{f.name}-{v!r}" for f, v, _ in UNDERFLOWS])
+def test_underflow_is_a_nonzero_that_the_cast_makes_zero(fmt, value, expected):
+    dtype = {FP8_E4M3: torch.float8_e4m3fn, FP8_E5M2: torch.float8_e5m2}[fmt]
+    x = torch.tensor([value, -value])
+    assert underflowed(x, cast(x, fmt)).tolist() == [expected, expected]
+    assert underflowed(x, x.to(dtype).float()).tolist() == [expected, expected]
+
+
+def test_fp8stats_counts_at_the_boundaries_of_an_unscaled_cast():
+    stats = FP8Stats()
+    a = torch.tensor([[448.0, _up(448.0), 464.0, _up(464.0)], [-1e4, 2.0**-10, _up(2.0**-10), 0.0]])
+    fp8_matmul(a, torch.ones(4, 1), FP8_E4M3, FP8_E4M3, "unscaled", roles=("input", "weight"), stats=stats)
+    assert (stats.count["input"], stats.overflow["input"], stats.underflow["input"]) == (8, 2, 1)
+    assert (stats.overflow["weight"], stats.underflow["weight"]) == (0, 0)
+
+
+def test_tensorwise_scaling_never_overflows_even_when_amax_times_scale_lands_above_448():
+    """The reported bug: amax * (448 / amax) in float32 can be 448.00003, which the cast rounds to 448."""
+    g = torch.Generator().manual_seed(0)
+    hits = 0
+    for _ in range(400):
+        x = torch.randn(4, 32, generator=g) * 10.0 ** float(torch.randint(-4, 5, (), generator=g))
+        s = amax_to_scale(x.abs().max())
+        hits += bool((x.abs().max() * s) > 448)
+        stats = FP8Stats()
+        fp8_matmul(x, torch.ones(32, 1), FP8_E4M3, FP8_E4M3, "tensorwise", roles=("input", "weight"), stats=stats)
+        assert stats.overflow["input"] == 0
+    assert hits > 5  # the case really happens (about 1 tensor in 20)
+
+
+def test_delayed_counts_are_exact_integers_of_the_cast():
+    x, lin = _data()
+    layer = Float8Linear(lin, "delayed", history_len=2)
+    layer(x)
+    scale = layer.delayed["input"].scale
+    spike = x * 3
+    layer(spike)
+    scaled = spike * scale
+    assert layer.stats.overflow["input"] == int(overflowed(scaled, FP8_E4M3).sum()) > 0
+    assert layer.stats.underflow["input"] == int(underflowed(spike, cast(scaled, FP8_E4M3, saturate=True)).sum()) \
+        + int(underflowed(x, cast(x, FP8_E4M3, saturate=True)).sum())  # the first call used scale 1
+
+
+def test_mxfp8_counts_elements_that_saturate_or_flush_after_their_blocks_scale():
+    # one block of 32 per row; the spec's floor rule puts a block's max in [256, 512) times its scale, so a
+    # max with mantissa above 1.8125 (> 464 X) saturates at 448 X; a tiny value beside a big one flushes to 0
+    row0 = torch.full((32,), 1.0)
+    row0[0] = 1.9  # 1.9 * 2^8 = 486.4 > 464: saturates
+    row1 = torch.full((32,), 1.0)
+    row1[0] = 1.8  # 460.8: rounds to 448, no overflow
+    row1[1] = 2.0**-20  # 2^-20 * 2^8 = 2^-12, below e4m3's 2^-10: flushes
+    row1[2] = 0.0  # zero stays zero: not an underflow
+    a = torch.stack([row0, row1])
+    stats = FP8Stats()
+    out = fp8_matmul(a, torch.ones(32, 1), FP8_E4M3, FP8_E4M3, "mxfp8", roles=("input", "weight"), stats=stats)
+    assert (stats.count["input"], stats.overflow["input"], stats.underflow["input"]) == (64, 1, 1)
+    assert (stats.count["weight"], stats.overflow["weight"], stats.underflow["weight"]) == (32, 0, 0)
+    assert out[0, 0] == 31 + 1.75  # 1.9 became 448 / 256
+    # the counts are the per-element rule applied with each block's scale, on random data too
+    x, lin = _data(seed=4, n=64)  # every contraction (96, 64 rows, 64 outputs) a multiple of 32
+    layer = Float8Linear(lin, "mxfp8")
+    y = layer(x.requires_grad_())
+    y.backward(torch.randn_like(y) * 1e-3)
+    mx = mx_quantize(x, "fp8_e4m3", 32)
+    scale = torch.exp2(mx.scale_code.float() - 127).repeat_interleave(32, dim=-1)
+    assert layer.stats.overflow["input"] == int(overflowed(x / scale, FP8_E4M3).sum()) > 0
+    assert layer.stats.underflow["input"] == int(((x != 0) & (mx.elements == 0)).sum())
+    assert all(layer.stats.count[r] > 0 for r in ROLES)

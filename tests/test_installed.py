@@ -135,6 +135,7 @@ def test_sdist_carries_the_tests_notebooks_and_build_hook(installed):
         names = {n.split("/", 1)[1] for n in tar.getnames() if "/" in n}
     for needed in ("setup.py", "pyproject.toml", "tests/test_installed.py", "lessons/00_welcome.ipynb",
                    "solutions/00_welcome.ipynb", "exercises/00_welcome.ipynb", "exercise_sources/00_welcome.py",
+                   "nbgrader/nbgrader_config.py", "nbgrader/source/00_welcome/00_welcome.ipynb",
                    "benchmarks/results/ptq_ablation.json", "qedu/widgets/__init__.py", "postBuild", "Makefile"):
         assert needed in names, f"the sdist lacks {needed}"
 

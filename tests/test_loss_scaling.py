@@ -222,3 +222,22 @@ def test_issue20_numpy_numbers_and_extreme_usable_scales_are_accepted():
 def test_issue20_delayed_scaling_refuses_float64_beyond_float32():
     with pytest.raises(ValueError, match=r"x holds 1 finite value"):
         DelayedScaling().quantize(torch.tensor([1.0, 1e39], dtype=torch.float64))
+
+
+def test_delayed_scaling_counts_as_overflow_only_what_rounds_past_the_max():
+    # e4m3's max is 448 and the next step would be 480: up to 464 (a tie to the even 448) is rounding
+    ds = DelayedScaling(FP8_E4M3)  # first call: scale 1
+    ds.quantize(torch.tensor([448.0, 460.0, 464.0, 464.5, 2.0**-10, 2.0**-9, 0.0, 1.0]))
+    assert ds.last_overflow == 1 / 8 and ds.last_underflow == 1 / 8
+
+
+def test_delayed_scaling_floors_a_tiny_amax_like_torchao():
+    """An activation of 1e-37 would need the scale 4.5e39 (beyond float32): the amax is floored at 1e-12."""
+    from qedu.formats import FP8_E4M3
+    from qedu.loss_scaling import AMAX_FLOOR, DelayedScaling
+
+    d = DelayedScaling(FP8_E4M3, history_len=4)
+    d.quantize(torch.full((4,), 1e-37))
+    assert d.scale == pytest.approx(FP8_E4M3.max / AMAX_FLOOR)
+    y = d.quantize(torch.full((4,), 1e-37))
+    assert torch.isfinite(y).all()

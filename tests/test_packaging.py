@@ -91,6 +91,18 @@ def test_required_core_dependencies():
         assert name in test
 
 
+def test_make_test_installs_extras_that_exist_including_the_teachers_nbgrader():
+    """`make test` installs the extras whose tests CI never skips (QEDU_REQUIRE_EXTRAS=1)."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    installed = re.search(r'pip install -e "\.\[([\w,-]+)\]"', (ROOT / "Makefile").read_text())
+    assert installed, "the Makefile's venv target must pip install -e '.[extras]'"
+    named = installed.group(1).split(",")
+    assert set(named) <= set(extras), f"the Makefile installs extras pyproject.toml lacks: {set(named) - set(extras)}"
+    assert {"test", "teacher"} <= set(named)
+    assert "nbgrader==0.9.6" in extras["teacher"], "tests/test_nbgrader.py is written against nbgrader 0.9.6"
+    assert "jupyterhub==6.1.1" in extras["teacher"], "teacher/jupyterhub_config.py is written for JupyterHub 6.1"
+
+
 def test_ci_runs_the_readme_test_command():
     readme = (ROOT / "README.md").read_text()
     ci = (ROOT / ".ci" / "run").read_text()

@@ -59,3 +59,9 @@ def test_fp8_run_explorer_reads_the_committed_results():
     panel.controls["recipe"].value = "unscaled"
     assert f"{r['val_loss_mean']:.3f}" in panel.readout.value and panel.error is None
     assert set(panel.controls["recipe"].options) == set(results["fp8"]["recipes"]) >= {"fp32", "bf16", "tensorwise", "unscaled"}
+    # every fp8 recipe, MXFP8 included, has its overflow/underflow counts; fp32 and bf16 cast nothing to fp8
+    panel.controls["recipe"].value = "mxfp8"
+    assert "no overflow / underflow to count" not in panel.readout.value
+    assert max(results["fp8"]["recipes"]["mxfp8"]["overflow_share"].values()) > 0
+    panel.controls["recipe"].value = "fp32"
+    assert "no overflow / underflow to count" in panel.readout.value

@@ -159,7 +159,7 @@ def fp8_run_explorer(results: dict | None = None) -> Panel:
         for i, role in enumerate(roles):
             over[i].set_width(max(r["overflow_share"].get(role, 0.0), 1e-7))
             under[i].set_width(max(r["underflow_share"].get(role, 0.0), 1e-7))
-        counted = "" if r["overflow_share"] else " &middot; overflow / underflow not counted for this recipe (bf16, fp32, and MXFP8, whose casts qedu.mx does)"
+        counted = "" if r["overflow_share"] else " &middot; no overflow / underflow to count: this recipe casts nothing to fp8"
         return (f"<b>{html.escape(recipe)}</b>: validation loss {r['val_loss_mean']:.3f} "
                 f"(fp32 {recipes['fp32']['val_loss_mean']:.3f}); per seed {', '.join(f'{v:.3f}' for v in r['val_loss'])}{counted}")
 
