@@ -99,6 +99,44 @@ def check_module(model, name: str = "model"):
     return model
 
 
+def check_labels(y, name: str = "y", n: int | None = None, n_classes: int | None = None) -> torch.Tensor:
+    """Return ``y`` as a 1-D int64 tensor of class labels: ``n`` of them (if given), each in ``0..n_classes - 1``."""
+    if not isinstance(y, torch.Tensor) or y.is_floating_point() or y.is_complex() or y.dtype == torch.bool:
+        what = y.dtype if isinstance(y, torch.Tensor) else type(y).__name__
+        raise TypeError(f"{name} must be a 1-D integer tensor of class labels, got {what}; e.g. torch.tensor([3, 1, 4]).")
+    check_not_meta(y, name)
+    if y.ndim != 1 or y.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D tensor (one label per input), got shape {tuple(y.shape)}.")
+    if n is not None and len(y) != n:
+        raise ValueError(f"{name} has {len(y)} labels but there are {n} inputs; pass one label per input.")
+    if n_classes is not None and (int(y.min()) < 0 or int(y.max()) >= n_classes):
+        raise ValueError(f"{name} holds labels {int(y.min())}..{int(y.max())}, outside the {n_classes} classes "
+                         f"0..{n_classes - 1}; check the labels (or the model's number of outputs).")
+    return y.long()
+
+
+def check_token_ids(t, name: str = "tokens", model=None) -> torch.Tensor:
+    """Return ``t`` if it is a non-empty 2-D integer tensor ``(rows, seq_len)`` of token ids >= 0; with ``model``
+    (a :class:`qedu.models.TinyGPT`, or anything with ``tok``/``pos`` embeddings) also ids below its
+    vocabulary size and rows no longer than the positions it has."""
+    if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must be a 2-D integer tensor of token ids (rows, seq_len), e.g. from "
+                        f"qedu.text.windows(...), got {type(t).__name__} {getattr(t, 'dtype', '')} {tuple(getattr(t, 'shape', ()))}.")
+    check_not_meta(t, name)
+    if t.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); pass at least one token.")
+    if int(t.min()) < 0:
+        raise ValueError(f"{name} holds the negative token id {int(t.min())}; token ids are 0..vocab_size - 1.")
+    tok, pos = getattr(model, "tok", None), getattr(model, "pos", None)
+    if isinstance(tok, torch.nn.Embedding) and int(t.max()) >= tok.num_embeddings:
+        raise ValueError(f"{name} holds the token id {int(t.max())}, but the model's vocabulary is 0..{tok.num_embeddings - 1}; "
+                         "encode the text with the model's own tokenizer (qedu.text.encode for byte models).")
+    if isinstance(pos, torch.nn.Embedding) and t.shape[-1] > pos.num_embeddings:
+        raise ValueError(f"{name} has rows of {t.shape[-1]} tokens, but the model reads at most {pos.num_embeddings}; "
+                         f"cut them into windows (qedu.text.windows(tokens, {pos.num_embeddings})).")
+    return t
+
+
 # ----------------------------------------------------------------------------- float32 limits, numbers, models
 # (Added for "nothing silently wrong": every check runs on the float32 values that are really used.)
 FLOAT32_MAX = float(torch.finfo(torch.float32).max)  # 3.4028235e+38

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import torch
 
-from qedu._validation import as_float_tensor, check_int
+from qedu._validation import as_float32, as_float_tensor, check_int
 from qedu.floats import BF16, FP16, FP32, FloatFormat
 
 __all__ = ["sequential_sum", "kahan_sum", "dot", "kahan_add", "relative_error", "summation_errors", "SUM_METHODS"]
@@ -54,10 +54,10 @@ def _dtype(fmt) -> torch.dtype:
     return fmt.torch_dtype
 
 
-def _terms(x) -> torch.Tensor:
-    x = as_float_tensor(x, "x").float()
+def _terms(x, name: str = "x") -> torch.Tensor:
+    x = as_float32(as_float_tensor(x, name), name)
     if x.dim() == 0:
-        raise ValueError("x must have at least one dimension (the terms to add along the last one), got a scalar.")
+        raise ValueError(f"{name} must have at least one dimension (the terms to add along the last one), got a scalar.")
     return x
 
 
@@ -73,7 +73,9 @@ def sequential_sum(x, fmt: FloatFormat | None = FP32) -> torch.Tensor:
         fmt: the accumulator format: FP32 (or None), FP16 or BF16.
 
     Returns:
-        float32 tensor (...) of sums, each a value of ``fmt``.
+        float32 tensor (...) of sums, each a value of ``fmt``. A running sum beyond ``fmt``'s
+        largest value becomes +-inf, as in the hardware (fp16 overflows at 65520): the only way
+        finite terms give a non-finite sum.
 
     >>> sequential_sum(torch.ones(300), BF16).item()  # bf16 cannot hold 257: 256 + 1 rounds to 256
     256.0
@@ -95,7 +97,9 @@ def kahan_sum(x, fmt: FloatFormat | None = FP32) -> torch.Tensor:
         x: tensor (..., n). fmt: the format of the running sum and of the compensation.
 
     Returns:
-        float32 tensor (...) of sums.
+        float32 tensor (...) of sums. As in :func:`sequential_sum`, a running sum beyond ``fmt``'s
+        largest value becomes +-inf (and stays so: the compensation is then dropped, since
+        ``inf - inf`` would make it NaN).
 
     >>> kahan_sum(torch.ones(300), BF16).item()  # 300 is a bf16 number; the plain sum stops at 256
     300.0
@@ -107,6 +111,7 @@ def kahan_sum(x, fmt: FloatFormat | None = FP32) -> torch.Tensor:
         y = term + c
         t = (total + y).to(dtype).float()
         c = (y - (t - total)).to(dtype).float()
+        c = torch.where(torch.isfinite(t), c, 0.0)  # after an overflow there is nothing left to compensate
         total = t
     return total
 
@@ -123,16 +128,28 @@ def dot(a, b, inputs: FloatFormat | None = BF16, accumulate: FloatFormat | None 
             (None keeps float32). accumulate: the accumulator's format.
 
     Returns:
-        float32 tensor (...) of dot products.
+        float32 tensor (...) of dot products (+-inf only where the running sum overflows
+        ``accumulate``, as in :func:`sequential_sum`).
+
+    Raises:
+        TypeError / ValueError: bad or differently shaped ``a``/``b``; values beyond ``inputs``'
+        range; products beyond float32's.
 
     >>> dot(torch.ones(3), torch.tensor([1.0, 2.0, 3.0]), accumulate=FP32).item()
     6.0
     """
-    a, b = _terms(a), _terms(b)
+    a, b = _terms(a, "a"), _terms(b, "b")
     if a.shape != b.shape:
         raise ValueError(f"a and b must have the same shape, got {tuple(a.shape)} and {tuple(b.shape)}.")
     in_dtype = _dtype(inputs)
-    products = a.to(in_dtype).float() * b.to(in_dtype).float()  # exact for 16-bit inputs
+    a_in, b_in = a.to(in_dtype).float(), b.to(in_dtype).float()
+    for name, t in (("a", a_in), ("b", b_in)):
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} holds values beyond the largest value of inputs={inputs.name} ({inputs.max:g}); "
+                             f"scale {name} down or pick a wider inputs format.")
+    products = a_in * b_in  # exact for 16-bit inputs
+    if not bool(torch.isfinite(products).all()):
+        raise ValueError("a * b overflows float32 for some terms (|a_i * b_i| > 3.4e38); scale a or b down.")
     return sequential_sum(products, accumulate)
 
 
@@ -153,6 +170,10 @@ def kahan_add(w: torch.Tensor, c: torch.Tensor, update: torch.Tensor, fmt: Float
     Returns:
         ``(w_new, c_new)``, float32 tensors holding values of ``fmt``.
 
+    Raises:
+        TypeError / ValueError: non-tensors, shapes that differ, NaN/inf (an optimizer should
+        skip such a step), or an update that moves ``w`` beyond ``fmt``'s largest value.
+
     >>> w, c = torch.ones(1), torch.zeros(1)
     >>> for _ in range(1000): w, c = kahan_add(w, c, torch.full((1,), 1e-3))
     >>> round(w.item() + c.item(), 2)  # the true sum is 2
@@ -165,9 +186,17 @@ def kahan_add(w: torch.Tensor, c: torch.Tensor, update: torch.Tensor, fmt: Float
     if not (w.shape == c.shape == update.shape):
         raise ValueError(f"w, c and update must have the same shape, got {tuple(w.shape)}, {tuple(c.shape)}, "
                          f"{tuple(update.shape)}.")
-    y = update.float() + c.float()
-    w_new = (w.float() + y).to(dtype).float()
-    c_new = (y - (w_new - w.float())).to(dtype).float()
+    w, c, update = (as_float32(as_float_tensor(t, name, allow_empty=True), name)
+                    for name, t in (("w", w), ("c", c), ("update", update)))
+    y = update + c
+    w_new = (w + y).to(dtype).float()
+    if not bool(torch.isfinite(w_new).all()):
+        raise ValueError(f"w + update overflows {fmt.name} (beyond its largest value {fmt.max:g}); the update is far "
+                         "too large for these weights: lower the learning rate.")
+    c_new = (y - (w_new - w)).to(dtype).float()
+    if not bool(torch.isfinite(c_new).all()):
+        raise ValueError(f"the compensation overflows {fmt.name}: c must hold what rounding lost (start with zeros), "
+                         f"not values near the format's largest ({fmt.max:g}).")
     return w_new, c_new
 
 
@@ -176,11 +205,21 @@ def relative_error(approx, exact) -> torch.Tensor:
 
     >>> relative_error(torch.tensor([9.0]), torch.tensor([10.0])).item()
     0.1
+
+    Raises:
+        TypeError / ValueError: non-numeric, empty, NaN/inf or differently shaped inputs; a zero in
+        ``exact``; an error too large for float64 (``exact`` within ~1e-308 of 0, or huge values).
     """
     approx, exact = as_float_tensor(approx, "approx").double(), as_float_tensor(exact, "exact").double()
+    if approx.shape != exact.shape:
+        raise ValueError(f"approx and exact must have the same shape, got {tuple(approx.shape)} and {tuple(exact.shape)}.")
     if bool((exact == 0).any()):
         raise ValueError("exact must be nonzero everywhere (a relative error of 0 is undefined); drop those entries.")
-    return (approx - exact).abs() / exact.abs()
+    error = (approx - exact).abs() / exact.abs()
+    if not bool(torch.isfinite(error).all()):
+        raise ValueError("the relative error overflows float64: exact holds values too close to 0 (or approx and exact "
+                         "are near float64's largest); drop those entries.")
+    return error
 
 
 SUM_METHODS = ("fp32", "fp16", "bf16", "bf16, Kahan")
@@ -202,6 +241,8 @@ def summation_errors(lengths=(256, 1024, 4096, 16384), n_rows: int = 4, seed: in
     [0.0, 0.0, 0.14, 0.0]
     """
     lengths = [check_int(n, "lengths", 1) for n in (lengths if isinstance(lengths, (list, tuple)) else [lengths])]
+    if not lengths:
+        raise ValueError("lengths is empty; pass at least one number of terms, e.g. (256, 1024).")
     n_rows = check_int(n_rows, "n_rows", 1)
     g = torch.Generator().manual_seed(check_int(seed, "seed", 0, 2**63 - 1))
     rows = []

@@ -28,9 +28,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qedu._validation import as_float_tensor, check_int, check_module
+from qedu._validation import (as_float32, as_float_tensor, check_int, check_module, check_real, check_seed, run_model,
+                              to_model_dtype)
 from qedu.formats import IntFormat
 from qedu.granularity import PerChannel
+from qedu.optim import _LeanAdam
 from qedu.ptq import QUANTIZABLE, fold_batchnorm, quantizable_layers
 from qedu.quantizers import choose_qparams, dequantize, quantize
 
@@ -45,7 +47,18 @@ def rectified_sigmoid(v: torch.Tensor) -> torch.Tensor:
 
     >>> rectified_sigmoid(torch.tensor([-10.0, 0.0, 10.0]))
     tensor([0.0000, 0.5000, 1.0000])
+
+    Raises:
+        TypeError / ValueError: ``v`` not numbers, or NaN (+-inf are fine: h is 0 or 1 there).
     """
+    v = as_float_tensor(v, "v", allow_empty=True, allow_nonfinite=True)
+    if bool(torch.isnan(v).any()):
+        raise ValueError("v contains NaN; h(v) is defined for every number and +-inf, not for NaN.")
+    return _h(v)
+
+
+def _h(v: torch.Tensor) -> torch.Tensor:
+    """:func:`rectified_sigmoid` without the check (inside the optimization loop)."""
     return torch.clamp(torch.sigmoid(v) * (ZETA - GAMMA) + GAMMA, 0, 1)
 
 
@@ -87,18 +100,42 @@ def adaround_layer(layer: nn.Module, x: torch.Tensor, target: torch.Tensor, scal
 
     Returns:
         :class:`AdaRoundResult`; ``q`` differs from ``q_rtn`` by at most one code everywhere.
+
+    Raises:
+        TypeError / ValueError: ``layer`` not a Linear/Conv1d/Conv2d; ``x``/``target`` not finite
+        float32-sized tensors that fit the layer; a bad grid, ``fmt``, ``iters``, ``lr``, ``reg`` or
+        ``warmup``; a reconstruction loss that overflows float32 (inputs far too large).
     """
+    if not isinstance(layer, (nn.Linear, nn.Conv1d, nn.Conv2d)):
+        raise TypeError(f"layer must be an nn.Linear, nn.Conv1d or nn.Conv2d, got {type(layer).__name__}.")
+    if not isinstance(fmt, IntFormat):
+        raise TypeError(f"fmt must be an IntFormat such as qedu.formats.INT4, got {fmt!r}.")
+    iters = check_int(iters, "iters", 1)
+    lr = check_real(lr, "lr", 0, lo_open=True, example="1e-2")
+    reg = check_real(reg, "reg", 0, example="0.01")
+    warmup = check_real(warmup, "warmup", 0, 1, example="0.2")
+    x = as_float32(as_float_tensor(x, "x"), "x").detach()
+    target = as_float32(as_float_tensor(target, "target"), "target").detach()
+    scale = as_float32(as_float_tensor(scale, "scale"), "scale")
+    if bool((scale <= 0).any()) or not bool(torch.isfinite(1.0 / scale).all()):
+        raise ValueError(f"scale must be > 0 with a finite 1 / scale (a grid step), got {scale.min().item()}; "
+                         "use choose_qparams(layer.weight, fmt, PerChannel(0)).")
+    zero_point = torch.as_tensor(zero_point)
+    with torch.no_grad():
+        y = run_model(lambda t: _layer_output(layer, t, layer.weight.detach()), x)
+    if y.shape != target.shape:
+        raise ValueError(f"target must have the layer's output shape {tuple(y.shape)} on x, got {tuple(target.shape)}.")
     x, target, w = x.detach(), target.detach(), layer.weight.detach()  # the caller's tensors get no gradients
     w_scaled = w * (1.0 / scale)  # the same product RTN rounds
     w_floor = torch.floor(w_scaled)
     frac = (w_scaled - w_floor).clamp(0.01, 0.99)
     p = (frac - GAMMA) / (ZETA - GAMMA)  # start where h(v) = the fractional part: RTN, softly
     v = torch.log(p / (1 - p)).requires_grad_(True)
-    optimizer = torch.optim.Adam([v], lr=lr)
+    optimizer = _LeanAdam([v], lr=lr)  # torch.optim.Adam's update
     zp = zero_point.to(torch.float32)
     warm = int(warmup * iters)
     for step in range(iters):
-        h = rectified_sigmoid(v)
+        h = _h(v)
         w_soft = scale * (torch.clamp(w_floor + h + zp, fmt.qmin, fmt.qmax) - zp)
         loss = _reconstruction(_layer_output(layer, x, w_soft), target)
         if step >= warm:
@@ -107,12 +144,15 @@ def adaround_layer(layer: nn.Module, x: torch.Tensor, target: torch.Tensor, scal
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    if not bool(torch.isfinite(v).all()):  # the loss overflowed float32: its gradients were NaN
+        raise ValueError(f"the reconstruction loss overflowed float32 (largest |x| {x.abs().max().item():.3g}, largest "
+                         f"|target| {target.abs().max().item():.3g}); rescale x and target.")
     with torch.no_grad():
-        up = (rectified_sigmoid(v) >= 0.5).to(torch.float32)
+        up = (_h(v) >= 0.5).to(torch.float32)
         q = torch.clamp(w_floor + up + zp, fmt.qmin, fmt.qmax).to(torch.int32)
         q_rtn = quantize(w, scale, zero_point, fmt)
-        errors = [_reconstruction(_layer_output(layer, x, dequantize(codes, scale, zero_point)), target).item()
-                  for codes in (q, q_rtn)]
+        errors = [_reconstruction(_layer_output(layer, x, dequantize(codes, scale, zero_point)).double(), target.double()).item()
+                  for codes in (q, q_rtn)]  # in float64: a float32 sum of squares may overflow
     return AdaRoundResult(q, q_rtn, scale, zero_point, errors[0], errors[1])
 
 
@@ -134,12 +174,16 @@ def _captured(model: nn.Module, layer: nn.Module, x: torch.Tensor, what: str) ->
 def _check(model, bits, x_calib):
     model = check_module(model)
     bits = check_int(bits, "bits", 2, 8)
-    x_calib = as_float_tensor(x_calib, "x_calib")
+    x_calib = to_model_dtype(as_float_tensor(x_calib, "x_calib"), model, "x_calib")
     return model, IntFormat(bits), x_calib
 
 
-def _weight_grid(w: torch.Tensor, fmt: IntFormat):
-    return choose_qparams(w, fmt, PerChannel(0))  # symmetric, per output channel, min/max: the lesson's default
+def _weight_grid(w: torch.Tensor, fmt: IntFormat, name: str):
+    as_float32(as_float_tensor(w, f"{name}.weight"), f"{name}.weight")  # NaN/inf weights: say which layer
+    try:
+        return choose_qparams(w, fmt, PerChannel(0))
+    except ValueError as err:  # e.g. a weight so close to float32's limit that the grid would overflow
+        raise ValueError(f"{name}.weight: {err}") from None  # symmetric, per output channel, min/max: the lesson's default
 
 
 def rtn_model(model: nn.Module, bits: int) -> nn.Module:
@@ -154,7 +198,7 @@ def rtn_model(model: nn.Module, bits: int) -> nn.Module:
     rounded = fold_batchnorm(model)
     for name in quantizable_layers(rounded):
         layer = rounded.get_submodule(name)
-        scale, zero_point = _weight_grid(layer.weight.detach(), fmt)
+        scale, zero_point = _weight_grid(layer.weight.detach(), fmt, name)
         with torch.no_grad():
             layer.weight.copy_(dequantize(quantize(layer.weight, scale, zero_point, fmt), scale, zero_point))
     return rounded
@@ -177,11 +221,15 @@ def adaround_model(model: nn.Module, bits: int, x_calib, *, iters: int = 500, se
         ``(rounded model, {layer name: AdaRoundResult})``.
 
     Raises:
-        TypeError / ValueError: bad ``model``, ``bits`` or ``x_calib``.
+        TypeError / ValueError: bad ``model``, ``bits``, ``x_calib`` (NaN/inf, a shape the model
+        cannot run, values beyond float32), ``iters``, ``seed`` or options.
     """
     model, fmt, x_calib = _check(model, bits, x_calib)
     iters = check_int(iters, "iters", 1)
+    seed = check_seed(seed)
     reference = fold_batchnorm(model)
+    with torch.no_grad():
+        run_model(reference, x_calib, "x_calib")  # a shape the model cannot take: say so before any work
     rounded = copy.deepcopy(reference)
     results = {}
     with torch.random.fork_rng():
@@ -190,7 +238,7 @@ def adaround_model(model: nn.Module, bits: int, x_calib, *, iters: int = 500, se
             layer = rounded.get_submodule(name)
             x = _captured(rounded, layer, x_calib, "input")
             target = _captured(reference, reference.get_submodule(name), x_calib, "output")
-            scale, zero_point = _weight_grid(layer.weight.detach(), fmt)
+            scale, zero_point = _weight_grid(layer.weight.detach(), fmt, name)
             result = adaround_layer(layer, x, target, scale, zero_point, fmt, iters=iters, **options)
             with torch.no_grad():
                 layer.weight.copy_(dequantize(result.q, scale, zero_point))

@@ -42,7 +42,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from qedu._validation import check_bool, check_int
+from qedu._validation import as_float_tensor, check_bool, check_int
 from qedu.rtn import _check_group_size, _check_weight, rtn_quantize
 
 __all__ = ["activation_scale", "awq_scales", "awq_quantize", "AWQResult", "scaled_linear", "awq_linear", "clip_search"]
@@ -77,7 +77,11 @@ def activation_scale(x) -> torch.Tensor:
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point() or x.ndim < 1 or x.numel() == 0:
         raise TypeError("x must be a non-empty float tensor of layer inputs (n, C_in).")
-    return x.reshape(-1, x.shape[-1]).abs().mean(dim=0).float()  # (n, C_in) -> (C_in,)
+    x = as_float_tensor(x, "x")  # NaN/inf refused
+    scale = x.reshape(-1, x.shape[-1]).abs().mean(dim=0).float()  # (n, C_in) -> (C_in,), in x's precision (as llm-awq)
+    if not bool(torch.isfinite(scale).all()):
+        raise ValueError("x is too large: mean |x| per channel is beyond float32 (or its sum overflowed); rescale the inputs.")
+    return scale
 
 
 def awq_scales(act_scale, alpha: float) -> torch.Tensor:

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qedu._validation import check_int
+from qedu._validation import as_float_tensor, check_bool, check_int, check_labels, check_module, run_model, to_model_dtype
 from qedu.models import evaluate
 from qedu.ptq import QuantLayer
 from qedu.security import straight_through
@@ -46,11 +46,25 @@ def flip_code(q: torch.Tensor, bit: int, bits: int, *, signed: bool = True) -> t
     Args:
         q: integer codes in the format's range. bit: 0 .. bits - 1. bits: 2 .. 16.
         signed: two's complement storage (qedu's weight formats) or plain unsigned codes.
+
+    Raises:
+        TypeError: ``q`` not an integer tensor, or its dtype cannot hold every code of the format
+            (``uint8`` for signed codes).
+        ValueError: ``bits`` or ``bit`` out of range, or a code of ``q`` outside the format's range.
     """
-    if not isinstance(q, torch.Tensor) or q.is_floating_point() or q.dtype == torch.bool:
+    if not isinstance(q, torch.Tensor) or q.is_floating_point() or q.is_complex() or q.dtype == torch.bool:
         raise TypeError(f"q must be an integer tensor of codes, got {q.dtype if isinstance(q, torch.Tensor) else type(q)}.")
     bits = check_int(bits, "bits", 2, 16)
     bit = check_int(bit, "bit", 0, bits - 1)
+    signed = check_bool(signed, "signed")
+    qmin, qmax = (-(2 ** (bits - 1)), 2 ** (bits - 1) - 1) if signed else (0, 2**bits - 1)
+    info = torch.iinfo(q.dtype)
+    if info.min > qmin or info.max < qmax:
+        raise TypeError(f"q's dtype {q.dtype} cannot hold every {'signed' if signed else 'unsigned'} {bits}-bit code "
+                        f"({qmin}..{qmax}); pass q.long().")
+    if q.numel() and (int(q.min()) < qmin or int(q.max()) > qmax):
+        raise ValueError(f"q holds codes {int(q.min())}..{int(q.max())}, outside the {'signed' if signed else 'unsigned'} "
+                         f"{bits}-bit range {qmin}..{qmax}; pass the layer's codes and its format's bits.")
     stored = torch.remainder(q.long(), 2**bits) ^ (1 << bit)  # two's complement bits of q, one flipped
     if signed:
         stored = torch.where(stored >= 2 ** (bits - 1), stored - 2**bits, stored)
@@ -92,7 +106,7 @@ class BitFlipResult:
 def _layers(model: nn.Module) -> dict:
     layers = {name: m for name, m in model.named_modules() if isinstance(m, QuantLayer)}
     if not layers:
-        raise TypeError("model must come from qedu.ptq.quantize_model (it holds no QuantLayer with integer codes).")
+        raise TypeError("quantized must be a model from qedu.ptq.quantize_model (this one holds no QuantLayer with integer codes).")
     return layers
 
 
@@ -105,6 +119,16 @@ def _set_code(layer: QuantLayer, index: int, code: int) -> None:
     zero = layer.weight_zero_point.reshape(-1)[row if layer.weight_zero_point.numel() > 1 else 0]
     with torch.no_grad():
         layer.layer.weight.view(-1)[index] = scale * (code - zero)
+
+
+def _batch(model: nn.Module, x, y, x_name: str, y_name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x`` in the model's dtype and ``y`` as labels in ``0..n_outputs - 1``, one per image (or a clear error)."""
+    x = to_model_dtype(as_float_tensor(x, x_name), model, x_name)
+    if x.ndim == 0:
+        raise ValueError(f"{x_name} must be a batch of images (N, ...), got the single number {float(x)!r}.")
+    with torch.no_grad():
+        n_classes = run_model(model, x[:1], x_name).shape[-1]
+    return x, check_labels(y, y_name, len(x), n_classes)
 
 
 def _loss(model: nn.Module, x, y) -> float:
@@ -136,11 +160,12 @@ def bit_flip_attack(quantized: nn.Module, x_attack, y_attack, *, n_flips: int = 
     """
     n_flips = check_int(n_flips, "n_flips", 1)
     top_k = check_int(top_k, "top_k", 1)
-    if not isinstance(y_attack, torch.Tensor) or y_attack.ndim != 1 or len(y_attack) != len(x_attack):
-        raise ValueError("y_attack must be a 1-D tensor of labels, one per attack image.")
-    x_eval, y_eval = (x_attack, y_attack) if x_eval is None else (x_eval, y_eval)
-    _layers(quantized)  # a clear error before copying anything that is not a PTQ model
+    _layers(check_module(quantized, "quantized"))  # a clear error before copying anything that is not a PTQ model
+    if (x_eval is None) != (y_eval is None):
+        raise ValueError("pass both x_eval and y_eval (or neither: accuracy on the attack batch).")
     model = straight_through(quantized).eval()
+    x_attack, y_attack = _batch(model, x_attack, y_attack, "x_attack", "y_attack")  # checked on the copy, in eval mode
+    x_eval, y_eval = (x_attack, y_attack) if x_eval is None else _batch(model, x_eval, y_eval, "x_eval", "y_eval")
     layers = _layers(model)
     for layer in layers.values():
         layer.layer.weight.requires_grad_(True)
@@ -195,12 +220,16 @@ def exhaustive_flip_search(quantized: nn.Module, x, y, *, layers=None) -> tuple[
         ``(best, losses)``: the flip that raises the cross-entropy on ``(x, y)`` most (its
         ``accuracy`` is on ``(x, y)``), and every flip's loss as a float64 tensor.
     """
+    _layers(check_module(quantized, "quantized"))
+    if isinstance(layers, str):
+        raise TypeError(f"layers must be a list of layer names, e.g. [{layers!r}], not a bare string.")
     model = copy.deepcopy(quantized).eval()
+    x, y = _batch(model, x, y, "x", "y")
     all_layers = _layers(model)
     names = list(all_layers) if layers is None else list(layers)
     unknown = [n for n in names if n not in all_layers]
-    if unknown:
-        raise ValueError(f"layers {unknown} are not quantized layers of the model; choose from {list(all_layers)}.")
+    if unknown or not names:
+        raise ValueError(f"layers {names} must name quantized layers of the model; choose from {list(all_layers)}.")
     best, best_loss, losses = None, -float("inf"), []
     for name in names:
         layer = all_layers[name]

@@ -33,6 +33,8 @@ def bundle_path(kind: str) -> Path:
         ValueError: ``kind`` is not one of those.
         FileNotFoundError: neither an installed copy nor a checkout has it (a broken install).
     """
+    if not isinstance(kind, str):
+        raise TypeError(f"kind must be a string, one of {sorted(KINDS)}, got {type(kind).__name__} {kind!r}.")
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}.")
     installed = _PACKAGE / "_bundle" / kind

@@ -21,13 +21,12 @@ any monitor on random clean batches: an alarm rule is only as good as its silenc
 """
 from __future__ import annotations
 
-import numbers
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from qedu._validation import as_float_tensor, check_int, check_seed
+from qedu._validation import FLOAT32_MAX, as_float32, as_float_tensor, check_int, check_module, check_real, check_seed
 from qedu.calibration import record_activations
 from qedu.ptq import QuantLayer
 
@@ -41,13 +40,20 @@ def psi(expected, actual, *, floor: float = FLOOR) -> float:
 
     ``PSI = sum_i (a_i - e_i) ln(a_i / e_i)`` with shares floored at ``floor``. Symmetric in its
     arguments, >= 0, 0 only for equal histograms.
+
+    Raises:
+        ValueError: NaN/inf or negative counts, a zero total, different numbers of bins, or
+            ``floor`` outside [1e-12, 1) (0 would make an empty bin's ``ln(a / e)`` infinite).
     """
     e = as_float_tensor(expected, "expected").double().flatten()
     a = as_float_tensor(actual, "actual").double().flatten()
+    floor = check_real(floor, "floor", 1e-12, 1, hi_open=True, example="1e-4")  # a subnormal floor overflows a / e
     if e.shape != a.shape:
         raise ValueError(f"expected and actual need the same bins, got {len(e)} and {len(a)} bins.")
-    if bool((e < 0).any() or (a < 0).any()) or float(e.sum()) == 0 or float(a.sum()) == 0:
-        raise ValueError("histograms must hold non-negative counts with a positive total.")
+    for name, h in (("expected", e), ("actual", a)):
+        if bool((h < 0).any()) or float(h.max()) == 0:
+            raise ValueError(f"{name} must hold non-negative counts with a positive total, got {h.tolist()!r:.80}.")
+    e, a = e / e.max(), a / a.max()  # first to [0, 1]: a sum of counts near 1e308 would overflow to inf
     e, a = (e / e.sum()).clamp(min=floor), (a / a.sum()).clamp(min=floor)
     return float(((a - e) * torch.log(a / e)).sum())
 
@@ -57,19 +63,39 @@ def code_histogram(x, scale, zero_point, qmin: int, qmax: int) -> torch.Tensor:
 
     Returns ``qmax - qmin + 3`` counts: ``[clipped low, qmin, ..., qmax, clipped high]``.
 
+    Raises:
+        ValueError: ``x`` empty, NaN/inf or beyond float32; ``scale`` not one number > 0 whose
+            inverse is finite in float32; ``zero_point`` not a finite integer; ``qmin >= qmax`` or
+            more than ``2**16 + 1`` codes (a 16-bit grid).
+
     >>> code_histogram(torch.tensor([-1.0, 0.0, 0.1, 0.14, 9.0]), 0.1, 0, 0, 3).tolist()
     [1.0, 1.0, 2.0, 0.0, 0.0, 1.0]
     """
-    x = as_float_tensor(x, "x").flatten().float()
-    codes = torch.round(x * (1.0 / torch.as_tensor(scale, dtype=torch.float32))) + float(zero_point)
+    x = as_float32(as_float_tensor(x, "x"), "x").flatten()
+    scale_t = as_float_tensor(scale, "scale")
+    if scale_t.numel() != 1:
+        raise ValueError(f"scale must be one number (a per-tensor grid), got {scale_t.numel()} values.")
+    scale = check_real(scale_t, "scale", 1 / FLOAT32_MAX, FLOAT32_MAX, lo_open=True, example="0.05")  # 1/scale finite
+    zero_point = check_real(zero_point, "zero_point", example="0")
+    if not zero_point.is_integer():
+        raise ValueError(f"zero_point must be an integer code, got {zero_point!r}; round it.")
+    qmin, qmax = check_int(qmin, "qmin"), check_int(qmax, "qmax")
+    if not 0 < qmax - qmin <= 2**16:
+        raise ValueError(f"need qmin < qmax and at most 2**16 + 1 codes, got qmin={qmin}, qmax={qmax}; "
+                         "pass the grid's fmt.qmin and fmt.qmax.")
+    codes = torch.round(x * (1.0 / torch.tensor(scale, dtype=torch.float32))) + zero_point
     codes = codes.clamp(qmin - 1, qmax + 1) - (qmin - 1)  # 0 = clipped low, ..., qmax - qmin + 2 = clipped high
     return torch.bincount(codes.long(), minlength=qmax - qmin + 3).double()
 
 
 def _grids(quantized: nn.Module) -> dict:
+    check_module(quantized, "quantized")
     grids = {name: m.act for name, m in quantized.named_modules() if isinstance(m, QuantLayer) and m.act is not None}
     if not grids:
         raise TypeError("quantized must be a model from qedu.ptq.quantize_model with act_bits set (no activation grid).")
+    if not all(g.calibrated for g in grids.values()):
+        raise ValueError("quantized has activation quantizers that were never calibrated; use qedu.ptq.quantize_model "
+                         "(or calibrate and convert a prepared model) first.")
     return grids
 
 
@@ -101,9 +127,8 @@ class DriftMonitor:
     """
 
     def __init__(self, quantized: nn.Module, x_calib, *, threshold: float = 0.2):
-        if isinstance(threshold, bool) or not isinstance(threshold, numbers.Real) or not threshold > 0:
-            raise ValueError(f"threshold must be a PSI > 0, e.g. 0.2 (a moderate-to-major shift), got {threshold!r}.")
-        self.quantized, self.threshold = quantized, float(threshold)
+        threshold = check_real(threshold, "threshold", 0, lo_open=True, example="0.2, a moderate-to-major shift")
+        self.quantized, self.threshold = quantized, threshold
         self.grids = _grids(quantized)
         self.reference = self._histograms(x_calib)
 

@@ -39,7 +39,7 @@ def energy_table(relative_to: str = "int8 add") -> str:
     >>> energy_table().splitlines()[2]
     '| int8 add | 0.03 | 1 |'
     """
-    if relative_to not in ENERGY_45NM_PJ:
+    if not isinstance(relative_to, str) or relative_to not in ENERGY_45NM_PJ:
         raise ValueError(f"relative_to must be one of {list(ENERGY_45NM_PJ)}, got {relative_to!r}.")
     base = ENERGY_45NM_PJ[relative_to]
     rows = [f"| operation | energy (pJ) | x {relative_to} |", "|---|---|---|"]

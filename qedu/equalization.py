@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from qedu._validation import check_int, check_module
+from qedu._validation import as_float32, as_float_tensor, check_int, check_module
 from qedu.ptq import QUANTIZABLE, fold_batchnorm
 
 __all__ = ["equalizable_pairs", "equalization_scales", "equalize"]
@@ -70,19 +70,29 @@ def equalization_scales(w1: torch.Tensor, w2: torch.Tensor) -> torch.Tensor:
         float tensor ``(C,)``, ``C = w1.shape[0]``.
 
     Raises:
-        ValueError: ``w2``'s inputs are not a multiple of ``w1``'s output channels.
+        TypeError / ValueError: ``w1``/``w2`` not finite float32-sized weights of at least two
+        dimensions; ``w2``'s inputs are not a multiple of ``w1``'s output channels; ranges so far
+        apart that ``s`` does not fit float32 (beyond ~1e38 or below ~1e-38).
 
     >>> equalization_scales(torch.tensor([[4.0], [1.0]]), torch.tensor([[1.0, 4.0]]))
     tensor([2.0000, 0.5000])
     """
+    w1, w2 = (as_float32(as_float_tensor(w.detach() if isinstance(w, torch.Tensor) else w, name), name)
+              for w, name in ((w1, "w1"), (w2, "w2")))
+    if w1.ndim < 2:
+        raise ValueError(f"w1 must be a layer weight with output channels on axis 0 (2-d or more), got shape {tuple(w1.shape)}.")
     channels = w1.shape[0]
     if w2.ndim < 2 or w2.shape[1] % channels:
         raise ValueError(f"w2 must have a multiple of {channels} inputs on axis 1 (w1 has {channels} output channels), "
                          f"got shape {tuple(w2.shape)}.")
-    r1 = w1.detach().abs().flatten(1).amax(dim=1)  # (C,)
-    r2 = _input_channel_ranges(w2.detach(), channels)  # (C,)
+    r1 = w1.abs().flatten(1).amax(dim=1).double()  # (C,), float64: r1 / r2 may exceed float32's range
+    r2 = _input_channel_ranges(w2, channels).double()  # (C,)
     ok = (r1 > 0) & (r2 > 0)
-    return torch.where(ok, torch.sqrt(r1 / torch.where(ok, r2, torch.ones_like(r2))), torch.ones_like(r1))
+    s = torch.where(ok, torch.sqrt(r1 / torch.where(ok, r2, torch.ones_like(r2))), torch.ones_like(r1)).float()
+    if not bool((torch.isfinite(s) & (s > 0) & torch.isfinite(1 / s)).all()):
+        raise ValueError("w1's and w2's channel ranges are so far apart (e.g. 1e38 next to 1e-38) that the scale "
+                         "sqrt(r1 / r2) does not fit float32; such weights cannot be equalized.")
+    return s
 
 
 def _apply(first: nn.Module, second: nn.Module, s: torch.Tensor) -> None:
@@ -111,7 +121,8 @@ def equalize(model: nn.Module, sweeps: int = 20) -> nn.Module:
         the equalized copy, in eval mode.
 
     Raises:
-        TypeError / ValueError: ``model`` is not a module, ``sweeps`` not an int >= 1.
+        TypeError / ValueError: ``model`` is not a module, ``sweeps`` not an int >= 1, a layer's
+        weight holds NaN/inf, or two ranges too far apart to scale in float32.
     """
     model = fold_batchnorm(check_module(model))
     sweeps = check_int(sweeps, "sweeps", 1)
@@ -119,5 +130,7 @@ def equalize(model: nn.Module, sweeps: int = 20) -> nn.Module:
     for _ in range(sweeps):
         for first_name, second_name in pairs:
             first, second = model.get_submodule(first_name), model.get_submodule(second_name)
+            for name, layer in ((first_name, first), (second_name, second)):
+                as_float_tensor(layer.weight.detach(), f"{name}.weight")  # NaN/inf: say which layer
             _apply(first, second, equalization_scales(first.weight, second.weight))
     return model

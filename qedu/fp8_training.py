@@ -49,7 +49,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from qedu._validation import check_choice, check_module
+from qedu._validation import as_float32, as_float_tensor, check_bool, check_choice, check_module
 from qedu.floats import FP8_E4M3, FP8_E5M2, FloatFormat, cast
 from qedu.loss_scaling import DelayedScaling
 from qedu.mx import E8M0_BIAS, mx_dequantize, mx_quantize
@@ -72,11 +72,37 @@ def amax_to_scale(amax: torch.Tensor, fmt: FloatFormat = FP8_E4M3, power_of_2: b
     [224.0, 447999985582080.0]
     >>> amax_to_scale(torch.tensor(3.0), power_of_2=True).item()   # 448 / 3 = 149.3 -> 128
     128.0
+
+    Raises:
+        TypeError / ValueError: ``amax`` not a tensor of finite numbers >= 0, ``fmt`` not a
+        :class:`~qedu.floats.FloatFormat`, ``power_of_2`` not a bool.
     """
+    amax = as_float32(as_float_tensor(amax, "amax", allow_empty=True), "amax")  # beyond float32: scale would be 0
+    if bool((amax < 0).any()):
+        raise ValueError(f"amax must be >= 0 (the largest |value|), got {amax.min().item()}; pass x.abs().amax().")
+    return _amax_to_scale(amax, _check_format(fmt, "fmt"), check_bool(power_of_2, "power_of_2"))
+
+
+def _amax_to_scale(amax: torch.Tensor, fmt: FloatFormat, power_of_2: bool) -> torch.Tensor:
+    """:func:`amax_to_scale` without the checks (the backward pass: an inf gradient gives scale 0, then NaN)."""
     scale = (fmt.max / torch.clamp(amax.double(), min=EPS)).float()
     if power_of_2:
         scale = torch.exp2(torch.floor(torch.log2(scale)))
     return scale
+
+
+def _check_format(fmt, name: str) -> FloatFormat:
+    if not isinstance(fmt, FloatFormat):
+        raise TypeError(f"{name} must be a FloatFormat such as qedu.floats.FP8_E4M3, got {fmt!r}.")
+    return fmt
+
+
+def _operand(t, name: str) -> torch.Tensor:
+    """A matmul operand: a 2-d tensor of finite numbers that float32 can hold, as float32."""
+    t = as_float32(as_float_tensor(t, name), name)
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be a matrix (2-d), got shape {tuple(t.shape)}; reshape it to (rows, columns).")
+    return t
 
 
 def overflowed(scaled: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
@@ -98,6 +124,7 @@ def overflowed(scaled: torch.Tensor, fmt: FloatFormat) -> torch.Tensor:
     >>> overflowed(torch.tensor([448.0, 460.0, 464.0, 465.0, -1e4]), FP8_E4M3).tolist()
     [False, False, False, True, True]
     """
+    scaled = as_float_tensor(scaled, "scaled", allow_empty=True, allow_nonfinite=True)  # inf overflows, NaN does not
     return ~torch.isnan(scaled) & ~torch.isfinite(cast(scaled, fmt, saturate=False))
 
 
@@ -111,6 +138,11 @@ def underflowed(x: torch.Tensor, x_fp8: torch.Tensor) -> torch.Tensor:
     >>> underflowed(x, cast(x, FP8_E4M3)).tolist()
     [False, True, False]
     """
+    for name, t in (("x", x), ("x_fp8", x_fp8)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}.")
+    if x.shape != x_fp8.shape:
+        raise ValueError(f"x and x_fp8 must have the same shape, got {tuple(x.shape)} and {tuple(x_fp8.shape)}.")
     return (x != 0) & (x_fp8 == 0)
 
 
@@ -146,13 +178,18 @@ def _cast(x: torch.Tensor, fmt: FloatFormat, scale: torch.Tensor, role: str, sta
 
 
 def _mx_cast(x: torch.Tensor, role: str, stats: FP8Stats | None) -> torch.Tensor:
-    """MXFP8 (e4m3, blocks of 32 along the last dimension) values of ``x``; counts per element."""
-    mx = mx_quantize(x.float(), "fp8_e4m3", 32)
+    """MXFP8 (e4m3, blocks of 32 along the last dimension) values of ``x``; counts per element.
+
+    A last dimension that is not a multiple of 32 is padded with zeros (they change no block's max),
+    then cut back."""
+    k = x.shape[-1]
+    padded = _pad_to_blocks(x.float())
+    mx = mx_quantize(padded, "fp8_e4m3", 32)
     if stats is not None:  # each element against its own block's scale 2**(code - 127)
         e = mx.scale_code.to(torch.int32) - E8M0_BIAS  # (M, K/32)
         scale = torch.ldexp(torch.ones(e.shape), e.clamp(max=E8M0_BIAS)).repeat_interleave(32, dim=-1)  # (M, K)
-        stats.add(role, x.float() / scale, x, mx.elements, FP8_E4M3)
-    return mx_dequantize(mx)
+        stats.add(role, (padded / scale)[..., :k], x, mx.elements[..., :k], FP8_E4M3)
+    return mx_dequantize(mx)[..., :k]
 
 
 def fp8_matmul(a: torch.Tensor, b: torch.Tensor, fmt_a: FloatFormat, fmt_b: FloatFormat, recipe: str = "tensorwise",
@@ -165,9 +202,35 @@ def fp8_matmul(a: torch.Tensor, b: torch.Tensor, fmt_a: FloatFormat, fmt_b: Floa
     >>> a, b = torch.tensor([[1.0, 2.0]]), torch.tensor([[2.0], [4.0]])
     >>> fp8_matmul(a, b, FP8_E4M3, FP8_E4M3).item()      # exact: these values fit e4m3
     10.0
+
+    Raises:
+        TypeError / ValueError: ``a`` or ``b`` not a finite float32-sized matrix, shapes that do
+        not multiply, formats that are not :class:`~qedu.floats.FloatFormat`, a bad ``recipe``,
+        "delayed" without its ``delayed`` scalers, or a product that overflows float32.
     """
     check_choice(recipe, "recipe", RECIPES)
-    if recipe == "mxfp8":  # blocks of 32 along K: rows of a, columns of b
+    a, b = _operand(a, "a"), _operand(b, "b")
+    if a.shape[1] != b.shape[0]:
+        raise ValueError(f"a @ b needs a's columns to match b's rows, got shapes {tuple(a.shape)} and {tuple(b.shape)}.")
+    _check_format(fmt_a, "fmt_a"), _check_format(fmt_b, "fmt_b")
+    if recipe == "delayed" and not (isinstance(delayed, dict) and all(r in delayed for r in roles)):
+        raise ValueError(f"recipe='delayed' needs delayed={{role: DelayedScaling}} for the roles {roles} "
+                         "(Float8Linear builds them); or pick another recipe.")
+    out = _fp8_matmul(a, b, fmt_a, fmt_b, recipe, roles=roles, stats=stats, delayed=delayed)
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"a @ b overflows float32 (|a @ b| > 3.4e38 somewhere; largest |a| {a.abs().max().item():.3g}, "
+                         f"largest |b| {b.abs().max().item():.3g}); scale a or b down.")
+    return out
+
+
+def _pad_to_blocks(t: torch.Tensor, block: int = 32) -> torch.Tensor:
+    """Zeros appended to the last dimension up to a multiple of ``block`` (they change no block max, no product)."""
+    return torch.nn.functional.pad(t, (0, -t.shape[-1] % block))
+
+
+def _fp8_matmul(a, b, fmt_a, fmt_b, recipe, *, roles, stats, delayed) -> torch.Tensor:
+    """:func:`fp8_matmul` without the input checks (the backward pass: a NaN/inf gradient passes through)."""
+    if recipe == "mxfp8":  # blocks of 32 along K: rows of a, columns of b (K padded with zeros to a multiple of 32)
         return _mx_cast(a, roles[0], stats) @ _mx_cast(b.t().contiguous(), roles[1], stats).t()
     if recipe == "delayed":
         hats = []
@@ -185,7 +248,7 @@ def fp8_matmul(a: torch.Tensor, b: torch.Tensor, fmt_a: FloatFormat, fmt_b: Floa
     rowwise = recipe == "rowwise"
     amax_a = a.abs().amax(dim=1, keepdim=True) if rowwise else a.abs().amax()  # (M, 1) or ()
     amax_b = b.abs().amax(dim=0, keepdim=True) if rowwise else b.abs().amax()  # (1, N) or ()
-    s_a, s_b = amax_to_scale(amax_a, fmt_a, rowwise), amax_to_scale(amax_b, fmt_b, rowwise)
+    s_a, s_b = _amax_to_scale(amax_a, fmt_a, rowwise), _amax_to_scale(amax_b, fmt_b, rowwise)
     a_fp8 = _cast(a, fmt_a, s_a, roles[0], stats)
     b_fp8 = _cast(b, fmt_b, s_b, roles[1], stats)
     return (a_fp8 @ b_fp8) / (s_a * s_b)  # (M, N) / ((M, 1) * (1, N)): unscale each entry
@@ -199,19 +262,19 @@ class _Float8Matmul(torch.autograd.Function):
         ctx.save_for_backward(x2d, weight)
         ctx.layer = layer
         fwd = layer.formats[0]
-        return fp8_matmul(x2d, weight.t(), fwd, fwd, layer.recipe, roles=("input", "weight"), stats=layer.stats,
-                          delayed=layer.delayed)
+        return _fp8_matmul(x2d, weight.t(), fwd, fwd, layer.recipe, roles=("input", "weight"), stats=layer.stats,
+                           delayed=layer.delayed)
 
     @staticmethod
     def backward(ctx, grad_out):
         x2d, weight = ctx.saved_tensors
         layer = ctx.layer
         fwd, bwd = layer.formats
-        grad_x = fp8_matmul(grad_out, weight, bwd, fwd, layer.recipe, roles=("grad_output", "weight_for_grad_input"),
-                            stats=layer.stats, delayed=layer.delayed)  # (M, N) @ (N, K)
-        grad_w = fp8_matmul(grad_out.t(), x2d, bwd, fwd, layer.recipe,
-                            roles=("grad_output_for_grad_weight", "input_for_grad_weight"),
-                            stats=layer.stats, delayed=layer.delayed)  # (N, M) @ (M, K)
+        grad_x = _fp8_matmul(grad_out, weight, bwd, fwd, layer.recipe, roles=("grad_output", "weight_for_grad_input"),
+                             stats=layer.stats, delayed=layer.delayed)  # (M, N) @ (N, K)
+        grad_w = _fp8_matmul(grad_out.t(), x2d, bwd, fwd, layer.recipe,
+                             roles=("grad_output_for_grad_weight", "input_for_grad_weight"),
+                             stats=layer.stats, delayed=layer.delayed)  # (N, M) @ (M, K)
         return grad_x, grad_w, None
 
 
@@ -225,6 +288,11 @@ class Float8Linear(nn.Module):
 
     Gradients are e5m2 in "tensorwise", "delayed" and "unscaled" (the hybrid recipe), e4m3 in "rowwise"
     (torchao's choice) and "mxfp8". ``stats`` accumulates overflow/underflow counts per role.
+
+    ``forward`` refuses NaN/inf inputs and an output that overflows float32 (a ``ValueError``). A
+    NaN/inf *gradient* in the backward pass passes through as NaN/inf, so that a loss scaler sees
+    it and skips the step (the "delayed" recipe's scalers refuse it with a ``ValueError`` instead).
+    "mxfp8" pads a contraction that is not a multiple of 32 with zeros.
     """
 
     def __init__(self, linear: nn.Linear, recipe: str = "tensorwise", history_len: int = 16):
@@ -242,10 +310,20 @@ class Float8Linear(nn.Module):
             self.delayed = {r: DelayedScaling(fmt_of[r], history_len=history_len) for r in ROLES}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}.")
+        if x.ndim == 0 or x.shape[-1] != self.weight.shape[1] or x.numel() == 0:
+            raise ValueError(f"x must have shape (..., {self.weight.shape[1]}) (in_features), got {tuple(x.shape)}.")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or inf; fp8 training needs finite inputs. Find where they come from.")
+        x32 = as_float32(x, "x")
         shape = x.shape
-        y = _Float8Matmul.apply(x.reshape(-1, shape[-1]).float(), self.weight, self)  # (..., K) -> (M, K)
+        y = _Float8Matmul.apply(x32.reshape(-1, shape[-1]), self.weight, self)  # (..., K) -> (M, K)
         y = y.reshape(*shape[:-1], y.shape[-1])
-        return y if self.bias is None else y + self.bias
+        y = y if self.bias is None else y + self.bias
+        if not bool(torch.isfinite(y).all()):
+            raise ValueError(f"the layer's output overflows float32 (largest |x| {x.abs().max().item():.3g}); scale x down.")
+        return y
 
     def extra_repr(self) -> str:
         return f"in_features={self.weight.shape[1]}, out_features={self.weight.shape[0]}, recipe={self.recipe!r}"
@@ -259,6 +337,10 @@ def convert_to_float8(model: nn.Module, recipe: str = "tensorwise", skip=(), his
     """
     check_module(model)
     check_choice(recipe, "recipe", RECIPES)
+    if isinstance(skip, str):
+        skip = (skip,)
+    if not isinstance(skip, (list, tuple, set, frozenset)) or not all(isinstance(n, str) for n in skip):
+        raise TypeError(f"skip must be a list of module names (strings) such as ['head'], got {skip!r}.")
     if isinstance(model, nn.Linear):
         return Float8Linear(model, recipe, history_len)
     model = copy.deepcopy(model)

@@ -26,7 +26,10 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
+from qedu._validation import FLOAT32_MAX, as_float32, as_float_tensor
 from qedu.quantizers import dequantize
+
+CODE_MIN, CODE_MAX = -(2**15), 2**16 - 1  # codes of up to 16 bits (int16 or uint16): int64 sums stay exact
 
 __all__ = ["ZeroPointTerms", "zero_point_terms", "accumulate", "integer_linear", "dequantize_linear"]
 
@@ -48,14 +51,30 @@ def _codes(q, name: str, ndim: int) -> torch.Tensor:
     if q.ndim != ndim:
         shape = "(N, K)" if name == "q_x" else "(O, K)"
         raise ValueError(f"{name} must have shape {shape}, got {tuple(q.shape)}.")
-    return q.to(torch.int64)
+    q = q.to(torch.int64)
+    if q.numel() == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(q.shape)}); pass at least one code.")
+    if int(q.min()) < CODE_MIN or int(q.max()) > CODE_MAX:
+        raise ValueError(f"{name} must hold codes of at most 16 bits ({CODE_MIN}..{CODE_MAX}), got values from "
+                         f"{int(q.min())} to {int(q.max())}.")
+    return q
 
 
 def _per_output(v, n_out: int, name: str, *, integer: bool) -> torch.Tensor:
-    """``v`` as a 1-d tensor of length ``n_out``: one value per output channel (a scalar repeats)."""
-    t = torch.as_tensor(v)
-    if integer and (t.is_floating_point() and not bool((t == t.round()).all())):
+    """``v`` as a 1-d tensor of length ``n_out``: one value per output channel (a scalar repeats).
+
+    Zero points (``integer=True``) must be whole numbers of at most 16 bits; scales finite numbers > 0
+    that fit float32.
+    """
+    t = as_float_tensor(v, name)  # refuses strings, NaN and inf
+    if integer and not bool((t == t.round()).all()):
         raise ValueError(f"{name} must hold integers (zero points are codes), got {t.tolist()}.")
+    if integer and bool(((t < CODE_MIN) | (t > CODE_MAX)).any()):
+        raise ValueError(f"{name} must lie in {CODE_MIN}..{CODE_MAX} (a code of at most 16 bits), got {t.tolist()}.")
+    if not integer:
+        t = as_float32(t, name)
+        if bool((t <= 0).any()):
+            raise ValueError(f"{name} must be > 0 (a grid step), got {t.min().item()}.")
     if t.ndim == 2 and t.shape[1] != 1:
         raise ValueError(
             f"{name} has shape {tuple(t.shape)}: it varies along the input axis (per input channel or per group). "
@@ -80,8 +99,8 @@ def zero_point_terms(q_x, zero_point_x, q_w, zero_point_w) -> ZeroPointTerms:
         :class:`ZeroPointTerms`, each int64 ``(N, O)``; :func:`accumulate` adds them up.
 
     Raises:
-        TypeError: codes that are not integer tensors. ValueError: bad shapes, or a weight zero
-        point that varies along the input axis.
+        TypeError: codes that are not integer tensors. ValueError: bad shapes, codes or zero points
+        beyond 16 bits, or a weight zero point that varies along the input axis.
 
     >>> t = zero_point_terms(torch.tensor([[2, 2]]), 1, torch.tensor([[1, 3]]), 0)
     >>> [int(v) for v in t]
@@ -106,6 +125,8 @@ def accumulate(terms: ZeroPointTerms) -> torch.Tensor:
     >>> accumulate(zero_point_terms(torch.tensor([[2, 2]]), 1, torch.tensor([[1, 3]]), 0))
     tensor([[4]])
     """
+    if not isinstance(terms, ZeroPointTerms):
+        raise TypeError(f"terms must be the ZeroPointTerms that zero_point_terms returns, got {type(terms).__name__}.")
     return terms.products + terms.weight_sums + terms.input_sums + terms.constant
 
 
@@ -127,7 +148,8 @@ def integer_linear(q_x, scale_x, zero_point_x, q_w, scale_w, zero_point_w, bias=
 
     Raises:
         ValueError: a ``scale_w`` that varies along the input axis (per group or per input
-        channel): it does not factor out; use :func:`dequantize_linear`.
+        channel): it does not factor out; use :func:`dequantize_linear`. Scales not > 0, NaN/inf,
+        a bias of the wrong shape, or an output beyond float32's range.
 
     >>> integer_linear(torch.tensor([[2, 2]]), 0.5, 1, torch.tensor([[1, 3]]), 0.25, 0)
     tensor([[0.5000]])
@@ -138,8 +160,19 @@ def integer_linear(q_x, scale_x, zero_point_x, q_w, scale_w, zero_point_w, bias=
     acc = accumulate(zero_point_terms(q_x, zero_point_x, q_w, zero_point_w))  # (N, O) int64
     y = acc.to(torch.float64) * (s_x.double() * s_w.double())  # the requantization multiplier, per output
     if bias is not None:
-        y = y + torch.as_tensor(bias, dtype=torch.float64).reshape(-1)
+        y = y + _bias(bias, n_out).double()
+    if bool((y.abs() > FLOAT32_MAX).any()):
+        raise ValueError(f"the output overflows float32 (largest |y| {y.abs().max().item():.4g} > {FLOAT32_MAX:.4g}): "
+                         "scale_x * scale_w is too large for these codes.")
     return y.to(torch.float32)
+
+
+def _bias(bias, n_out: int) -> torch.Tensor:
+    """``bias`` as float32 ``(n_out,)``: finite, one value per output channel."""
+    b = as_float32(as_float_tensor(bias, "bias"), "bias").reshape(-1)
+    if b.numel() != n_out:
+        raise ValueError(f"bias must hold one value per output channel ({n_out}), got shape {tuple(torch.as_tensor(bias).shape)}.")
+    return b
 
 
 def dequantize_linear(q_x, scale_x, zero_point_x, q_w, scale_w, zero_point_w, bias=None) -> torch.Tensor:
@@ -151,7 +184,18 @@ def dequantize_linear(q_x, scale_x, zero_point_x, q_w, scale_w, zero_point_w, bi
 
     >>> dequantize_linear(torch.tensor([[2, 2]]), 0.5, 1, torch.tensor([[1, 3]]), 0.25, 0)
     tensor([[0.5000]])
+
+    Raises:
+        TypeError / ValueError: codes, scales or zero points that :func:`qedu.quantizers.dequantize`
+        refuses; shapes that do not multiply; a bad bias; an output beyond float32's range.
     """
+    q_x, q_w = _codes(q_x, "q_x", 2), _codes(q_w, "q_w", 2)
+    if q_x.shape[1] != q_w.shape[1]:
+        raise ValueError(f"q_x has {q_x.shape[1]} inputs per row but q_w has {q_w.shape[1]}; they must match (K).")
+    scale_x, scale_w = (as_float32(as_float_tensor(v, name), name) for v, name in ((scale_x, "scale_x"), (scale_w, "scale_w")))
     x_hat = dequantize(q_x, scale_x, zero_point_x)  # (N, K)
     w_hat = dequantize(q_w, scale_w, zero_point_w)  # (O, K)
-    return F.linear(x_hat, w_hat, None if bias is None else torch.as_tensor(bias, dtype=torch.float32))
+    y = F.linear(x_hat, w_hat, None if bias is None else _bias(bias, q_w.shape[0]))
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("the output overflows float32 (|y| > 3.4e38 somewhere): the scales are too large for these codes.")
+    return y

@@ -26,7 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from qedu._validation import check_bool, check_module
+from qedu._validation import as_float_tensor, check_bool, check_module, to_model_dtype
 
 __all__ = ["linear_names", "linear_inputs", "quantize_linears", "replace_linears"]
 
@@ -54,8 +54,18 @@ def linear_names(model: nn.Module, names=None) -> list[str]:
 
 
 def _run(model: nn.Module, inputs):
-    with torch.no_grad():
-        return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+    if not isinstance(inputs, (torch.Tensor, tuple)):
+        raise TypeError(f"inputs must be a tensor (e.g. token ids (batch, seq)) or a tuple of the model's positional "
+                        f"arguments, got {type(inputs).__name__}.")
+    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():  # features: finite, in the model's dtype
+        inputs = to_model_dtype(as_float_tensor(inputs, "inputs"), model, "inputs")
+    try:
+        with torch.no_grad():
+            return model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+    except (RuntimeError, IndexError, AttributeError) as err:
+        shape = tuple(inputs.shape) if isinstance(inputs, torch.Tensor) else type(inputs).__name__
+        raise ValueError(f"the model cannot run on inputs ({shape}): {str(err).splitlines()[0]}. "
+                         "Pass calibration inputs shaped like the model's data.") from err
 
 
 def linear_inputs(model: nn.Module, inputs, names=None) -> dict[str, torch.Tensor]:
@@ -149,6 +159,9 @@ def quantize_linears(model: nn.Module, inputs, quantize_weight: Callable, names=
         if not isinstance(w_hat, torch.Tensor) or w_hat.shape != layer.weight.shape:
             raise ValueError(f"quantize_weight must return a tensor of the weight's shape {tuple(layer.weight.shape)} "
                              f"for layer {name!r}, got {getattr(w_hat, 'shape', type(w_hat).__name__)}.")
+        if w_hat.is_floating_point() and not bool(torch.isfinite(w_hat).all()):
+            raise ValueError(f"quantize_weight returned NaN or inf for layer {name!r} (its float weight is finite); "
+                             "check the quantizer and its settings.")
         with torch.no_grad():
             layer.weight.copy_(w_hat)
     return new

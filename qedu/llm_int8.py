@@ -39,7 +39,7 @@ import numbers
 import torch
 from torch import nn
 
-from qedu._validation import as_float_tensor, check_module
+from qedu._validation import as_float_tensor, check_module, check_real
 from qedu.layerwise import replace_linears
 
 __all__ = ["vectorwise_quantize", "int8_mm_dequant", "int8_linear", "Int8Linear", "llm_int8_model",
@@ -130,9 +130,15 @@ def int8_mm_dequant(acc, row_absmax, col_absmax, bias=None, factor: float = 1 / 
     if row_absmax.shape != (acc.shape[0],) or col_absmax.shape != (acc.shape[1],):
         raise ValueError(f"row_absmax must have shape ({acc.shape[0]},) and col_absmax ({acc.shape[1]},) for acc of shape "
                          f"{tuple(acc.shape)}, got {tuple(row_absmax.shape)} and {tuple(col_absmax.shape)}.")
+    if bool((row_absmax < 0).any()) or bool((col_absmax < 0).any()):
+        raise ValueError("row_absmax and col_absmax are absolute maxima, so >= 0; pass the scales vectorwise_quantize returns.")
+    factor = check_real(factor, "factor", 0, lo_open=True, example="1 / 127**2")
     out = acc * (row_absmax[:, None] * col_absmax[None, :]) * factor  # (n, m) float32
     if bias is not None:
         out = out + as_float_tensor(bias, "bias")
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError("acc * row_absmax * col_absmax * factor is beyond float32 (inf); the inputs or weights are too "
+                         "large (rescale them) or factor is wrong (1 / 127**2).")
     return out
 
 

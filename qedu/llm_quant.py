@@ -32,7 +32,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from qedu._validation import check_int, check_module, check_seed
+from qedu._validation import check_int, check_module, check_seed, check_token_ids
 from qedu.text import load_text, random_windows
 
 __all__ = ["LINEARS", "METHODS", "calibration_tokens", "linear_layers", "layer_inputs", "quantize_model", "QuantizeResult", "layer_method",
@@ -73,6 +73,7 @@ def layer_inputs(model: nn.Module, name: str, tokens: torch.Tensor) -> torch.Ten
     torch.Size([16, 128])
     """
     model = check_module(model)
+    tokens = check_token_ids(tokens, "tokens", model)
     try:
         layer = model.get_submodule(name)
     except (AttributeError, TypeError):
@@ -106,10 +107,20 @@ class QuantizeResult(tuple):
     cpu_seconds: float
 
 
-def _relative_error(layer: nn.Module, new: nn.Module, x: torch.Tensor) -> float:
+def _relative_error(layer: nn.Module, new: nn.Module, x: torch.Tensor, name: str) -> float:
     with torch.no_grad():
-        ref = layer(x)  # (tokens, C_out)
-        out = new(x)
+        ref = layer(x).double()  # (tokens, C_out); float64: squares of large outputs stay finite
+        try:
+            out = new(x).double()
+        except RuntimeError as err:
+            raise ValueError(f"method's module for {name} cannot take the layer's input {tuple(x.shape)}: "
+                             f"{str(err).splitlines()[0]}; it must keep the layer's input and output shapes.") from err
+    if out.shape != ref.shape:
+        raise ValueError(f"method's module for {name} gives outputs of shape {tuple(out.shape)}, the layer {tuple(ref.shape)}; "
+                         "it must keep the layer's input and output shapes.")
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"method's module for {name} gives NaN or inf on the calibration inputs (the float layer's "
+                         "outputs are finite); check the method and its settings.")
     denom = float(ref.pow(2).sum())
     return float((ref - out).pow(2).sum()) / denom if denom > 0 else 0.0
 
@@ -132,13 +143,13 @@ def quantize_model(model: nn.Module, method: LayerMethod, calib: torch.Tensor) -
     Raises:
         TypeError: not a TinyGPT, ``method`` not callable, ``calib`` not a 2-D integer tensor,
             or ``method`` returned something that is not a module.
+        ValueError: ``calib`` holds ids outside the vocabulary or rows longer than the model reads;
+            the module ``method`` returned gives another shape, or NaN/inf, on the calibration inputs.
     """
     _blocks(model)  # refuses anything but a TinyGPT, naming what it got
     if not callable(method):
         raise TypeError(f"method must be a function method(layer, x) -> module, got {type(method).__name__}.")
-    if not isinstance(calib, torch.Tensor) or calib.ndim != 2 or calib.is_floating_point():
-        raise TypeError(f"calib must be a 2-D integer tensor of token ids (n_sequences, seq_len), got "
-                        f"{type(calib).__name__} {tuple(getattr(calib, 'shape', ()))}.")
+    calib = check_token_ids(calib, "calib", model)
     start, cpu_start, measuring, measuring_cpu = time.perf_counter(), time.process_time(), 0.0, 0.0
     quantized = copy.deepcopy(model).eval()
     errors: dict[str, float] = {}
@@ -160,7 +171,7 @@ def quantize_model(model: nn.Module, method: LayerMethod, calib: torch.Tensor) -
                 if not isinstance(new, nn.Module):
                     raise TypeError(f"method returned {type(new).__name__} for blocks.{i}.{n}; it must return a module.")
                 t, t_cpu = time.perf_counter(), time.process_time()
-                errors[f"blocks.{i}.{n}"] = _relative_error(layer, new, inputs[n])
+                errors[f"blocks.{i}.{n}"] = _relative_error(layer, new, inputs[n], f"blocks.{i}.{n}")
                 measuring += time.perf_counter() - t
                 measuring_cpu += time.process_time() - t_cpu
                 setattr(block, n, new)

@@ -29,27 +29,29 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from qedu._validation import check_int, check_module
+from qedu._validation import check_int, check_module, check_token_ids, run_model
 
 __all__ = ["generate", "log_probs", "nll_from_log_probs", "perplexity", "kl_divergence", "top1_flips", "LMScores", "LMEvaluator"]
 
 
-def _check_tokens(t, name: str) -> torch.Tensor:
-    if not isinstance(t, torch.Tensor) or t.ndim != 2 or t.is_floating_point() or t.dtype == torch.bool:
-        raise TypeError(f"{name} must be a 2-D integer tensor of token ids (rows, seq_len), e.g. from "
-                        f"qedu.text.windows(...), got {type(t).__name__} {tuple(getattr(t, 'shape', ()))}.")
-    if t.numel() == 0:
-        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}); pass at least one token.")
-    return t
-
-
 def _check_log_probs(lp, name: str) -> torch.Tensor:
+    """Log-probabilities: no NaN, nothing above 0, each position's probabilities summing to 1 (not raw logits)."""
     if not isinstance(lp, torch.Tensor) or not lp.is_floating_point() or lp.ndim < 2:
         raise TypeError(f"{name} must be a float tensor of log-probabilities (..., vocab) from log_probs(), "
                         f"got {type(lp).__name__} {tuple(getattr(lp, 'shape', ()))}.")
     if lp.numel() == 0:
         raise ValueError(f"{name} is empty (shape {tuple(lp.shape)}).")
+    total = lp.double().logsumexp(dim=-1)  # log sum_v p_v: 0 for log-probabilities
+    if bool(torch.isnan(lp).any()) or not bool((total.abs() < 1e-2).all()):
+        raise ValueError(f"{name} must hold log-probabilities (no NaN, each position's exp summing to 1), but "
+                         f"log sum exp ranges over {float(total.min()):.4g}..{float(total.max()):.4g}; "
+                         f"pass log_probs(model, inputs) or logits.log_softmax(dim=-1), not raw logits.")
     return lp
+
+
+def _exp(nll: float) -> float:
+    """``exp(nll)``, and ``inf`` once it overflows (NLL above 709.78 nats: some target had probability ~0)."""
+    return math.exp(nll) if nll < math.log(torch.finfo(torch.float64).max) else math.inf
 
 
 def log_probs(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
@@ -57,32 +59,44 @@ def log_probs(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> t
 
     Eval mode, no gradients; the model's train/eval mode is restored.
 
+    Raises:
+        TypeError / ValueError: ``model`` not a module; ``inputs`` not a non-empty 2-D integer
+            tensor of ids the model can read; ``batch_size < 1``; NaN in the model's outputs.
+
     >>> from qedu.models import TinyGPT
     >>> log_probs(TinyGPT(8, 4, 16, 1, 2), torch.zeros(3, 4, dtype=torch.long)).shape
     torch.Size([3, 4, 8])
     """
     model = check_module(model)
-    inputs = _check_tokens(inputs, "inputs")
+    inputs = check_token_ids(inputs, "inputs", model)
     batch_size = check_int(batch_size, "batch_size", 1)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            out = [model(inputs[i : i + batch_size]).float().log_softmax(dim=-1) for i in range(0, len(inputs), batch_size)]
+            out = [run_model(model, inputs[i : i + batch_size], "inputs").float().log_softmax(dim=-1)
+                   for i in range(0, len(inputs), batch_size)]
     finally:
         model.train(was_training)
-    return torch.cat(out)
+    lp = torch.cat(out)
+    if bool(torch.isnan(lp).any()):
+        raise ValueError(f"model's outputs give {int(torch.isnan(lp).sum())} NaN log-probabilities (NaN or inf in its "
+                         "outputs); check the model's weights, e.g. a quantizer that produced NaN.")
+    return lp
 
 
 def nll_from_log_probs(lp: torch.Tensor, targets: torch.Tensor) -> float:
     """Mean negative log-likelihood ``-mean_t lp[t, targets[t]]`` in nats.
+
+    ``inf`` when some target has probability 0 (``lp = -inf`` there): the model rules out a
+    token the text has.
 
     >>> lp = torch.log(torch.tensor([[[0.5, 0.5], [0.25, 0.75]]]))
     >>> round(nll_from_log_probs(lp, torch.tensor([[0, 1]])), 4)   # -(log 0.5 + log 0.75) / 2
     0.4904
     """
     lp = _check_log_probs(lp, "lp")
-    targets = _check_tokens(targets, "targets")
+    targets = check_token_ids(targets, "targets")
     if tuple(lp.shape[:-1]) != tuple(targets.shape):
         raise ValueError(f"lp has positions {tuple(lp.shape[:-1])} but targets has shape {tuple(targets.shape)}; "
                          "they must match (log_probs(model, inputs) with the targets of the same windows).")
@@ -96,27 +110,33 @@ def perplexity(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, ba
     """``exp(mean NLL)`` of ``model`` predicting ``targets`` from ``inputs``.
 
     A model that gives every one of ``V`` tokens the same probability has perplexity ``V``.
+    The result is ``inf`` when the mean NLL exceeds 709.78 nats (``exp`` overflows float64),
+    which needs a target with probability (almost) 0.
 
     >>> from qedu.models import TinyGPT
     >>> flat = TinyGPT(8, 4, 16, 1, 2); _ = [p.data.zero_() for p in flat.parameters()]
     >>> round(perplexity(flat, torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.long)), 4)
     8.0
     """
-    return math.exp(nll_from_log_probs(log_probs(model, inputs, batch_size), targets))
+    return _exp(nll_from_log_probs(log_probs(model, inputs, batch_size), targets))
 
 
 def _check_pair(ref: torch.Tensor, lp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    ref, lp = _check_log_probs(ref, "ref"), _check_log_probs(lp, "lp")
+    for name, t in (("ref", ref), ("lp", lp)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a float tensor of log-probabilities (..., vocab) from log_probs(), got {type(t).__name__}.")
     if ref.shape != lp.shape:
         raise ValueError(f"ref has shape {tuple(ref.shape)} but lp has {tuple(lp.shape)}; score both models on the same inputs.")
-    return ref, lp
+    return _check_log_probs(ref, "ref"), _check_log_probs(lp, "lp")
 
 
 def kl_divergence(ref: torch.Tensor, lp: torch.Tensor) -> float:
     """Mean over positions of ``KL(p || q) = sum_v p_v (log p_v - log q_v)``, in nats.
 
     ``ref`` holds the float model's log-probabilities ``log p``, ``lp`` the quantized model's
-    ``log q`` (same shape ``(..., vocab)``). Tokens with ``p_v = 0`` add nothing.
+    ``log q`` (same shape ``(..., vocab)``). Tokens with ``p_v = 0`` add nothing; the result is
+    ``inf`` when ``q_v = 0`` for a token with ``p_v > 0`` (the quantized model rules out what the
+    float model expects).
 
     >>> p = torch.log(torch.tensor([[0.5, 0.5]])); q = torch.log(torch.tensor([[0.25, 0.75]]))
     >>> round(kl_divergence(p, q), 4)   # 0.5 log(0.5/0.25) + 0.5 log(0.5/0.75)
@@ -166,19 +186,19 @@ class LMEvaluator:
     """
 
     def __init__(self, reference: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, batch_size: int = 64):
-        self.inputs = _check_tokens(inputs, "inputs").clone()
-        self.targets = _check_tokens(targets, "targets").clone()
+        self.inputs = check_token_ids(inputs, "inputs").clone()
+        self.targets = check_token_ids(targets, "targets").clone()
         if self.inputs.shape != self.targets.shape:
             raise ValueError(f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} must have the same shape.")
         self.batch_size = check_int(batch_size, "batch_size", 1)
         self.reference_log_probs = log_probs(reference, self.inputs, self.batch_size)  # (rows, s, V), computed once
-        self.reference = LMScores(math.exp(nll_from_log_probs(self.reference_log_probs, self.targets)), 0.0, 0.0)
+        self.reference = LMScores(_exp(nll_from_log_probs(self.reference_log_probs, self.targets)), 0.0, 0.0)
 
     def score(self, model: nn.Module) -> LMScores:
         """Perplexity, KL from the reference and top-1 flips of ``model`` on the stored batch."""
         lp = log_probs(model, self.inputs, self.batch_size)
         return LMScores(
-            perplexity=math.exp(nll_from_log_probs(lp, self.targets)),
+            perplexity=_exp(nll_from_log_probs(lp, self.targets)),
             kl=kl_divergence(self.reference_log_probs, lp),
             flips=top1_flips(self.reference_log_probs, lp),
         )
@@ -204,13 +224,14 @@ def generate(model: nn.Module, prompt: torch.Tensor, n_new: int = 80) -> torch.T
         raise TypeError(f"prompt must be a non-empty 1-D integer tensor (e.g. qedu.text.encode('def ')), got {type(prompt).__name__}.")
     n_new = check_int(n_new, "n_new", 0)
     seq_len = model.pos.num_embeddings if hasattr(model, "pos") else prompt.numel() + n_new
+    check_token_ids(prompt[None, -seq_len:], "prompt", model)  # (1, <= seq_len)
     tokens = prompt.to(torch.int64).clone()
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
             for _ in range(n_new):
-                logits = model(tokens[-seq_len:].unsqueeze(0))  # (1, s, vocab)
+                logits = run_model(model, tokens[-seq_len:].unsqueeze(0), "prompt")  # (1, s, vocab)
                 tokens = torch.cat([tokens, logits[0, -1].argmax().reshape(1)])
     finally:
         model.train(was_training)

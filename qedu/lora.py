@@ -29,7 +29,7 @@ import math
 import torch
 from torch import nn
 
-from qedu._validation import check_choice, check_int, check_module, check_real
+from qedu._validation import FLOAT32_MAX, as_float32, as_float_tensor, check_choice, check_int, check_module, check_real
 from qedu.nf4 import NF4Weight, nf4_dequantize, nf4_quantize
 
 __all__ = ["BASES", "LoRALinear", "add_lora", "trainable_parameters", "merge_lora"]
@@ -46,6 +46,11 @@ class LoRALinear(nn.Module):
         alpha: the adapter's scale numerator: the update is ``alpha / r * B A``.
         base_format: "float" (LoRA) or "nf4" (QLoRA: blocks of 64, double quantization).
         seed: seeds ``A``'s initialisation (Kaiming uniform, as the reference implementation).
+
+    Raises:
+        TypeError / ValueError: ``base`` not an ``nn.Linear`` with finite float32-sized weights;
+        ``r`` not in 1..min(C_in, C_out); ``alpha`` not a number in (0, 3.4e38]; a bad
+        ``base_format`` or ``seed``. ``forward`` refuses inputs of the wrong shape, NaN or inf.
     """
 
     def __init__(self, base: nn.Linear, r: int = 8, alpha: float = 16.0, base_format: str = "float", seed: int = 0):
@@ -53,9 +58,9 @@ class LoRALinear(nn.Module):
         if not isinstance(base, nn.Linear):
             raise TypeError(f"base must be an nn.Linear, got {type(base).__name__}.")
         self.r = check_int(r, "r", 1, min(base.in_features, base.out_features))
-        self.alpha = check_real(alpha, "alpha", 0, lo_open=True, example="16")
+        self.alpha = check_real(alpha, "alpha", 0, FLOAT32_MAX, lo_open=True, example="16")
         self.base_format = check_choice(base_format, "base_format", BASES)
-        weight = base.weight.detach().float()
+        weight = as_float32(as_float_tensor(base.weight.detach(), "base.weight"), "base.weight")
         if base_format == "nf4":
             state = nf4_quantize(weight)  # frozen: stored as buffers, never a parameter
             for name in ("packed", "absmax", "absmax_scale", "offset"):
@@ -63,7 +68,8 @@ class LoRALinear(nn.Module):
             self._layout = (state.shape, state.block_size, state.block_size2)
         else:
             self.register_buffer("weight", weight.clone())
-        self.register_buffer("bias", None if base.bias is None else base.bias.detach().float().clone())
+        bias = None if base.bias is None else as_float32(as_float_tensor(base.bias.detach(), "base.bias"), "base.bias")
+        self.register_buffer("bias", None if bias is None else bias.clone())
         g = torch.Generator().manual_seed(check_int(seed, "seed", 0, 2**32 - 1))
         bound = 1 / math.sqrt(base.in_features)  # kaiming_uniform_(a=sqrt(5)), what nn.Linear and peft use
         self.lora_A = nn.Parameter((torch.rand(self.r, base.in_features, generator=g) * 2 - 1) * bound)
@@ -83,10 +89,21 @@ class LoRALinear(nn.Module):
 
     def base_forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x W^T + b`` with the frozen weight alone."""
+        x = self._check_input(x)
         y = x @ self.base_weight().t()
         return y if self.bias is None else y + self.bias
 
+    def _check_input(self, x) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got {getattr(x, 'dtype', type(x).__name__)}.")
+        if x.ndim == 0 or x.shape[-1] != self.lora_A.shape[1]:
+            raise ValueError(f"x must have shape (..., {self.lora_A.shape[1]}) (in_features), got {tuple(x.shape)}.")
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError("x contains NaN or inf; find where they come from (the adapter cannot fix them).")
+        return as_float32(x, "x")  # float64 input: checked to fit, then float32 like the weights
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self._check_input(x)
         return self.base_forward(x) + self.scaling * ((x @ self.lora_A.t()) @ self.lora_B.t())  # (.., r) -> (.., C_out)
 
     def merged(self) -> nn.Linear:
@@ -115,6 +132,9 @@ def add_lora(model: nn.Module, targets, r: int = 8, alpha: float = 16.0, base_fo
         ValueError: no target names an ``nn.Linear``, or a named target is not one.
     """
     check_module(model)
+    if not (callable(targets) or isinstance(targets, (str, list, tuple, set))):
+        raise TypeError(f"targets must be a list of nn.Linear names such as ['fc1'] or a function name -> bool, "
+                        f"got {type(targets).__name__} {targets!r}.")
     if isinstance(model, nn.Linear):  # a bare layer: adapt it whatever the targets say
         return LoRALinear(model, r, alpha, base_format, seed=seed)
     model = copy.deepcopy(model)

@@ -35,7 +35,7 @@ import torch
 from qedu._validation import FLOAT32_MAX, as_float32, as_float_tensor, check_int, check_real
 from qedu.floats import FP8_E4M3, FloatFormat, cast
 
-__all__ = ["StaticLossScaler", "DynamicLossScaler", "DelayedScaling", "scale_from_amax"]
+__all__ = ["StaticLossScaler", "DynamicLossScaler", "DelayedScaling", "scale_from_amax", "AMAX_FLOOR"]
 
 
 def _positive(value, name: str, example: str) -> float:
@@ -199,6 +199,10 @@ class DynamicLossScaler(StaticLossScaler):
         self._unscaled = False
 
 
+# torchao's EPS in float8 ``amax_to_scale``: an amax below it is treated as 1e-12 when a scale is chosen
+AMAX_FLOOR = 1e-12
+
+
 def scale_from_amax(amax: float, fmt: FloatFormat, margin: int = 0, previous: float = 1.0) -> float:
     """The per-tensor FP8 scale that maps ``amax`` onto the top of ``fmt``: ``fmt.max / amax / 2**margin``.
 
@@ -281,5 +285,8 @@ class DelayedScaling:
         self.last_overflow = float((~torch.isnan(scaled) & ~torch.isfinite(cast(scaled, self.fmt, saturate=False))).double().mean())
         self.last_underflow = float(((x_fp8 == 0) & (x != 0)).double().mean())
         self.amax_history.append(float(x.abs().max()))
-        self.scale = scale_from_amax(max(self.amax_history), self.fmt, self.margin, previous=scale)
+        amax = max(self.amax_history)
+        if amax > 0:  # like torchao, floor a tiny amax: 448 / 1e-40 is no float32 scale
+            amax = max(amax, AMAX_FLOOR)
+        self.scale = scale_from_amax(amax, self.fmt, self.margin, previous=scale)
         return x_fp8 / scale

@@ -25,25 +25,40 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qedu._validation import as_float_tensor, check_module
+from qedu._validation import as_float_tensor, check_int, check_labels, check_module, check_real, run_model, to_model_dtype
 
 __all__ = ["per_example_loss", "membership_auc", "MembershipResult", "loss_threshold_attack"]
 
 
 def per_example_loss(model: nn.Module, x, y, batch_size: int = 1024) -> torch.Tensor:
-    """Cross-entropy of each image, float64 ``(N,)``, in eval mode without gradients (mode restored)."""
+    """Cross-entropy of each image, float64 ``(N,)``, in eval mode without gradients (mode restored).
+
+    Raises:
+        TypeError / ValueError: ``model`` not a module; ``x`` empty, NaN/inf or beyond the model's
+            dtype (float64 is converted), or a shape the model cannot take; ``y`` not one integer
+            label per image in ``0..n_outputs - 1``; ``batch_size < 1``; a non-finite loss (the
+            model's outputs hold NaN or inf).
+    """
     model = check_module(model)
-    x = as_float_tensor(x, "x")
-    if not isinstance(y, torch.Tensor) or y.ndim != 1 or y.is_floating_point() or len(y) != len(x):
-        raise ValueError(f"y must be a 1-D integer tensor with one label per image ({len(x)}).")
+    x = to_model_dtype(as_float_tensor(x, "x"), model, "x")
+    y = check_labels(y, "y", len(x))
+    batch_size = check_int(batch_size, "batch_size", 1)
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return torch.cat([F.cross_entropy(model(x[i:i + batch_size]), y[i:i + batch_size], reduction="none")
-                              for i in range(0, len(x), batch_size)]).double()
+            losses = []
+            for i in range(0, len(x), batch_size):
+                logits = run_model(model, x[i:i + batch_size], "x")  # (batch, n_classes)
+                check_labels(y[i:i + batch_size], "y", n_classes=logits.shape[-1])
+                losses.append(F.cross_entropy(logits, y[i:i + batch_size], reduction="none"))
     finally:
         model.train(was_training)
+    loss = torch.cat(losses).double()
+    if not bool(torch.isfinite(loss).all()):
+        raise ValueError(f"the loss of {int((~torch.isfinite(loss)).sum())} image(s) is NaN or inf: the model's outputs "
+                         "are not finite on them. Check the model's weights (and x) for NaN/inf.")
+    return loss
 
 
 def membership_auc(member_loss, nonmember_loss) -> float:
@@ -82,7 +97,7 @@ def loss_threshold_attack(model: nn.Module, x_members, y_members, x_nonmembers, 
     """
     member = per_example_loss(model, x_members, y_members)
     nonmember = per_example_loss(model, x_nonmembers, y_nonmembers)
-    tau = float(member.mean()) if threshold is None else float(threshold)
+    tau = float(member.mean()) if threshold is None else check_real(threshold, "threshold", example="0.5")
     tpr, fpr = float((member <= tau).double().mean()), float((nonmember <= tau).double().mean())
     return MembershipResult(tau, tpr, fpr, tpr - fpr, membership_auc(member, nonmember), float(member.mean()),
                             float(nonmember.mean()))

@@ -45,6 +45,7 @@ from torch.nn.utils import parametrize
 from qedu._validation import FLOAT32_MAX, FLOAT32_TINY, check_int, check_real
 from qedu.accumulation import kahan_add
 from qedu.data import batches
+from qedu.optim import _LeanAdam
 from qedu.floats import FP16, FloatFormat, cast
 from qedu.loss_scaling import DelayedScaling, DynamicLossScaler, StaticLossScaler
 from qedu.models import evaluate, make_mlp
@@ -176,7 +177,10 @@ class GradStats:
             zero=int((before == 0).sum()),
             underflow=int(((before != 0) & zero_after).sum()),
             subnormal=int((~zero_after & (after.abs() < fmt.min_normal)).sum()),
-            overflow=int((~torch.isfinite(after) | ((after.abs() == fmt.max) & (before.abs() > fmt.max))).sum()),
+            # overflow: the value rounds past the format's max (a plain cast gives inf/NaN, a saturating
+            # one clips it); a value a little above the max that rounds down to it is not one
+            overflow=int((~torch.isfinite(after) | (~torch.isnan(before) & ~torch.isfinite(
+                cast(before, fmt, saturate=False)))).sum()),
         )
 
 
@@ -394,7 +398,7 @@ def train_simulated(model: nn.Module, data, precision: Precision, *, epochs: int
     sim = simulate(model, precision, backend)
     order = torch.Generator().manual_seed(check_int(seed, "seed", 0, 2**32 - 1))  # batch order
     rounding = torch.Generator().manual_seed(seed + 1)  # stochastic rounding of the weights
-    optimizer = torch.optim.Adam(sim.parameters(), lr=lr, eps=_ADAM_EPS / loss_divisor)
+    optimizer = _LeanAdam(sim.parameters(), lr=lr, eps=_ADAM_EPS / loss_divisor)  # torch.optim.Adam's update
     run = SimulatedRun(precision, sim)
     start = time.perf_counter()
     for _epoch in range(epochs):

@@ -49,7 +49,7 @@ from typing import NamedTuple
 
 import torch
 
-from qedu._validation import check_choice, check_int
+from qedu._validation import FLOAT32_MAX, FLOAT32_TINY, as_float_tensor, check_choice, check_int, check_real
 from qedu.floats import FP4_E2M1, FP6_E2M3, FP6_E3M2, FP8_E4M3, FP8_E5M2, FloatFormat, cast, encode
 
 __all__ = ["ELEMENTS", "RULES", "E8M0_BIAS", "MXTensor", "shared_exponent", "mx_quantize", "mx_dequantize",
@@ -78,6 +78,8 @@ def _check_x(x, block_size: int) -> torch.Tensor:
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}.")
     if x.dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise TypeError(f"x must be float32, bfloat16 or float16, got {x.dtype}: convert it with x.float().")
+    if x.numel() == 0:
+        raise ValueError(f"x is empty (shape {tuple(x.shape)}); pass at least one block of values.")
     if x.ndim == 0 or x.shape[-1] % block_size:
         raise ValueError(f"x's last dimension ({tuple(x.shape)}) must be a multiple of block_size={block_size}: "
                          "pad it, or pick a block size that divides it.")
@@ -96,7 +98,10 @@ def shared_exponent(amax: torch.Tensor, element: str, rule: str = "floor") -> to
     """
     check_choice(element, "element", tuple(ELEMENTS))
     check_choice(rule, "rule", RULES)
-    amax = amax.float()
+    amax = as_float_tensor(amax, "amax", allow_empty=True, allow_nonfinite=True).float()
+    if bool((amax < 0).any()):
+        raise ValueError(f"amax must be >= 0 (a block's largest |x|), got {amax[amax < 0][0].item()}; pass x.abs().amax(...).")
+    finite = torch.isfinite(amax)
     emax = _emax(element)
     if rule == "rceil":
         descale = amax / _elem_max(element)  # float32, as cuBLAS computes it
@@ -107,11 +112,12 @@ def shared_exponent(amax: torch.Tensor, element: str, rule: str = "floor") -> to
             bits = amax.view(torch.int32) + (1 << (23 - man_bits - 1))
             amax = torch.where(torch.isnan(amax), amax, (bits & ~((1 << (23 - man_bits)) - 1)).view(torch.float32))
         _, exp2 = torch.frexp(amax)  # amax = m * 2**exp2 with m in [0.5, 1): floor(log2 amax) = exp2 - 1
+        exp2 = torch.where(finite & torch.isinf(amax), 129, exp2)  # "even": float32's max rounds up to 2**128
         e = (exp2 - 1).float()
         if rule == "ceil":
             e = e + (amax > torch.ldexp(torch.ones_like(amax), exp2 - 1)).float()  # not a power of two: round up
         e = torch.where(amax > 0, e - emax, torch.full_like(e, -E8M0_BIAS))
-    e = torch.where(torch.isfinite(amax), e.clamp(-E8M0_BIAS, E8M0_BIAS), torch.full_like(e, E8M0_BIAS + 1))
+    e = torch.where(finite, e.clamp(-E8M0_BIAS, E8M0_BIAS), torch.full_like(e, E8M0_BIAS + 1))
     return e.to(torch.int32)
 
 
@@ -162,15 +168,32 @@ def mx_quantize(x: torch.Tensor, element: str = "fp8_e4m3", block_size: int = 32
     return MXTensor(elements.reshape(x.shape), code, element, block_size)
 
 
+def _check_fits_float32(x_hat: torch.Tensor, finite_in: torch.Tensor, name: str) -> torch.Tensor:
+    """Refuse a dequantized value that float32 cannot hold (a block max rounded up past 3.4e38)."""
+    over = ~torch.isfinite(x_hat) & finite_in  # (0 times a scale that overflowed is NaN)
+    if bool(over.any()):
+        raise ValueError(f"{name} holds {int(over.sum())} value(s) beyond float32's largest ({FLOAT32_MAX:.4g}): "
+                         "the block's largest |x| was so close to it that its nearest value on the grid is 2**128. "
+                         "Scale x down before quantizing (or use rule='floor', which clips instead of rounding up).")
+    return x_hat
+
+
 def mx_dequantize(mx: MXTensor) -> torch.Tensor:
-    """``x_hat = 2**(scale_code - 127) * elements`` (float32; NaN where the scale code is 255)."""
+    """``x_hat = 2**(scale_code - 127) * elements`` (float32; NaN where the scale code is 255).
+
+    Raises:
+        TypeError: ``mx`` is not an :class:`MXTensor`. ValueError: a value beyond float32's range
+        (only for blocks whose largest |x| was within a rounding of float32's largest, 3.4e38).
+    """
     if not isinstance(mx, MXTensor):
         raise TypeError(f"mx must be an MXTensor from mx_quantize, got {type(mx).__name__}.")
     e = mx.scale_code.to(torch.int32) - E8M0_BIAS
     scale = torch.ldexp(torch.ones(e.shape), e.clamp(max=E8M0_BIAS))
     scale = torch.where(mx.scale_code == 255, torch.full_like(scale, math.nan), scale)
     blocks = mx.elements.reshape(*mx.elements.shape[:-1], -1, mx.block_size)
-    return (blocks * scale.unsqueeze(-1)).reshape(mx.elements.shape)
+    x_hat = blocks * scale.unsqueeze(-1)
+    _check_fits_float32(x_hat, torch.isfinite(blocks) & torch.isfinite(scale).unsqueeze(-1), "mx")
+    return x_hat.reshape(mx.elements.shape)
 
 
 def pack_fp4(values: torch.Tensor) -> torch.Tensor:
@@ -180,6 +203,9 @@ def pack_fp4(values: torch.Tensor) -> torch.Tensor:
     >>> pack_fp4(torch.tensor([0.5, -6.0])).tolist()   # codes 0x1 and 0xF
     [241]
     """
+    if not isinstance(values, torch.Tensor) or values.ndim == 0:
+        raise TypeError(f"values must be a torch.Tensor with at least one dimension, got {type(values).__name__} "
+                        f"{getattr(values, 'shape', '')}.")
     codes = encode(values, FP4_E2M1, saturate=True).to(torch.uint8)
     if codes.shape[-1] % 2:
         raise ValueError(f"values' last dimension must be even to pack two per byte, got {tuple(values.shape)}.")
@@ -191,8 +217,9 @@ def unpack_fp4(packed: torch.Tensor) -> torch.Tensor:
     """The fp4 values (float32) of bytes packed by :func:`pack_fp4`."""
     from qedu.floats import decode
 
-    if packed.dtype != torch.uint8:
-        raise TypeError(f"packed must be uint8, got {packed.dtype}.")
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8 or packed.ndim == 0:
+        raise TypeError(f"packed must be a uint8 tensor of at least one dimension (what pack_fp4 returns), got "
+                        f"{getattr(packed, 'dtype', type(packed).__name__)}.")
     codes = torch.stack([packed & 0xF, packed >> 4], dim=-1).reshape(*packed.shape[:-1], -1)
     return decode(codes.long(), FP4_E2M1).float()
 
@@ -213,11 +240,18 @@ def nvfp4_quantize(x: torch.Tensor, per_tensor_scale: float | None = None) -> NV
     reciprocal, as the NVIDIA kernels do). Pass ``per_tensor_scale = amax(x) / (448 * 6)`` for
     two-level scaling.
 
+    Raises:
+        TypeError / ValueError: bad ``x`` (NaN or inf included: fp4 cannot store them) or a
+        ``per_tensor_scale`` that is not a float32 number > 0 (or whose reciprocal overflows).
+
     >>> nv = nvfp4_quantize(torch.linspace(-3, 3, 16).reshape(1, 16))
     >>> nv.block_scale.tolist(), nv.elements[0, :3].tolist()
     ([[0.5]], [-6.0, -6.0, -4.0])
     """
     x = _check_x(x, 16)
+    if not bool(torch.isfinite(x).all()):  # fp4 has no NaN or inf, and NVFP4 has no NaN block code
+        raise ValueError(f"x contains {int((~torch.isfinite(x)).sum())} NaN/inf value(s); NVFP4 can only store finite "
+                         "numbers. Find where they come from, or clean them with torch.nan_to_num(x).")
     blocks = x.reshape(*x.shape[:-1], -1, 16)  # (..., K) -> (..., K/16, 16)
     block_scale = blocks.abs().amax(dim=-1) / FP4_E2M1.max  # float32
     tiny = FP8_E4M3.min_normal
@@ -225,23 +259,32 @@ def nvfp4_quantize(x: torch.Tensor, per_tensor_scale: float | None = None) -> NV
         block_scale = cast(block_scale.clamp(tiny, FP8_E4M3.max), FP8_E4M3)
         reciprocal = 1.0 / block_scale
     else:
-        if isinstance(per_tensor_scale, bool) or not isinstance(per_tensor_scale, (int, float)) \
-                or not math.isfinite(per_tensor_scale) or per_tensor_scale <= 0:
-            raise ValueError(f"per_tensor_scale must be a finite number > 0, got {per_tensor_scale!r}: "
-                             "use amax(x) / (448 * 6), or None for block scales alone.")
+        per_tensor_scale = check_real(per_tensor_scale, "per_tensor_scale", FLOAT32_TINY, FLOAT32_MAX,
+                                      example="amax(x) / (448 * 6), or None for block scales alone")
         pts = torch.tensor(per_tensor_scale, dtype=torch.float32)
         block_scale = cast((block_scale / pts).clamp(tiny, FP8_E4M3.max), FP8_E4M3)
         reciprocal = (1.0 / pts) / block_scale
+        if not bool(torch.isfinite(reciprocal).all()):  # 1 / (per_tensor_scale * block_scale) beyond float32
+            raise ValueError(f"per_tensor_scale={per_tensor_scale!r} is too small: 1 / (per_tensor_scale * block_scale) "
+                             "overflows float32. Use amax(x) / (448 * 6), or None for block scales alone.")
     scaled = (blocks * reciprocal.unsqueeze(-1)).clamp(-FP4_E2M1.max, FP4_E2M1.max)
     elements = cast(scaled, FP4_E2M1, saturate=True).reshape(x.shape)
     return NVFP4Tensor(elements, block_scale, per_tensor_scale)
 
 
 def nvfp4_dequantize(nv: NVFP4Tensor) -> torch.Tensor:
-    """``x_hat = per_tensor_scale * block_scale * elements`` (float32)."""
+    """``x_hat = per_tensor_scale * block_scale * elements`` (float32).
+
+    Raises:
+        TypeError: ``nv`` is not an :class:`NVFP4Tensor`. ValueError: a value beyond float32's range.
+    """
+    if not isinstance(nv, NVFP4Tensor):
+        raise TypeError(f"nv must be an NVFP4Tensor from nvfp4_quantize, got {type(nv).__name__}.")
     blocks = nv.elements.reshape(*nv.elements.shape[:-1], -1, 16)
     scale = nv.block_scale if nv.per_tensor_scale is None else nv.block_scale * nv.per_tensor_scale
-    return (blocks * scale.unsqueeze(-1)).reshape(nv.elements.shape)
+    x_hat = blocks * scale.unsqueeze(-1)
+    _check_fits_float32(x_hat, torch.isfinite(blocks) & torch.isfinite(nv.block_scale).unsqueeze(-1), "nv")
+    return x_hat.reshape(nv.elements.shape)
 
 
 def bits_per_value(element: str, block_size: int, scale_bits: int = 8, tensor_bits: int = 0, n_values: int | None = None) -> float:
@@ -254,5 +297,7 @@ def bits_per_value(element: str, block_size: int, scale_bits: int = 8, tensor_bi
     block_size = check_int(block_size, "block_size", 1)
     fmt: FloatFormat | None = ELEMENTS[element]
     bits = 8 if fmt is None else fmt.bits
+    scale_bits = check_int(scale_bits, "scale_bits", 0)
+    tensor_bits = check_int(tensor_bits, "tensor_bits", 0)
     extra = 0.0 if not tensor_bits else tensor_bits / check_int(n_values, "n_values", 1)
     return bits + scale_bits / block_size + extra

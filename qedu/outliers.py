@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from qedu._validation import check_module
+from qedu._validation import as_float32, as_float_tensor, check_int, check_module, check_real, run_model, to_model_dtype
 
 __all__ = ["linear_input_absmax", "residual_absmax", "ChannelStats", "channel_stats", "outlier_table", "heatmap_data",
            "LLM_INT8_THRESHOLD"]
@@ -42,13 +42,23 @@ LLM_INT8_THRESHOLD = 6.0  # Dettmers et al. 2022: |x| >= 6 marks an outlier feat
 
 
 def _run(model: nn.Module, inputs) -> None:
+    if isinstance(inputs, torch.Tensor) and inputs.is_floating_point():  # images or features; token ids pass as they are
+        inputs = to_model_dtype(as_float_tensor(inputs, "inputs"), model, "inputs")
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            model(inputs)
+            run_model(model, inputs, "inputs")
     finally:
         model.train(was_training)
+
+
+def _finite(store: dict) -> dict:
+    bad = [name for name, m in store.items() if not bool(torch.isfinite(m).all())]
+    if bad:
+        raise ValueError(f"the inputs of {bad} hold NaN or inf (overflow inside the model, or NaN weights); "
+                         "check the model's weights and rescale inputs so its activations stay finite.")
+    return store
 
 
 def _update(store: dict, name: str, x: torch.Tensor) -> None:
@@ -80,7 +90,7 @@ def linear_input_absmax(model: nn.Module, inputs) -> dict[str, torch.Tensor]:
     finally:
         for h in handles:
             h.remove()
-    return {name: store[name] for name, _ in linears if name in store}
+    return _finite({name: store[name] for name, _ in linears if name in store})
 
 
 def residual_absmax(model: nn.Module, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -104,7 +114,7 @@ def residual_absmax(model: nn.Module, inputs: torch.Tensor) -> dict[str, torch.T
     finally:
         for h in handles:
             h.remove()
-    return {name: store[name] for name in ["embed"] + [f"block{i}" for i in range(len(blocks))]}
+    return _finite({name: store[name] for name in ["embed"] + [f"block{i}" for i in range(len(blocks))]})
 
 
 @dataclass(frozen=True)
@@ -127,13 +137,21 @@ class ChannelStats:
 def channel_stats(name: str, channel_max: torch.Tensor, threshold: float = LLM_INT8_THRESHOLD, top: int = 3) -> ChannelStats:
     """Largest and median channel maximum, their ratio, the ``top`` channels and how many reach ``threshold``.
 
+    ``ratio`` is ``inf`` when the median channel maximum is 0 (at least half of the channels are
+    all zeros), and ``nan`` never: ``channel_max`` must hold finite values >= 0.
+
     >>> s = channel_stats("fc", torch.tensor([1.0, 2.0, 8.0, 1.0, 1.5]))
     >>> s.max, s.median, s.ratio, s.top_channels, s.n_outlier_channels
     (8.0, 1.5, 5.333333333333333, (2, 1, 4), 1)
     """
-    if not isinstance(channel_max, torch.Tensor) or channel_max.ndim != 1 or channel_max.numel() == 0:
+    if not isinstance(channel_max, torch.Tensor) or channel_max.ndim != 1:
         raise TypeError(f"channel_max must be a non-empty 1-D tensor of per-channel maxima, got {type(channel_max).__name__}.")
-    m = channel_max.float()
+    m = as_float_tensor(channel_max, "channel_max")
+    if bool((m < 0).any()):
+        raise ValueError(f"channel_max holds negative values ({float(m.min()):g}); it must be max |x| per channel.")
+    m = as_float32(m, "channel_max").double()  # the max / median of float32 values is finite in float64
+    threshold = check_real(threshold, "threshold", 0, example="6.0")
+    top = check_int(top, "top", 1)
     median = float(m.median())
     order = torch.argsort(m, descending=True, stable=True)[:top]
     return ChannelStats(name, m.numel(), float(m.max()), median, float(m.max()) / median if median > 0 else float("inf"),

@@ -38,12 +38,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import numbers
 from typing import Mapping, NamedTuple, Sequence
 
 import torch
 
-from qedu._validation import as_float_tensor, check_int, check_seed
+from qedu._validation import as_float_tensor, check_int, check_real, check_seed
 
 __all__ = ["McNemar", "mcnemar_test", "BootstrapCI", "bootstrap_delta", "sign_flip_test", "worst_class_null",
            "ConfidenceCalibration", "confidence_calibration", "confidence_rank", "pareto_front"]
@@ -69,9 +68,7 @@ def _paired(y, pred_a, pred_b) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _fraction(value, name: str, example: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 < value < 1:
-        raise ValueError(f"{name} must be a fraction strictly between 0 and 1, e.g. {example}, got {value!r}.")
-    return float(value)
+    return check_real(value, name, 0, 1, lo_open=True, hi_open=True, example=str(example))
 
 
 # ----------------------------------------------------------------------------- McNemar
@@ -170,6 +167,8 @@ def sign_flip_test(diffs, *, n_resamples: int = 100_000, seed: int = 0) -> float
     0.25
     """
     d = as_float_tensor(diffs, "diffs").double().flatten()
+    if float(d.abs().max()) > 0:
+        d = d / d.abs().max()  # the p-value does not depend on the unit; this keeps sums of 1e308s finite
     observed = abs(float(d.mean()))
     tol = 1e-12 * max(1.0, observed)  # equal means computed in another order must count as equal
     if len(d) <= 20:
@@ -254,7 +253,10 @@ def confidence_calibration(logits, y, *, n_bins: int = 15) -> ConfidenceCalibrat
     """
     y = _labels(y, "y")
     z = _logits(logits, len(y))
-    n_bins = check_int(n_bins, "n_bins", 1)
+    if int(y.min()) < 0 or int(y.max()) >= z.shape[1]:
+        raise ValueError(f"y holds labels {int(y.min())}..{int(y.max())}, outside the {z.shape[1]} classes of logits; "
+                         "pass the labels that go with these logits.")
+    n_bins = check_int(n_bins, "n_bins", 1, 10_000)
     probs = z.softmax(dim=1)
     conf, pred = probs.max(dim=1)
     right = (pred == y).double()
@@ -302,7 +304,8 @@ def pareto_front(points: Sequence[Mapping], *, maximize: Sequence[str] = ("accur
         missing = [k for k in keys if not isinstance(p, Mapping) or k not in p]
         if missing:
             raise ValueError(f"point {i} lacks {missing}; every point needs the keys {keys}.")
-        rows.append([float(p[k]) for k in maximize] + [-float(p[k]) for k in minimize])  # higher is better everywhere
+        value = {k: check_real(p[k], f"points[{i}][{k!r}]", allow_inf=True, example="0.93") for k in keys}  # NaN never dominates
+        rows.append([value[k] for k in maximize] + [-value[k] for k in minimize])  # higher is better everywhere
     front = []
     for i, a in enumerate(rows):
         dominated = any(all(x >= y for x, y in zip(b, a)) and any(x > y for x, y in zip(b, a))

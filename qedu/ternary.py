@@ -21,12 +21,11 @@ weights are normal or uniform. It is the fair post-training baseline to compare 
 from __future__ import annotations
 
 import copy
-import numbers
 
 import torch
 from torch import nn
 
-from qedu._validation import as_float_tensor, check_int
+from qedu._validation import as_float32, as_float_tensor, check_int, check_real
 
 __all__ = ["twn_quantize", "twn_ptq"]
 
@@ -43,18 +42,21 @@ def twn_quantize(w, axis: int = 0, delta_factor: float = 0.7) -> tuple[torch.Ten
         broadcast against ``w`` (size 1 except along ``axis``); ``w_hat = scale * q``. A slice
         whose weights are all 0 gets scale 0.
 
+    Raises:
+        TypeError / ValueError: ``w`` not finite float32-sized numbers of at least one dimension;
+        a bad ``axis``; ``delta_factor`` not a finite number >= 0.
+
     >>> q, scale = twn_quantize(torch.tensor([[1.0, 0.1], [0.0, 0.0]]))
     >>> (scale * q).tolist()
     [[1.0, 0.0], [0.0, 0.0]]
     """
-    w = as_float_tensor(w, "w").float()
+    w = as_float32(as_float_tensor(w, "w"), "w")
     if w.dim() == 0:
         raise ValueError("w must have at least one dimension (e.g. a Linear weight of shape (C_out, C_in)).")
     axis = check_int(axis, "axis", -w.dim(), w.dim() - 1) % w.dim()
-    if isinstance(delta_factor, bool) or not isinstance(delta_factor, numbers.Real) or not delta_factor >= 0:
-        raise ValueError(f"delta_factor must be a number >= 0 (TWN uses 0.7), got {delta_factor!r}.")
+    delta_factor = check_real(delta_factor, "delta_factor", 0, example="0.7, TWN's choice")
     others = [d for d in range(w.dim()) if d != axis]  # reduce over every dimension but axis
-    a = w.abs()
+    a = w.abs().double()  # means and sums of float32 values near 3.4e38 would overflow in float32
     delta = delta_factor * a.mean(dim=others, keepdim=True) if others else delta_factor * a
     keep = a > delta
     q = (torch.sign(w) * keep).to(torch.int8)

@@ -26,9 +26,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import numbers
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from qedu._validation import check_int
@@ -65,7 +67,12 @@ def encode(text: str) -> torch.Tensor:
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}.")
-    return torch.tensor(list(text.encode("utf-8")), dtype=torch.int64)
+    try:
+        data = text.encode("utf-8")
+    except UnicodeEncodeError as err:  # a lone surrogate such as "\ud800" has no UTF-8 bytes
+        raise ValueError(f"text holds {text[err.start:err.end]!r} at position {err.start}, which UTF-8 cannot encode "
+                         "(a lone surrogate); remove it, e.g. text.encode('utf-8', 'replace').decode().") from None
+    return torch.tensor(list(data), dtype=torch.int64)
 
 
 def decode(tokens) -> str:
@@ -75,10 +82,15 @@ def decode(tokens) -> str:
     'hé'
     """
     if isinstance(tokens, torch.Tensor):
+        if tokens.is_floating_point() or tokens.is_complex() or tokens.ndim > 1:
+            raise TypeError(f"tokens must be a 1-D integer tensor of byte values, got {tokens.dtype} {tuple(tokens.shape)}.")
         tokens = tokens.tolist()
+    if isinstance(tokens, (str, bytes)) or not all(isinstance(t, (numbers.Integral, np.integer))
+                                                   and not isinstance(t, bool) for t in tokens):
+        raise TypeError(f"tokens must be integers in 0..255 (a rounded 104.7 would be another byte), got {tokens!r:.80}.")
     try:
         data = bytes(int(t) for t in tokens)
-    except (TypeError, ValueError) as err:
+    except ValueError as err:
         raise ValueError(f"tokens must be integers in 0..255, got {tokens!r:.80}: {err}") from None
     return data.decode("utf-8", errors="replace")
 
@@ -114,7 +126,8 @@ def load_text(chunk_bytes: int = 4096) -> Text:
     shared between calls; do not modify them in place (slice or clone them).
 
     Args:
-        chunk_bytes: size of the chunks dealt to the splits (>= 256).
+        chunk_bytes: size of the chunks dealt to the splits (>= 256, and small enough for 20
+            chunks, so that every split gets one: at most 23,305 bytes).
 
     Returns:
         A :class:`Text` with ``train``, ``val`` and ``test`` int64 tensors.
@@ -122,11 +135,12 @@ def load_text(chunk_bytes: int = 4096) -> Text:
     >>> load_text().test.max() < 256
     tensor(True)
     """
-    return _load(check_int(chunk_bytes, "chunk_bytes", 256))
+    return _load(check_int(chunk_bytes, "chunk_bytes", 256, len(_corpus_bytes()) // 20))
 
 
 def _check_tokens(tokens) -> torch.Tensor:
-    if not isinstance(tokens, torch.Tensor) or tokens.ndim != 1 or tokens.is_floating_point():
+    if (not isinstance(tokens, torch.Tensor) or tokens.ndim != 1 or tokens.is_floating_point() or tokens.is_complex()
+            or tokens.dtype == torch.bool):
         raise TypeError(f"tokens must be a 1-D integer tensor (e.g. load_text().test), got {type(tokens).__name__} "
                         f"{tuple(getattr(tokens, 'shape', ()))}.")
     return tokens

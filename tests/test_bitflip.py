@@ -86,7 +86,7 @@ def test_exhaustive_search_finds_at_least_the_greedy_first_flip():
     greedy = bit_flip_attack(q, x, y, n_flips=1, top_k=5).flips[0]
     if greedy.layer == last:
         assert best.loss >= greedy.loss - 1e-9
-    with pytest.raises(ValueError, match="not quantized layers"):
+    with pytest.raises(ValueError, match="must name quantized layers"):
         exhaustive_flip_search(q, x, y, layers=["nope"])
 
 

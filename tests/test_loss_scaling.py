@@ -229,3 +229,15 @@ def test_delayed_scaling_counts_as_overflow_only_what_rounds_past_the_max():
     ds = DelayedScaling(FP8_E4M3)  # first call: scale 1
     ds.quantize(torch.tensor([448.0, 460.0, 464.0, 464.5, 2.0**-10, 2.0**-9, 0.0, 1.0]))
     assert ds.last_overflow == 1 / 8 and ds.last_underflow == 1 / 8
+
+
+def test_delayed_scaling_floors_a_tiny_amax_like_torchao():
+    """An activation of 1e-37 would need the scale 4.5e39 (beyond float32): the amax is floored at 1e-12."""
+    from qedu.formats import FP8_E4M3
+    from qedu.loss_scaling import AMAX_FLOOR, DelayedScaling
+
+    d = DelayedScaling(FP8_E4M3, history_len=4)
+    d.quantize(torch.full((4,), 1e-37))
+    assert d.scale == pytest.approx(FP8_E4M3.max / AMAX_FLOOR)
+    y = d.quantize(torch.full((4,), 1e-37))
+    assert torch.isfinite(y).all()

@@ -52,7 +52,7 @@ def test_attack_on_a_model_that_memorised_is_perfect_and_on_a_coin_is_zero():
 
 
 def test_bad_input_is_a_clear_error():
-    with pytest.raises(ValueError, match="one label per image"):
+    with pytest.raises(ValueError, match="one label per input"):
         per_example_loss(nn.Linear(3, 2), torch.zeros(4, 3), torch.zeros(3, dtype=torch.long))
     with pytest.raises(TypeError, match="nn.Module"):
         per_example_loss("model", torch.zeros(4, 3), torch.zeros(4, dtype=torch.long))

@@ -311,3 +311,13 @@ def test_lesson06_e5m2_shares_only_fp16s_normal_range():
     assert FP8_E5M2.min_subnormal == 2.0**-16 and FP16.min_subnormal == 2.0**-24
     assert FP8_E5M2.min_subnormal / FP16.min_subnormal == 256  # "gradients underflow 256 times sooner"
     assert cast(torch.tensor(2.0**-20), FP8_E5M2).item() == 0 < cast(torch.tensor(2.0**-20), FP16).item()
+
+
+def test_gradstats_counts_an_overflow_only_when_the_value_rounds_past_the_max():
+    """e4m3fn (saturating in qedu's cast): 448 is the max, 464 ties down to it, above 464 overflows."""
+    from qedu.floats import FP8_E4M3, cast
+    from qedu.mixed_precision import GradStats
+
+    before = torch.tensor([448.0, 450.0, 464.0, 465.0, 1e4, float("inf")])
+    stats = GradStats.count(before, cast(before, FP8_E4M3), FP8_E4M3)
+    assert stats.overflow == 3, stats
