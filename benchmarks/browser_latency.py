@@ -12,7 +12,12 @@ back over the websocket and the browser decodes it.
 
 Needs Chromium (/usr/bin/chromium or QEDU_CHROMIUM) and the playwright package.
 
+Every lesson in lessons/ is measured; MOVES below only says which control to move where the
+default (the first dropdown of the first widget, or its first slider if it has none) is not the
+telling one.
+
 Usage: python benchmarks/browser_latency.py [--moves N]  ->  benchmarks/results/browser_latency.{json,md}
+       python benchmarks/browser_latency.py --moves 2 --only 12   (those lessons; prints, writes nothing)
 """
 from __future__ import annotations
 
@@ -24,11 +29,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT))
-from _common import machine, summary, write  # noqa: E402
+from _common import lesson_slugs, machine, main_widget, summary, write  # noqa: E402
 
 # lesson -> (what to move, its label, the two settings to alternate between). Kinds: "slider"
 # (two keys pressed on its handle), "select" (two options of a dropdown; None: another option and the current one),
-# "toggle" (two buttons of a ToggleButtons).
+# "toggle" (two buttons of a ToggleButtons). A lesson not listed gets DEFAULT_MOVE.
+DEFAULT_MOVE = ("select", None, None)
 MOVES = {
     "00_welcome": ("slider", "bits", ("ArrowLeft", "ArrowRight")),
     "01_number_formats": ("select", "format", ("BF16", "FP16")),
@@ -67,12 +73,14 @@ ARM = """panel => {
 def lesson_latency(page, server, lesson: str, n_moves: int) -> dict:
     from tests.browser import LessonPage
 
-    kind, label, settings = MOVES[lesson]
+    kind, label, settings = MOVES.get(lesson, DEFAULT_MOVE)
     nb = LessonPage(page, server, f"lessons/{lesson}.ipynb")
     nb.run_all(timeout_ms=300_000)
     if nb.errors():
         raise RuntimeError(f"{lesson} raised while running: {nb.errors()[0][:300]}")
     panel = nb.panel(0)
+    if (kind, label, settings) == DEFAULT_MOVE and panel.locator(".widget-dropdown").count() == 0:
+        kind, settings = "slider", ("ArrowLeft", "ArrowRight")  # no dropdown: its first slider
     if kind == "select":
         scope = panel.locator(".widget-dropdown", has_text=label) if label else panel.locator(".widget-dropdown").first
         select = scope.locator("select").first
@@ -84,7 +92,9 @@ def lesson_latency(page, server, lesson: str, n_moves: int) -> dict:
         name = label or select.evaluate("s => s.closest('.widget-dropdown').querySelector('label').innerText")
         description = f"dropdown {name!r}"
     elif kind == "slider":
-        handle = panel.locator(".widget-slider", has_text=label).locator(".noUi-handle").first
+        sliders = panel.locator(".widget-slider", has_text=label) if label else panel.locator(".widget-slider")
+        handle = sliders.first.locator(".noUi-handle").first
+        label = label or sliders.first.locator("label").first.inner_text()
         description = f"slider {label!r} (arrow keys)"
     else:
         description = "toggle buttons"
@@ -113,7 +123,11 @@ def lesson_latency(page, server, lesson: str, n_moves: int) -> dict:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--moves", type=int, default=10, help="moves per lesson (alternating between two settings)")
+    parser.add_argument("--only", action="append", default=[], metavar="PREFIX",
+                        help="only the lessons whose name starts with PREFIX (repeatable); prints, writes no results")
     args = parser.parse_args(argv)
+    lessons = [name for name in lesson_slugs() if (not args.only or name.startswith(tuple(args.only)))
+               and main_widget(name) is not None]  # a lesson without a widget has nothing to move
     from tests.browser import CHROMIUM, CHROMIUM_ARGS, LabServer
 
     if not Path(CHROMIUM).exists():
@@ -130,7 +144,7 @@ def main(argv=None) -> int:
         try:
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
-                for lesson in MOVES:
+                for lesson in lessons:
                     context = browser.new_context(viewport={"width": 1280, "height": 1400})
                     result = lesson_latency(context.new_page(), server, lesson, args.moves)
                     context.close()
@@ -158,7 +172,10 @@ def main(argv=None) -> int:
         "new figure: from the user event to the widget's image receiving the new PNG (browser -> kernel -> "
         "redraw -> browser); decoded: until that PNG is decoded and ready to paint.",
     ])
-    write("browser_latency", payload, md)
+    if args.only:
+        print("(not written: --only)")
+    else:
+        write("browser_latency", payload, md)
     return 0
 
 

@@ -6,34 +6,24 @@ middle, both states of a toggle), twice over, and `panel.last_update_ms` is reco
 move. The first pass includes cache misses; the table reports all moves and the second pass
 (warm) separately.
 
+Every lesson in lessons/ is covered: its main widget is the first one its notebook builds
+(see ``_common.main_widget``), so a new lesson joins the table without editing this file.
+
 Usage: python benchmarks/widgets.py   ->  benchmarks/results/widgets.{json,md}
+       python benchmarks/widgets.py --only 02 --only 10   (those lessons; prints, writes nothing)
 """
 from __future__ import annotations
 
+import argparse
 import importlib
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine, summary, write  # noqa: E402
+from _common import lesson_slugs, machine, main_widget, summary, write  # noqa: E402
 
 import qedu  # noqa: E402
-
-# lesson -> (module, builder); later lessons add their main widget here
-WIDGETS = {
-    "00_welcome": ("qedu.widgets.welcome", "bits_demo"),
-    "01_number_formats": ("qedu.widgets.formats", "format_explorer"),
-    "02_uniform_quantization": ("qedu.widgets.quantization", "quantization_explorer"),
-    "03_calibration": ("qedu.widgets.ptq", "calibration_explorer"),
-    "04_post_training_quantization": ("qedu.widgets.ptq", "ptq_explorer"),
-    "05_quantization_aware_training": ("qedu.widgets.qat", "qat_trainer"),
-    "06_mixed_precision_training": ("qedu.widgets.training", "mixed_precision_lab"),
-    "07_low_bit_optimizers_and_memory": ("qedu.widgets.training", "memory_planner"),
-    "08_evaluating_quantized_models": ("qedu.widgets.evaluation", "evaluation_explorer"),
-    "09_data_quality_and_security": ("qedu.widgets.evaluation", "calibration_explorer"),
-}
-
 
 def control_values(widget) -> list:
     """The values a benchmark (or a test) moves a control through, ending at its start value."""
@@ -72,14 +62,22 @@ def measure(builder) -> tuple[list[float], list[float], list[float]]:
     return all_ms, warm_ms, cpu_ms
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", default=[], metavar="PREFIX",
+                        help="only the lessons whose name starts with PREFIX (repeatable); prints, writes no results")
+    parser.add_argument("--dry-run", action="store_true", help="print the table, write no results")
+    args = parser.parse_args(argv)
     qedu.setup(seed=0)
     rows, payload = [], {"machine": machine(), "widgets": {}}
-    for lesson, (module, name) in WIDGETS.items():
-        try:
-            builder = getattr(importlib.import_module(module), name)
-        except (ImportError, AttributeError):
-            continue  # lesson not written yet
+    for lesson in lesson_slugs():
+        if args.only and not lesson.startswith(tuple(args.only)):
+            continue
+        found = main_widget(lesson)
+        if found is None:
+            continue  # a lesson without a widget
+        module, name = found
+        builder = getattr(importlib.import_module(module), name)
         all_ms, warm_ms, cpu_ms = measure(builder)
         a, w, c = summary(all_ms), summary(warm_ms), summary(cpu_ms)
         payload["widgets"][lesson] = {"widget": f"{module}.{name}", "all_moves": a, "warm": w, "cpu": c}
@@ -98,7 +96,10 @@ def main() -> None:
         "|---|---|---|---|---|---|---|---|",
         *rows,
     ])
-    write("widgets", payload, md)
+    if args.only or args.dry_run:
+        print("(not written: --only/--dry-run)")
+    else:
+        write("widgets", payload, md)
 
 
 if __name__ == "__main__":

@@ -32,6 +32,7 @@ from qedu._validation import (as_float32, as_float_tensor, check_int, check_modu
                               to_model_dtype)
 from qedu.formats import IntFormat
 from qedu.granularity import PerChannel
+from qedu.optim import _LeanAdam
 from qedu.ptq import QUANTIZABLE, fold_batchnorm, quantizable_layers
 from qedu.quantizers import choose_qparams, dequantize, quantize
 
@@ -130,7 +131,7 @@ def adaround_layer(layer: nn.Module, x: torch.Tensor, target: torch.Tensor, scal
     frac = (w_scaled - w_floor).clamp(0.01, 0.99)
     p = (frac - GAMMA) / (ZETA - GAMMA)  # start where h(v) = the fractional part: RTN, softly
     v = torch.log(p / (1 - p)).requires_grad_(True)
-    optimizer = torch.optim.Adam([v], lr=lr)
+    optimizer = _LeanAdam([v], lr=lr)  # torch.optim.Adam's update
     zp = zero_point.to(torch.float32)
     warm = int(warmup * iters)
     for step in range(iters):

@@ -20,9 +20,12 @@ Digits(train=1437, calib=256, test=360, classes=10, seed=0)
 from __future__ import annotations
 
 import functools
+import gzip
+import importlib.util
 import math
 import numbers
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator, Sequence
 
 import numpy as np
@@ -69,17 +72,78 @@ class Digits:
         )
 
 
+def _digits_file() -> Path | None:
+    """Where scikit-learn keeps its bundled digits (``sklearn/datasets/data/digits.csv.gz``), found
+    without importing scikit-learn: importing it (with SciPy) costs a kernel about 75 MiB."""
+    spec = importlib.util.find_spec("sklearn")  # a top-level package: found, not imported
+    for folder in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(folder) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            return path
+    return None
+
+
 @functools.lru_cache(maxsize=1)
 def _raw_digits() -> tuple[np.ndarray, np.ndarray]:
-    """The bundled images ``(1797, 1, 8, 8)`` float32 in [0, 1] and labels int64, read-only."""
-    from sklearn.datasets import load_digits as _sk_load_digits  # bundled file, no download
+    """The bundled images ``(1797, 1, 8, 8)`` float32 in [0, 1] and labels int64, read-only.
 
-    bunch = _sk_load_digits()
-    x = (bunch.data.astype(np.float32) / _PIXEL_MAX).reshape(-1, 1, 8, 8)  # (N, 64) -> (N, 1, 8, 8)
-    y = bunch.target.astype(np.int64)
+    Reads the file as ``sklearn.datasets.load_digits`` does (gzip, then ``np.loadtxt``): the same
+    numbers (tests/test_data.py compares them), without importing scikit-learn.
+    """
+    path = _digits_file()
+    if path is None:  # an unusual install: let scikit-learn find its file
+        from sklearn.datasets import load_digits as _sk_load_digits  # bundled file, no download
+
+        bunch = _sk_load_digits()
+        data, target = bunch.data, bunch.target
+    else:
+        with gzip.open(path, mode="rt", encoding="utf-8") as f:
+            table = np.loadtxt(f, delimiter=",")
+        data, target = table[:, :-1], table[:, -1].astype(int)
+    x = (data.astype(np.float32) / _PIXEL_MAX).reshape(-1, 1, 8, 8)  # (N, 64) -> (N, 1, 8, 8)
+    y = target.astype(np.int64)
     x.setflags(write=False)
     y.setflags(write=False)
     return x, y
+
+
+def _approximate_mode(class_counts: np.ndarray, n_draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of ``n_draws`` to take from each class: the floor of its share, then one more for
+    the classes with the largest remainders (ties broken with ``rng``). scikit-learn's algorithm
+    (``sklearn.utils.extmath._approximate_mode``), step for step, so the split is the same."""
+    continuous = class_counts / class_counts.sum() * n_draws
+    floored = np.floor(continuous)
+    need_to_add = int(n_draws - floored.sum())
+    if need_to_add > 0:
+        remainder = continuous - floored
+        for value in np.sort(np.unique(remainder))[::-1]:
+            (inds,) = np.where(remainder == value)
+            add_now = min(len(inds), need_to_add)
+            floored[rng.choice(inds, size=add_now, replace=False)] += 1
+            need_to_add -= add_now
+            if need_to_add == 0:
+                break
+    return floored.astype(int)
+
+
+def _stratified_split(y: np.ndarray, test_size: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train and test indices with every class in both parts in proportion: what
+    ``sklearn.model_selection.train_test_split(np.arange(len(y)), test_size=test_size, stratify=y,
+    random_state=seed)`` returns (its StratifiedShuffleSplit, step for step; tests/test_data.py
+    compares the two), without importing scikit-learn."""
+    rng = np.random.RandomState(seed)
+    n_test = math.ceil(test_size * len(y))
+    n_train = len(y) - n_test
+    _, y_indices, class_counts = np.unique(y, return_inverse=True, return_counts=True)
+    class_indices = np.split(np.argsort(y_indices, kind="stable"), np.cumsum(class_counts)[:-1])
+    n_i = _approximate_mode(class_counts, n_train, rng)
+    t_i = _approximate_mode(class_counts - n_i, n_test, rng)
+    train, test = [], []
+    for i in range(len(class_counts)):
+        members = class_indices[i].take(rng.permutation(class_counts[i]), mode="clip")
+        train.extend(members[: n_i[i]])
+        test.extend(members[n_i[i]: n_i[i] + t_i[i]])
+    return rng.permutation(train), rng.permutation(test)
 
 
 def _check_test_size(test_size, n_total: int, n_classes: int) -> float:
@@ -100,10 +164,8 @@ def _check_test_size(test_size, n_total: int, n_classes: int) -> float:
 @functools.lru_cache(maxsize=32)
 def _split_indices(seed: int, test_size: float, n_calib: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Indices into the raw data: (train, test, calib-within-train), cached per configuration."""
-    from sklearn.model_selection import train_test_split
-
     _, y = _raw_digits()
-    idx_train, idx_test = train_test_split(np.arange(len(y)), test_size=test_size, stratify=y, random_state=seed)
+    idx_train, idx_test = _stratified_split(y, test_size, seed)
     idx_calib = _pick(
         torch.from_numpy(y[idx_train]), n_calib, seed=seed, balanced=True, classes=None, n_name="n_calib"
     ).numpy()

@@ -45,6 +45,7 @@ from torch.nn.utils import parametrize
 from qedu._validation import FLOAT32_MAX, FLOAT32_TINY, check_int, check_real
 from qedu.accumulation import kahan_add
 from qedu.data import batches
+from qedu.optim import _LeanAdam
 from qedu.floats import FP16, FloatFormat, cast
 from qedu.loss_scaling import DelayedScaling, DynamicLossScaler, StaticLossScaler
 from qedu.models import evaluate, make_mlp
@@ -397,7 +398,7 @@ def train_simulated(model: nn.Module, data, precision: Precision, *, epochs: int
     sim = simulate(model, precision, backend)
     order = torch.Generator().manual_seed(check_int(seed, "seed", 0, 2**32 - 1))  # batch order
     rounding = torch.Generator().manual_seed(seed + 1)  # stochastic rounding of the weights
-    optimizer = torch.optim.Adam(sim.parameters(), lr=lr, eps=_ADAM_EPS / loss_divisor)
+    optimizer = _LeanAdam(sim.parameters(), lr=lr, eps=_ADAM_EPS / loss_divisor)  # torch.optim.Adam's update
     run = SimulatedRun(precision, sim)
     start = time.perf_counter()
     for _epoch in range(epochs):

@@ -159,6 +159,56 @@ def _dequantize(q: torch.Tensor, absmax: torch.Tensor, levels: torch.Tensor, blo
     return x_hat.reshape(-1)[:n].reshape(q.shape)
 
 
+class _LeanAdam:
+    """``torch.optim.Adam`` (fp32 states, the default single-tensor update) without torch.optim's machinery.
+
+    Constructing any ``torch.optim.Optimizer`` imports ``torch._dynamo`` (its ``add_param_group``
+    is wrapped in ``torch._disable_dynamo``), which costs a lesson's kernel about 70 MiB. qedu's
+    own training loops (:func:`qedu.models.train`, AdaRound, :func:`qedu.mixed_precision.train_simulated`)
+    use this class instead: the same arithmetic, op for op, so the same weights bit for bit
+    (tests/test_optim.py compares it with ``torch.optim.Adam``). It has what those loops and
+    :class:`~qedu.loss_scaling.DynamicLossScaler` use: ``param_groups``, ``state``,
+    :meth:`zero_grad` and :meth:`step`.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        self.param_groups = [{"params": list(params), "lr": lr, "betas": tuple(betas), "eps": eps,
+                              "weight_decay": weight_decay}]
+        self.state: dict = {}
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.param_groups[0]["params"]:
+            if p.grad is not None:
+                if set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.detach_().zero_()
+
+    @torch.no_grad()
+    def step(self) -> None:
+        group = self.param_groups[0]
+        lr, (beta1, beta2), eps, wd = group["lr"], group["betas"], group["eps"], group["weight_decay"]
+        for p in group["params"]:
+            if p.grad is None:
+                continue
+            state = self.state.setdefault(p, {})
+            if not state:  # torch keeps the step count in a float32 tensor
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            grad, m, v = p.grad, state["exp_avg"], state["exp_avg_sq"]
+            state["step"] += 1
+            if wd != 0:
+                grad = grad.add(p, alpha=wd)
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            t = state["step"].item()
+            step_size = lr / (1 - beta1**t)
+            denom = (v.sqrt() / (1 - beta2**t) ** 0.5).add_(eps)
+            p.addcdiv_(m, denom, value=-step_size)
+
+
 class Adam(torch.optim.Optimizer):
     """Adam whose ``m`` and ``v`` are stored in fp32 or 8 bits (block-wise, see the module docstring).
 

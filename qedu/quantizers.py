@@ -73,10 +73,9 @@ def _check_x(x, name: str = "x") -> torch.Tensor:
 
 
 def _broadcasts_to(t: torch.Tensor, shape, name: str) -> None:
-    try:
-        ok = torch.broadcast_shapes(t.shape, shape) == torch.Size(shape)
-    except RuntimeError:
-        ok = False
+    # t broadcasts to shape when, aligned from the right, each of its sizes is 1 or shape's size. (Not
+    # torch.broadcast_shapes: its first call imports SymPy, ~31-34 MiB per kernel.)
+    ok = t.dim() <= len(shape) and all(a == 1 or a == b for a, b in zip(reversed(t.shape), reversed(tuple(shape))))
     if not ok:
         raise ValueError(
             f"{name} has shape {tuple(t.shape)}, which does not broadcast to x's shape {tuple(shape)}; "

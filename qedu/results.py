@@ -78,9 +78,12 @@ def lesson_performance_table() -> str:
     widgets = load_results("widgets")["widgets"]
     browser = load_results("browser_latency")["lessons"]
     lessons = load_results("lessons")["lessons"]
+    from qedu.curriculum import LESSONS
+
     rows = ["| lesson | widget update, kernel (median ms) | control -> new figure, browser (median ms) "
             "| run all (s) | kernel peak RSS (MiB) |", "|---|---|---|---|---|"]
-    for lesson in sorted(set(widgets) | set(browser) | set(lessons)):
+    ready = {lesson.slug for lesson in LESSONS if lesson.ready}  # a lesson not measured yet shows as a row of "-"
+    for lesson in sorted(ready | set(widgets) | set(browser) | set(lessons)):
         kernel = widgets.get(lesson, {}).get("all_moves", {}).get("median_ms")
         page = browser.get(lesson, {}).get("new_figure", {}).get("median_ms")
         run = lessons.get(lesson, {})

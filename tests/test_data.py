@@ -25,6 +25,35 @@ def test_shapes_dtypes_and_sizes(data):
     assert repr(data) == "Digits(train=1437, calib=256, test=360, classes=10, seed=0)"
 
 
+@pytest.mark.parametrize("seed", [0, 1, 7, 12345, 2**32 - 1])
+@pytest.mark.parametrize("test_size", [0.2, 0.05, 1 / 3, 0.5, 0.9])
+def test_split_and_pixels_are_scikit_learns_without_importing_it(seed, test_size):
+    """qedu reads the bundled digits and splits them itself (importing scikit-learn and SciPy costs a
+    kernel ~75 MiB); the numbers must be exactly what sklearn's load_digits and train_test_split give."""
+    from sklearn.datasets import load_digits as sk_load_digits
+    from sklearn.model_selection import train_test_split
+
+    from qedu.data import _raw_digits, _stratified_split
+
+    x, y = _raw_digits()
+    bunch = sk_load_digits()
+    assert np.array_equal(x, (bunch.data.astype(np.float32) / 16).reshape(-1, 1, 8, 8)) and np.array_equal(y, bunch.target)
+    ours = _stratified_split(y, test_size, seed)
+    theirs = train_test_split(np.arange(len(y)), test_size=test_size, stratify=y, random_state=seed)
+    for a, b in zip(ours, theirs):
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+
+
+def test_loading_the_digits_does_not_import_scikit_learn():
+    import subprocess
+    import sys
+
+    code = ("import sys, qedu.data, qedu.widgets.welcome as w; qedu.data.load_digits(seed=0); w.bits_demo(); "
+            "print(sorted(m for m in ('sklearn', 'scipy') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_pixels_are_sixteenths_in_unit_range(data):
     x = torch.cat([data.x_train, data.x_test])
     assert float(x.min()) == 0.0 and float(x.max()) == 1.0

@@ -471,3 +471,32 @@ def test_adam8bit_trajectory_against_bitsandbytes_pins_the_design_differences(mo
     assert int((gaps[first] > 0).sum()) < 50  # a handful of weights, lerp_ rounding ...
     assert float(gaps[first].max()) <= 2.0**-23 * 4  # ... by one ulp of numbers in [-4, 4]
     assert float(max(g.max() for g in gaps)) < 2e-4
+
+
+@pytest.mark.parametrize("kwargs", [{}, {"lr": 0.01, "weight_decay": 1e-4}, {"lr": 3e-3, "betas": (0.8, 0.99), "eps": 1e-6}])
+def test_lean_adam_is_torch_adam_bit_for_bit(kwargs):
+    """qedu's training loops use _LeanAdam (torch.optim would import torch._dynamo, ~70 MiB per kernel)."""
+    from qedu.optim import _LeanAdam
+
+    g = torch.Generator().manual_seed(0)
+    ours, theirs = (torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)) for _ in range(2))
+    theirs.load_state_dict(ours.state_dict())
+    opt_ours, opt_theirs = _LeanAdam(ours.parameters(), **kwargs), torch.optim.Adam(theirs.parameters(), **kwargs)
+    for _ in range(30):
+        x, y = torch.randn(32, 8, generator=g), torch.randint(0, 3, (32,), generator=g)
+        for model, opt in ((ours, opt_ours), (theirs, opt_theirs)):
+            opt.zero_grad(set_to_none=True)
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    for a, b in zip(ours.parameters(), theirs.parameters()):
+        assert torch.equal(a, b)
+
+
+def test_training_a_lesson_model_does_not_import_torch_dynamo():
+    import subprocess
+    import sys
+
+    code = ("import sys, qedu; from qedu.data import load_digits; from qedu.models import make_mlp, train; "
+            "train(make_mlp(seed=0), load_digits(seed=0), epochs=1); print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -280,3 +280,31 @@ def test_stacked_figure_refuses_bad_heights():
         StackedFigure([])
     with pytest.raises(ValueError, match="heights"):
         StackedFigure([1.0, 0.0])
+
+
+
+def _titled() -> LiveFigure:
+    """A figure with an animated title and an animated line that can cross the title's box (at y = 1.1)."""
+    fig = LiveFigure(figsize=(4.0, 2.0), dpi=60)
+    fig.axes.set_ylim(0, 1)
+    fig.axes.set_title("a")
+    (line,) = fig.axes.plot([0, 1], [0.5, 0.5], clip_on=False, lw=4)
+    fig.animate(line, fig.axes.title)  # the line first: the title's pixels depend on where it is
+    fig.render()
+    return fig
+
+
+def test_cached_texts_give_the_same_bytes_as_drawing_them():
+    """LiveFigure reuses a text's pixels when the same text lands on the same pixels; it must be exact."""
+    cached, drawn = _titled(), _titled()
+    path = [("b", 0.5), ("a", 0.5), ("a", 1.1), ("b", 1.1), ("a", 0.5), ("a", 1.1), ("b", 0.5), ("b", 1.1)]
+    pngs = set()
+    for text, y in path:  # after the first visit of a state, `cached` pastes the title's pixels
+        for fig in (cached, drawn):
+            fig.axes.title.set_text(text)
+            fig.animated[0].set_ydata([y, y])
+        drawn._texts.clear()  # always draws the text
+        assert cached.render() == drawn.render(), (text, y)
+        pngs.add(cached.png)
+    assert len(pngs) == 4  # the four states differ
+    assert len(cached._texts) == 4  # one patch per (text, pixels under it)

@@ -72,12 +72,20 @@ def test_custom_weights_are_offered_only_the_granularities_that_fit():
         quantization_explorer(torch.randn(8))
 
 
+def _drawn(line):
+    """The horizontal segments one NaN-separated line draws: [(x0, x1, y)]."""
+    x, y = (list(map(float, v)) for v in line.get_data())
+    assert len(x) % 3 == 0 and all(v != v for v in x[2::3] + y[2::3])  # NaN after each segment lifts the pen
+    assert y[0::3] == y[1::3]  # horizontal
+    return list(zip(x[0::3], x[1::3], y[0::3]))
+
+
 def _row_levels(panel):
-    """row -> the sorted set of level heights drawn in its small plot, and the set of grid runs."""
+    """row -> the set of level heights drawn in its small plot, and the set of grid runs."""
     out = {}
-    for row, _ax, levels in panel._slices:
-        segs = levels.get_segments()  # the levels in view (blue), the grid's ends among them in red
-        out[row] = ({round(float(s[0][1]), 7) for s in segs}, {(float(s[0][0]), float(s[1][0])) for s in segs})
+    for row, _ax, levels, ends in panel._slices:
+        segs = _drawn(levels) + _drawn(ends)  # the levels in view (blue), the grid's ends among them (red)
+        out[row] = ({round(y, 7) for _, _, y in segs}, {(a, b) for a, b, _ in segs})
     return out
 
 
@@ -120,8 +128,8 @@ def test_granularity_shows_each_slice_its_grid_scale_and_error(panel):
 def test_levels_too_dense_to_draw_leave_the_grid_ends(panel):
     panel.controls["granularity"].value = "per-channel"
     panel.controls["bits"].value = 8
-    for _, _, levels in panel._slices:  # two red segments each: the ends of the row's grid
-        assert len(levels.get_segments()) == 2 and all(color[0] > 0.5 for color in levels.get_colors())
+    for _, _, levels, ends in panel._slices:  # two red segments each: the ends of the row's grid
+        assert _drawn(levels) == [] and len(_drawn(ends)) == 2 and ends.get_color()[0] > 0.5
     panel.controls["bits"].value = 4
     panel.controls["granularity"].value = "per-tensor"
 

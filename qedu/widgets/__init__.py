@@ -16,6 +16,7 @@ without a browser::
 """
 from __future__ import annotations
 
+import hashlib
 import html
 import struct
 import time
@@ -26,7 +27,9 @@ from typing import Callable, Mapping
 import ipywidgets as W
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_rgba
 from matplotlib.figure import Figure
+from matplotlib.text import Text
 from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 __all__ = ["LiveFigure", "StackedFigure", "Panel", "encode_png", "decode_png", "not_current_png", "plain_log_ticks",
@@ -86,8 +89,52 @@ def encode_png(rgba: np.ndarray, level: int = 1) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
     header = struct.pack(">IIBBBBB", w, h, 8, 6, 0, 0, 0)  # 8 bits per channel, colour type 6 = RGBA
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), level))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows, level))
             + chunk(b"IEND", b""))
+
+
+_TEXT_CACHE_SIZE = 128  # patches per figure (each a few KiB): plenty for the titles a widget cycles through
+_PAD = 3  # pixels around a text's extent that its antialiased glyphs may touch
+
+
+def _draw_animated(figure: Figure, artists, cache: dict) -> None:
+    """Draw ``artists`` in order over the figure's canvas, reusing the pixels of texts drawn before.
+
+    Drawing a text (laying out and rasterising its glyphs) takes 1-2 ms, often the slowest part of
+    a widget's redraw, while a title cycles through a handful of strings. So for each animated
+    :class:`~matplotlib.text.Text` the pixels of its box are kept after drawing, keyed on the
+    text, its style and position and the exact pixels under it before drawing; the next time the
+    same text lands on the same pixels, they are pasted back instead. The result is the same
+    bytes as drawing it (tests/test_widgets.py holds this).
+    """
+    pixels = None
+    for artist in artists:
+        if not (isinstance(artist, Text) and artist.get_visible() and artist.get_text()
+                and artist.get_bbox_patch() is None and not artist.get_path_effects()):
+            figure.draw_artist(artist)
+            continue
+        if pixels is None:
+            pixels = np.asarray(figure.canvas.buffer_rgba())  # a writable view of the canvas
+        box = artist.get_window_extent(figure.canvas.get_renderer())
+        h, w = pixels.shape[:2]
+        x0, x1 = max(int(np.floor(box.x0)) - _PAD, 0), min(int(np.ceil(box.x1)) + _PAD, w)
+        y0, y1 = max(h - int(np.ceil(box.y1)) - _PAD, 0), min(h - int(np.floor(box.y0)) + _PAD, h)
+        if x0 >= x1 or y0 >= y1:
+            figure.draw_artist(artist)
+            continue
+        clip = artist.get_clip_box().bounds if artist.get_clip_on() and artist.get_clip_box() is not None else None
+        key = (id(artist), artist.get_text(), x0, x1, y0, y1, to_rgba(artist.get_color(), artist.get_alpha()),
+               hash(artist.get_fontproperties()), artist.get_rotation(), artist.get_horizontalalignment(),
+               artist.get_verticalalignment(), artist.get_zorder(), clip,
+               hashlib.blake2b(pixels[y0:y1, x0:x1].tobytes(), digest_size=16).digest())
+        patch = cache.get(key)
+        if patch is None:
+            figure.draw_artist(artist)
+            if len(cache) >= _TEXT_CACHE_SIZE:
+                cache.clear()
+            cache[key] = pixels[y0:y1, x0:x1].copy()
+        else:
+            pixels[y0:y1, x0:x1] = patch
 
 
 class LiveFigure:
@@ -114,6 +161,7 @@ class LiveFigure:
         self.png = b""
         self.animated: list = []
         self._background = None
+        self._texts: dict = {}  # see _draw_animated
 
     def animate(self, *artists):
         """Mark artists as moving (drawn on every render, over a cached background)."""
@@ -131,12 +179,10 @@ class LiveFigure:
             canvas.draw()  # lays out and draws everything that is not animated
             self.figure.set_layout_engine("none")  # freeze the layout: the background must not move
             self._background = canvas.copy_from_bbox(self.figure.bbox)
-            for artist in self.animated:
-                self.figure.draw_artist(artist)
+            _draw_animated(self.figure, self.animated, self._texts)
         else:
             canvas.restore_region(self._background)
-            for artist in self.animated:
-                self.figure.draw_artist(artist)
+            _draw_animated(self.figure, self.animated, self._texts)
         self.png = encode_png(np.asarray(canvas.buffer_rgba()))
         self.image.value = self.png
         return self.png
@@ -169,6 +215,7 @@ class StackedFigure:
         self._pixels: list[np.ndarray | None] = [None] * len(heights)
         self._background: list = [None] * len(heights)
         self._stale = ["full"] * len(heights)
+        self._texts: list[dict] = [{} for _ in heights]  # see _draw_animated
 
     def animate(self, strip: int, *artists):
         """Mark artists of strip ``strip`` as moving (drawn on every render of it, over its background)."""
@@ -196,8 +243,7 @@ class StackedFigure:
                 self._background[i] = canvas.copy_from_bbox(fig.bbox)
             else:
                 canvas.restore_region(self._background[i])
-            for artist in self.animated[i]:
-                fig.draw_artist(artist)
+            _draw_animated(fig, self.animated[i], self._texts[i])
             self._pixels[i] = np.array(canvas.buffer_rgba())  # a copy: the canvas is drawn over later
             self._stale[i] = None
         self.png = encode_png(np.concatenate(self._pixels, axis=0))

@@ -77,10 +77,13 @@ def block_format_explorer(weight: torch.Tensor | None = None, name: str = "block
     Args:
         weight: a 2-D weight (default: the shipped tinylm's ``name``).
     """
-    if weight is None:
-        from qedu.models import load_tinylm
+    if weight is None:  # one tensor of the checked file, without building the whole model
+        from qedu.models import TINYLM_SHA256, _tinylm_state, tinylm_path
 
-        weight = load_tinylm().get_submodule(name.rsplit(".", 1)[0]).weight.detach()
+        state = _tinylm_state(tinylm_path(), TINYLM_SHA256)
+        if name not in state:
+            raise ValueError(f"name must be one of the shipped tinylm's weights, such as 'blocks.0.fc1.weight'; got {name!r}.")
+        weight = state[name].to(torch.float32)
     cache: dict = {}
     fig = LiveFigure(1, 1, figsize=(8.0, 3.0))
     ax = fig.axes

@@ -9,12 +9,12 @@ out); :func:`quantization_explorer` wraps it in a :class:`~qedu.widgets.Panel`.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import NamedTuple
 
 import ipywidgets as W
 import numpy as np
 import torch
-from matplotlib.collections import LineCollection
 from matplotlib.ticker import NullLocator
 
 from qedu._validation import as_float_tensor, check_int
@@ -140,6 +140,22 @@ def slice_grids(w: torch.Tensor, r: WeightQuantization, bits: int, row: int) -> 
     return [(int(a), int(b), (codes - zero_point[a]) * scale[a]) for a, b in zip(starts, ends)]
 
 
+def _segments(x0, x1, ys) -> tuple[np.ndarray, np.ndarray]:
+    """x and y data of one line that draws a segment from ``x0`` to ``x1`` at each height in ``ys``
+    (NaN between segments lifts the pen): one artist for many lines draws much faster than many.
+    ``x0`` and ``x1`` are numbers or arrays as long as ``ys``.
+
+    >>> _segments(0, 1, [2.0, 3.0])[1]
+    array([ 2.,  2., nan,  3.,  3., nan])
+    """
+    ys = np.asarray(ys, dtype=float)
+    x = np.empty((len(ys), 3))
+    x[:, 0], x[:, 1], x[:, 2] = x0, x1, np.nan
+    y = np.repeat(ys, 3)
+    y[2::3] = np.nan
+    return x.reshape(-1), y
+
+
 def _fits(granularity, w: torch.Tensor) -> bool:
     """Whether ``granularity`` can cut ``w`` (per-group needs the group size to divide the last axis)."""
     return not isinstance(granularity, PerGroup) or w.shape[-1] % granularity.group_size == 0
@@ -172,8 +188,8 @@ def quantization_explorer(weights=None) -> Panel:
                      gridspec_kw={"height_ratios": [1.25, 1]})
     ax_h, ax_c = fig.axes["H"], fig.axes["S"]
     ax_h.stairs(counts, edges, fill=True, color="0.75", label="weights")
-    grid = LineCollection([], colors="C0", linewidths=0.6, alpha=0.45, transform=ax_h.get_xaxis_transform())
-    ax_h.add_collection(grid)
+    (grid,) = ax_h.plot([], [], color="C0", lw=0.6, alpha=0.45, solid_capstyle="butt",
+                        transform=ax_h.get_xaxis_transform())  # every level: one vertical line each, one artist
     clip_lines = [ax_h.axvline(0.0, color="C3", ls="--", lw=1) for _ in range(2)]
     title = ax_h.set_title("16 levels (the grid of the widest of 256 slices)", fontsize=10)  # room for update()'s
     ax_h.set_xlim(edges[0], edges[-1])
@@ -191,11 +207,12 @@ def quantization_explorer(weights=None) -> Panel:
         ax.plot(np.arange(len(values)), values, ".", color="0.35", ms=2)
         ax.set(xlim=(-1, len(values)), ylim=(-top, top), xticks=[], yticks=[-round(top / 1.15, 2), round(top / 1.15, 2)])
         ax.tick_params(labelsize=7)
-        levels = LineCollection([], linewidths=0.8)  # the levels (blue) and the grid's ends (red): one artist, one draw
-        ax.add_collection(levels)
-        ax.set_title(f"row {row}", fontsize=8)  # its scales and error are in the readout: text is slow to draw
-        small.append((row, ax, levels))
-    fig.animate(grid, *clip_lines, title, sqnr_line, sqnr_point, *(lv for _, _, lv in small))
+        # the levels (blue) and the grid's ends (red) over them: one line artist each, however many runs
+        (levels,) = ax.plot([], [], color=_LEVEL, lw=0.8, solid_capstyle="butt")
+        (ends,) = ax.plot([], [], color=_END, lw=0.8, solid_capstyle="butt")
+        ax.set_title(f"row {row}", fontsize=8)  # its scales and error are in the readout
+        small.append((row, ax, levels, ends))
+    fig.animate(grid, *clip_lines, title, sqnr_line, sqnr_point, *(a for _, _, lv, end in small for a in (lv, end)))
     # MSE = power * 10**(-SQNR / 10): one curve, read in dB on the left and as MSE on the right
     power = float((w.double() ** 2).mean()) or 1.0
     ax_c.set_ylim(-5, 55)  # SQNR of 1..8 bits on any tensor fits here (about 6 dB per bit)
@@ -218,31 +235,43 @@ def quantization_explorer(weights=None) -> Panel:
             curves[key] = np.array([e.sqnr_db for e in errors])
         return curves[key]
 
-    def draw_slices(r: WeightQuantization, bits: int) -> str:
-        """Draw each example row's grid(s); return an HTML table of their scales and errors."""
-        table = []
-        for row, ax, levels in small:
+    def slice_lines(r: WeightQuantization, bits: int) -> tuple[list, str]:
+        """Each example row's level and end lines (x, y data), and an HTML table of their scales and errors."""
+        lines, table = [], []
+        for row, ax, _levels, _ends in small:
             runs = slice_grids(w, r, bits, row)
             lo, hi = ax.get_ylim()
-            segs, colors, in_view = [], [], 0
+            level_x0, level_x1, level_y, end_x0, end_x1, end_y, in_view = [], [], [], [], [], [], 0
             for a, b, lv in runs:
-                inside = lv[(lv >= lo) & (lv <= hi)]
-                in_view += len(inside)
-                ends = [v for v in (lv[0], lv[-1]) if lo <= v <= hi]
-                shown = inside if 2**bits <= 32 else ends  # beyond 32 levels the lines merge into a block: ends only
-                segs += [[(a - 0.5, v), (b - 0.5, v)] for v in shown]
-                colors += [_END if v in ends else _LEVEL for v in shown]
-            levels.set_segments(segs)
-            levels.set_colors(colors)
+                view = (lv >= lo) & (lv <= hi)
+                in_view += int(view.sum())
+                is_end = np.zeros(len(lv), bool)
+                is_end[[0, -1]] = True
+                inner = view & ~is_end if 2**bits <= 32 else np.zeros(len(lv), bool)  # beyond 32 levels the
+                for keep, xs0, xs1, ys in ((inner, level_x0, level_x1, level_y),   # lines merge into a block:
+                                           (view & is_end, end_x0, end_x1, end_y)):  # ends only
+                    n = int(keep.sum())
+                    xs0 += [a - 0.5] * n
+                    xs1 += [b - 0.5] * n
+                    ys += lv[keep].tolist()
+            lines.append((_segments(level_x0, level_x1, level_y), _segments(end_x0, end_x1, end_y)))
             scales = [float(lv[1] - lv[0]) for _, _, lv in runs]
             mse = float(((w[row] - r.x_hat[row]) ** 2).mean())
             table.append(f"<tr><td>{row}</td><td>{row_max[row]:.3f}</td><td>"
                          + (f"{scales[0]:.4f}" if len(scales) == 1 else f"{min(scales):.4f} to {max(scales):.4f} ({len(scales)})")
                          + f"</td><td>{in_view} of {len(runs) * 2**bits}</td><td>{mse:.1e}</td></tr>")
-        return ("<table style='border-collapse:collapse;font-size:90%'><tr><th>row</th><th>max |w|</th><th>scale</th>"
-                "<th>levels in its range</th><th>MSE</th></tr>" + "".join(table) + "</table>")
+        return lines, ("<table style='border-collapse:collapse;font-size:90%'><tr><th>row</th><th>max |w|</th>"
+                       "<th>scale</th><th>levels in its range</th><th>MSE</th></tr>" + "".join(table) + "</table>")
 
-    def update(bits, symmetric, granularity, rounding, clipping):
+    views: OrderedDict = OrderedDict()  # settings -> what update shows: line data and text (a few KiB each)
+
+    def view(bits, symmetric, granularity, rounding, clipping) -> dict:
+        """Everything update draws and says for these settings; the last 128 are kept, since learners
+        go back and forth between settings (the quantization itself is the slow part)."""
+        key = (bits, symmetric, granularity, rounding, clipping)
+        if key in views:
+            views.move_to_end(key)
+            return views[key]
         r = quantize_weights(w, bits, symmetric, GRANULARITIES[granularity], rounding, CLIPPINGS[clipping])
         sqnr = curve(symmetric, granularity, rounding, clipping)
         # the grid of the slice that holds the largest |w| (per-tensor: the only grid)
@@ -251,17 +280,12 @@ def quantization_explorer(weights=None) -> Panel:
         zero_point = int(r.zero_point.expand_as(w).reshape(-1)[i])
         fmt = IntFormat(bits)
         levels = (np.arange(fmt.qmin, fmt.qmax + 1) - zero_point) * scale
-        grid.set_segments([[(v, 0.0), (v, 1.0)] for v in levels])
-        for line, v in zip(clip_lines, (levels[0], levels[-1])):
-            line.set_xdata([v, v])
+        grid_y, grid_x = _segments(0.0, 1.0, levels)  # vertical lines: x and y swap roles
         slices = GRANULARITIES[granularity].num_params(w.shape)
-        title.set_text(f"{2**bits} levels" + ("" if slices == 1 else f" (the grid of the widest of {slices} slices)"))
-        sqnr_line.set_ydata(sqnr)
-        sqnr_point.set_data([bits], [r.error.sqnr_db])
-        rows_table = draw_slices(r, bits)
+        row_lines, rows_table = slice_lines(r, bits)
         fp32 = w.numel() * 4
         s = r.storage
-        return (
+        text = (
             f"<b>{bits}-bit {'symmetric' if symmetric else 'affine'}, {granularity}, {rounding}, clip {clipping}</b>: "
             f"MSE {r.error.mse:.2e} &middot; SQNR {r.error.sqnr_db:.1f} dB &middot; codes used {r.codes_used} of {2**bits} "
             f"&middot; clipped {plural(r.n_clipped, 'weight')}<br>"
@@ -273,6 +297,27 @@ def quantization_explorer(weights=None) -> Panel:
                else " (each row its own)" if slices > 1 else " (one grid for the whole tensor: narrow rows use few levels)")
             + rows_table
         )
+        views[key] = {
+            "grid": (grid_x, grid_y), "ends": (levels[0], levels[-1]), "rows": row_lines, "sqnr": sqnr,
+            "point": r.error.sqnr_db, "text": text,
+            "title": f"{2**bits} levels" + ("" if slices == 1 else f" (the grid of the widest of {slices} slices)"),
+        }
+        if len(views) > 128:
+            views.popitem(last=False)
+        return views[key]
+
+    def update(bits, symmetric, granularity, rounding, clipping):
+        v = view(bits, symmetric, granularity, rounding, clipping)
+        grid.set_data(*v["grid"])
+        for line, x in zip(clip_lines, v["ends"]):
+            line.set_xdata([x, x])
+        title.set_text(v["title"])
+        sqnr_line.set_ydata(v["sqnr"])
+        sqnr_point.set_data([bits], [v["point"]])
+        for (_, _, levels, ends), (level_xy, end_xy) in zip(small, v["rows"]):
+            levels.set_data(*level_xy)
+            ends.set_data(*end_xy)
+        return v["text"]
 
     controls = {
         "bits": W.IntSlider(value=4, min=2, max=8, description="bits"),

@@ -34,9 +34,9 @@ def bits_demo(image: np.ndarray | None = None, n_params: int = 17_226) -> Panel:
         n_params: the model size quoted in the readout (default: lesson 01's MLP).
     """
     if image is None:
-        from sklearn.datasets import load_digits
+        from qedu.data import _raw_digits  # the same bundled file, without importing scikit-learn (~75 MiB)
 
-        image = load_digits().images[0] / 16.0
+        image = _raw_digits()[0][0, 0]  # pixel / 16: exact in float32
     image = np.asarray(image, dtype=np.float64)
     if image.ndim != 2:
         raise ValueError(f"image must be a 2-D array, got shape {image.shape}.")
