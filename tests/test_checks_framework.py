@@ -203,3 +203,13 @@ def test_snap_to_levels_check_passes_reference():
 def test_snap_to_levels_check_names_each_classic_mistake(mistake):
     with pytest.raises(CheckFailed, match=f"mistake:  {mistake.name}"):
         checks.check_snap_to_levels(mistake.impl)
+
+
+def test_compare_matches_an_infinite_expected_value_only_with_itself():
+    """rtol * inf is inf: without care any finite answer would 'match' an expected inf."""
+    from qedu.checks.framework import compare
+
+    assert compare(float("inf"), float("inf"), rtol=1e-6) is None
+    assert compare(float("inf"), 5.0, rtol=1e-6) is not None
+    assert compare(torch.tensor([float("inf"), 1.0]), torch.tensor([3.0, 1.0]), rtol=1e-3) is not None
+    assert compare(torch.tensor([float("inf"), 1.0]), torch.tensor([float("inf"), 1.0 + 1e-6]), rtol=1e-3) is None
