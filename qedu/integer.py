@@ -426,6 +426,11 @@ def _uint8_qparams(a: torch.Tensor) -> tuple[float, int]:
     return _act_qparams(a, None)
 
 
+# Images per pass: integer layers are exact per image, so splitting a batch changes no result, only
+# the size of the int64 intermediates (an im2col of 360 digits is ~60 MiB).
+CHUNK = 64
+
+
 class _IntegerModel(nn.Module):
     """Shared by :class:`IntegerMLP` and :class:`IntegerCNN`: a chain of integer layers on uint8 codes."""
 
@@ -433,6 +438,8 @@ class _IntegerModel(nn.Module):
     out_qparams: tuple[float, int]
 
     def forward(self, q_x: torch.Tensor) -> torch.Tensor:
+        if q_x.ndim > 1 and q_x.shape[0] > CHUNK:  # int64 im2col of a big batch is big: a few rows at a time
+            return torch.cat([self(part) for part in q_x.split(CHUNK)])
         q = q_x
         for layer in self.layers:
             q = layer(q)

@@ -26,6 +26,7 @@ of its bytes equals the one recorded in the card; otherwise it raises
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
 import re
 from pathlib import Path
 
@@ -69,11 +70,21 @@ def digits_provenance() -> dict:
     UCI address it names, scikit-learn's version, the bundled file and its sha256, whether DESCR
     mentions a licence, and :data:`DIGITS_LICENSE`.
     """
-    import sklearn
-    from sklearn.datasets import load_digits as sk_load_digits
+    # Read scikit-learn's own files without importing it (with SciPy that costs a kernel ~45 MiB):
+    # DESCR is sklearn/datasets/descr/digits.rst, the data sklearn/datasets/data/digits.csv.gz.
+    from qedu.data import _digits_file, _raw_digits
 
-    bunch = sk_load_digits()
-    descr = bunch.DESCR
+    data_file = _digits_file()
+    descr_file = data_file.parent.parent / "descr" / "digits.rst" if data_file is not None else None
+    if descr_file is not None and descr_file.is_file():
+        descr = descr_file.read_text(encoding="utf-8")
+        sklearn_version = importlib.metadata.version("scikit-learn")
+    else:  # an unusual install: ask scikit-learn itself
+        import sklearn
+        from sklearn.datasets import load_digits as sk_load_digits
+
+        descr, sklearn_version = sk_load_digits().DESCR, sklearn.__version__
+        data_file = Path(sklearn.__file__).parent / "datasets" / "data" / "digits.csv.gz"
 
     def field(name: str) -> str:
         found = re.search(rf":{name}:\s*(.+)", descr)
@@ -81,15 +92,14 @@ def digits_provenance() -> dict:
 
     copy_of = re.search(r"This is a copy of [^\n]+", descr)
     url = re.search(r"https?://\S+", descr)
-    data_file = Path(sklearn.__file__).parent / "datasets" / "data" / "digits.csv.gz"
     return {
         "title": descr.split("\n")[2].strip() if descr.count("\n") > 2 else "digits",
         "creator": field("Creator").replace(" '@' ", "@"),
         "date": field("Date"),
-        "instances": int(len(bunch.target)),
+        "instances": int(len(_raw_digits()[1])),
         "copy_of": copy_of.group(0).strip() if copy_of else "not stated",
         "uci_url": url.group(0) if url else None,
-        "sklearn_version": sklearn.__version__,
+        "sklearn_version": sklearn_version,
         "file": f"sklearn/datasets/data/{data_file.name}",
         "file_sha256": sha256_bytes(data_file.read_bytes()) if data_file.is_file() else None,
         "descr_mentions_license": "licen" in descr.lower(),
