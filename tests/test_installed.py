@@ -136,7 +136,8 @@ def test_sdist_carries_the_tests_notebooks_and_build_hook(installed):
     for needed in ("setup.py", "pyproject.toml", "tests/test_installed.py", "lessons/00_welcome.ipynb",
                    "solutions/00_welcome.ipynb", "exercises/00_welcome.ipynb", "exercise_sources/00_welcome.py",
                    "nbgrader/nbgrader_config.py", "nbgrader/source/00_welcome/00_welcome.ipynb",
-                   "benchmarks/results/ptq_ablation.json", "qedu/widgets/__init__.py", "postBuild", "Makefile"):
+                   "benchmarks/results/ptq_ablation.json", "qedu/widgets/__init__.py", "postBuild", "Makefile",
+                   "teacher/jupyterhub_config.py", "teacher/z2jh/values.yaml", "docs/vendor/README.md"):
         assert needed in names, f"the sdist lacks {needed}"
 
 
