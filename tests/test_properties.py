@@ -17,42 +17,15 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from tests.extremes import F32, finite, finite_number, finite_values, fits_float32, number, tensor64, values
 
-F32 = torch.finfo(torch.float32)
-EXTREMES = [F32.max, -F32.max, F32.tiny, -F32.tiny, 1.4e-45, -1.4e-45, 0.0, -0.0, 1.0, -1.0, 0.1, 3e38, -3e38,
-            1e38, 1e-38, 1e39, -1e39, 1e-320, 1e300, math.inf, -math.inf, math.nan]
-# a number: float32 or float64 extremes, any float32, any float64
-number = st.one_of(st.sampled_from(EXTREMES), st.floats(width=32), st.floats(allow_nan=True, allow_infinity=True))
-finite_number = st.one_of(st.sampled_from([v for v in EXTREMES if math.isfinite(v)]), st.floats(allow_nan=False,
-                                                                                                 allow_infinity=False))
-values = st.lists(number, min_size=1, max_size=12)
-finite_values = st.lists(finite_number, min_size=1, max_size=12)
 SETTINGS = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def tensor64(vals) -> torch.Tensor:
-    return torch.tensor(vals, dtype=torch.float64)
 
 
-def fits_float32(vals) -> bool:
-    """Every value is finite and stays finite in float32 (the valid inputs of qedu's float32 math)."""
-    return all(math.isfinite(v) and abs(v) <= F32.max for v in vals)
 
 
-def _finite(out) -> bool:
-    if isinstance(out, torch.Tensor):
-        return not out.is_floating_point() or bool(torch.isfinite(out).all())
-    if isinstance(out, (float, np.floating)):
-        return math.isfinite(out)
-    if isinstance(out, (int, np.integer, bool, str)) or out is None:
-        return True
-    if isinstance(out, dict):
-        return all(_finite(v) for v in out.values())
-    if isinstance(out, (tuple, list)):
-        return all(_finite(v) for v in out)
-    if hasattr(out, "__dict__"):  # a report object: its numeric fields
-        return all(_finite(v) for k, v in vars(out).items() if not k.startswith("_"))
-    return True
 
 
 _NAMED = re.compile(r"[a-z_]+(\[[^\]]*\])? (must|holds|contains|is |=)|^[a-z_]+=|scale|range|eps|grid|overflow|loss")
@@ -66,7 +39,7 @@ def holds(fn, *args, **kwargs):
         message = str(err)
         assert _NAMED.search(message), f"{fn.__name__}: the error does not name what is wrong: {message}"
         return None
-    assert _finite(out), f"{fn.__name__}{args} returned a non-finite value without saying so: {out}"
+    assert finite(out), f"{fn.__name__}{args} returned a non-finite value without saying so: {out}"
     return out
 
 
@@ -379,7 +352,7 @@ def test_robustness_corrupt(vals, corruption, severity):
 def test_analysis_ablate_keeps_finite_values_finite(vals):
     vals = [float(np.float32(max(-F32.max, min(F32.max, v)))) for v in vals]  # float32-sized metrics
     table = AN.ablate(lambda k, seed: vals[seed], {"k": [1]}, seeds=range(len(vals)))
-    assert _finite(table.rows)
+    assert finite(table.rows)
 
 
 # ----------------------------------------------------------------------------- packing, data, tasks

@@ -20,45 +20,21 @@ import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from tests.extremes import F32, fits_float32, number, tensor64, values
+from tests.extremes import finite as all_finite  # `finite` is also an argument name below
 from torch import nn
 
 from qedu import bitflip, bundle, doctor, drift, lm_eval, llm_quant, membership, models, outliers, ptq, results, stats, text
 
-F32 = torch.finfo(torch.float32)
-EXTREMES = [F32.max, -F32.max, F32.tiny, -F32.tiny, 1.4e-45, -1.4e-45, 0.0, -0.0, 1.0, -1.0, 0.1, 3e38, -3e38,
-            1e38, 1e-38, 1e39, -1e39, 1e-320, 1e300, 1e308, math.inf, -math.inf, math.nan]
-# a number: float32 or float64 extremes, any float32, any float64
-number = st.one_of(st.sampled_from(EXTREMES), st.floats(width=32), st.floats(allow_nan=True, allow_infinity=True))
-finite_number = st.one_of(st.sampled_from([v for v in EXTREMES if math.isfinite(v)]),
-                          st.floats(allow_nan=False, allow_infinity=False))
-values = st.lists(number, min_size=1, max_size=12)
-finite_values = st.lists(finite_number, min_size=1, max_size=12)
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow,
                                                                            HealthCheck.function_scoped_fixture])
 FEW = settings(SETTINGS, max_examples=12)  # properties that run a model
 
 
-def tensor64(vals) -> torch.Tensor:
-    return torch.tensor(vals, dtype=torch.float64)
 
 
-def fits_float32(vals) -> bool:
-    """Every value is finite and stays finite in float32 (the valid inputs of qedu's float32 math)."""
-    return all(math.isfinite(v) and abs(v) <= F32.max for v in vals)
 
 
-def _finite(out) -> bool:
-    if isinstance(out, torch.Tensor):
-        return not out.is_floating_point() or bool(torch.isfinite(out).all())
-    if isinstance(out, (float, np.floating)):
-        return math.isfinite(out)
-    if isinstance(out, dict):
-        return all(_finite(v) for v in out.values())
-    if isinstance(out, (tuple, list)):
-        return all(_finite(v) for v in out)
-    if hasattr(out, "__dataclass_fields__"):
-        return all(_finite(getattr(out, k)) for k in out.__dataclass_fields__)
-    return True  # ints, strings, bools, modules
 
 
 def clear(fn, *args, names, finite: bool = True, **kwargs):
@@ -71,7 +47,7 @@ def clear(fn, *args, names, finite: bool = True, **kwargs):
         assert any(n in str(err) for n in names), f"{fn.__name__}: the error does not name {names}: {err}"
         out = None
     else:
-        assert not finite or _finite(out), f"{fn.__name__} returned a non-finite value without saying so: {out}"
+        assert not finite or all_finite(out), f"{fn.__name__} returned a non-finite value without saying so: {out}"
     assert torch.equal(torch.get_rng_state(), torch_rng), f"{fn.__name__} drew from torch's global generator"
     assert all(np.array_equal(a, b) for a, b in zip(np.random.get_state()[1:3], np_rng[1:3])), f"{fn.__name__} used numpy's"
     return out

@@ -19,11 +19,11 @@ import copy
 import functools
 import math
 
-import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from tests.extremes import F32, F32_EXTREMES, finite, finite_number, fits_float32, number, tensor64
 from torch import nn
 
 from qedu import accumulation as ACC
@@ -45,42 +45,16 @@ from qedu.models import make_mlp
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 # ----------------------------------------------------------------------------- strategies (as in test_properties.py)
-F32 = torch.finfo(torch.float32)
-EXTREMES = [F32.max, -F32.max, F32.tiny, -F32.tiny, 1.4e-45, -1.4e-45, 0.0, -0.0, 1.0, -1.0, 0.1, 3e38, -3e38,
-            1e38, 1e-38, 1e39, -1e39, 1e-320, 1e300, math.inf, -math.inf, math.nan]
-FINITE_EXTREMES = [v for v in EXTREMES if math.isfinite(v)]
-F32_EXTREMES = [v for v in FINITE_EXTREMES if abs(v) <= F32.max]
-number = st.one_of(st.sampled_from(EXTREMES), st.floats(width=32), st.floats(allow_nan=True, allow_infinity=True))
-finite_number = st.one_of(st.sampled_from(FINITE_EXTREMES), st.floats(allow_nan=False, allow_infinity=False))
 f32_number = st.one_of(st.sampled_from(F32_EXTREMES), st.floats(width=32, allow_nan=False, allow_infinity=False))
 moderate = st.floats(-1e3, 1e3, allow_nan=False, width=32)
 SETTINGS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 FEW = settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def tensor64(vals) -> torch.Tensor:
-    return torch.tensor(vals, dtype=torch.float64)
 
 
-def fits_float32(vals) -> bool:
-    """Every value is finite and stays finite in float32."""
-    return all(math.isfinite(v) and abs(v) <= F32.max for v in vals)
 
 
-def _finite(out) -> bool:
-    if isinstance(out, torch.Tensor):
-        return not out.is_floating_point() or bool(torch.isfinite(out).all())
-    if isinstance(out, (float, np.floating)):
-        return math.isfinite(out)
-    if isinstance(out, nn.Module):
-        return all(_finite(t) for t in (*out.parameters(), *out.buffers()))
-    if isinstance(out, dict):
-        return all(_finite(v) for v in out.values())
-    if isinstance(out, (tuple, list)):
-        return all(_finite(v) for v in out)
-    if hasattr(out, "__dict__"):
-        return all(_finite(v) for k, v in vars(out).items() if not k.startswith("_"))
-    return True
 
 
 def holds(fn, *args, names=(), **kwargs):
@@ -91,7 +65,7 @@ def holds(fn, *args, names=(), **kwargs):
     except (ValueError, TypeError) as err:
         assert any(n in str(err) for n in names), f"{fn.__name__}: the error names none of {names}: {err}"
         return None
-    assert _finite(out), f"{fn.__name__} returned a non-finite value without saying so: {out}"
+    assert finite(out), f"{fn.__name__} returned a non-finite value without saying so: {out}"
     return out
 
 
@@ -319,7 +293,7 @@ def test_fp8_linear_forward_and_backward_are_finite(recipe, magnitude, batch):
     x = (torch.randn(batch, 20, generator=torch.Generator().manual_seed(0)) * magnitude).requires_grad_(True)
     y = layer(x)
     y.sum().backward()
-    assert _finite(y) and _finite(x.grad) and _finite(layer.weight.grad)
+    assert finite(y) and finite(x.grad) and finite(layer.weight.grad)
 
 
 @SETTINGS
@@ -416,7 +390,7 @@ def test_lora_with_b_zero_equals_the_frozen_layer(r, alpha, base_format, bias, v
     layer = LORA.LoRALinear(base, r, alpha, base_format, seed=1)
     x = f32(vals).repeat(4 if base_format == "nf4" else 1)[None, : base.in_features].repeat(2, 1)
     y = layer(x)
-    assert _finite(y) and torch.equal(y, layer.base_forward(x))  # B = 0: the adapter adds exactly 0
+    assert finite(y) and torch.equal(y, layer.base_forward(x))  # B = 0: the adapter adds exactly 0
     if base_format == "float":
         assert torch.allclose(y, base(x), rtol=1e-5, atol=1e-4)
 
@@ -744,10 +718,10 @@ def test_ternary_codes_and_scales(vals, axis, delta_factor):
     w = f32(vals, (2, 3))
     q, scale = TW.twn_quantize(w, axis, delta_factor)
     assert set(q.unique().tolist()) <= {-1, 0, 1} and q.shape == w.shape
-    assert _finite(scale) and bool((scale >= 0).all())
+    assert finite(scale) and bool((scale >= 0).all())
     slice_max = w.abs().amax(dim=1 - (axis % 2), keepdim=True)
     assert bool((scale <= slice_max).all())  # a mean of kept |w| never exceeds their max
-    assert _finite(scale * q)
+    assert finite(scale * q)
 
 
 @SETTINGS
@@ -890,7 +864,7 @@ def test_adaround_layer_codes_stay_one_step_from_rtn(magnitude):
     layer, x, scale, zero_point = _adaround_case(magnitude)
     with torch.no_grad():
         target = layer(x)
-    if not _finite(target):
+    if not finite(target):
         return  # the float layer itself overflows: no target to fit
     result = holds(AR.adaround_layer, layer, x, target, scale, zero_point, INT4, iters=3, names=("loss overflowed",))
     if result is not None:
@@ -980,7 +954,7 @@ def test_equalize_keeps_the_function_or_names_the_problem(factor, channel):
     x = torch.rand(5, 4, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         y = model(x)
-    if not _finite(y):
+    if not finite(y):
         return
     eq = holds(EQ.equalize, model, 4, names=("w1's and w2's", "weight"))
     if eq is not None:
@@ -1108,16 +1082,16 @@ def test_constant_inputs_give_finite_results(value):
     const = torch.full((4, 32), value)
     for rule in MX.RULES:
         x_hat = MX.mx_dequantize(MX.mx_quantize(const, "fp8_e4m3", 32, rule))
-        assert _finite(x_hat) and bool((x_hat == x_hat[0, 0]).all())  # a constant stays constant
-    assert _finite(MX.nvfp4_dequantize(MX.nvfp4_quantize(const)))
+        assert finite(x_hat) and bool((x_hat == x_hat[0, 0]).all())  # a constant stays constant
+    assert finite(MX.nvfp4_dequantize(MX.nvfp4_quantize(const)))
     q, scale = TW.twn_quantize(const)
-    assert _finite(scale * q)
-    assert _finite(EQ.equalization_scales(const[:, :4], const[:4, :4]))
+    assert finite(scale * q)
+    assert finite(EQ.equalization_scales(const[:, :4], const[:4, :4]))
     if abs(value) < 1e3:
-        assert _finite(ACC.sequential_sum(const[0], FP32))
+        assert finite(ACC.sequential_sum(const[0], FP32))
         images = torch.full((8, 1, 8, 8), value)
-        assert _finite(INT.IntegerMLP(make_mlp(seed=0), images).predict(images))
-        assert _finite(BC.correct_bias(make_mlp(seed=0), _ptq_mlp(), images))
+        assert finite(INT.IntegerMLP(make_mlp(seed=0), images).predict(images))
+        assert finite(BC.correct_bias(make_mlp(seed=0), _ptq_mlp(), images))
         for recipe in F8.RECIPES:
             layer = F8.Float8Linear(_linear(32, 4), recipe)
             for _ in range(2):  # "delayed" uses the first step's amax in the second
