@@ -468,11 +468,30 @@ def deploy(model: nn.Module, path: str, folder, *, x_calib: torch.Tensor | None 
     return Deployed(path, _ort_session(out, threads), out, os.path.getsize(out))
 
 
+def _torch_engine() -> str:
+    """The quantized engine ``torch_dynamic`` runs on: x86 (or its predecessor fbgemm) where this torch
+    build has it. Its recipe (7-bit activations, reduce_range) is x86's; qnnpack ignores reduce_range."""
+    engines = torch.backends.quantized.supported_engines
+    return next((e for e in ("x86", "fbgemm") if e in engines), torch.backends.quantized.engine)
+
+
+@contextmanager
+def _quantized_engine(name: str):
+    """Run on torch's quantized engine ``name``, then put back whatever the caller had chosen."""
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = name
+    try:
+        yield
+    finally:
+        torch.backends.quantized.engine = previous
+
+
 def _deploy_torch(model: nn.Module, path: str, folder: Path) -> Deployed:
     if isinstance(model, nn.Linear):
         model = nn.Sequential(model)  # both libraries swap a model's children, never the model itself
+    engine = _torch_engine()
     if path == "torch_dynamic":
-        with warnings.catch_warnings():  # torch.ao.quantization is deprecated in favour of torchao; it still works
+        with warnings.catch_warnings(), _quantized_engine(engine):  # deprecated in favour of torchao; still works
             warnings.simplefilter("ignore")
             model = torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
     elif path.startswith("torchao"):
@@ -487,5 +506,6 @@ def _deploy_torch(model: nn.Module, path: str, folder: Path) -> Deployed:
 
     @torch.no_grad()
     def run(x: torch.Tensor) -> torch.Tensor:
-        return model(x.float())
+        with _quantized_engine(engine):  # the engine the weights were packed for, whatever the caller set since
+            return model(x.float())
     return Deployed(path, run, file, os.path.getsize(file))

@@ -255,3 +255,21 @@ def test_torch_dynamic_runs_on_a_bare_linear(tmp_path):
     with torch.no_grad():
         assert _rel_err(dynamic_int8_reference(dynamic_int8(nn.Sequential(lin))[0], x), y_ref) <= 1e-5
     assert np.isclose(dep.bytes_on_disk / os.path.getsize(deploy(lin, "torch_fp32", tmp_path).file), 0.25, atol=0.05)
+
+
+def test_torch_dynamic_runs_on_its_own_engine_whatever_the_caller_chose(tmp_path):
+    """A caller (or an earlier test) that switched torch to qnnpack, which ignores reduce_range, must not
+    change what the deployed model computes; the caller's choice is put back afterwards."""
+    if "qnnpack" not in torch.backends.quantized.supported_engines:
+        pytest.skip("this torch build has no qnnpack engine")
+    lin = nn.Linear(64, 32)
+    x = torch.randn(8, 64, generator=torch.Generator().manual_seed(1))
+    previous = torch.backends.quantized.engine
+    torch.backends.quantized.engine = "qnnpack"
+    try:
+        dep = deploy(lin, "torch_dynamic", tmp_path)
+        y = dep(x)
+        assert torch.backends.quantized.engine == "qnnpack"
+    finally:
+        torch.backends.quantized.engine = previous
+    assert _rel_err(y, reference(lin, "torch_dynamic")(x)) <= TOLERANCE["torch_dynamic"]

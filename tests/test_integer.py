@@ -103,12 +103,16 @@ def _layer(seed=0, k=64, n=32):
 def _torch_linear(engine, layer: IntegerLinear, q_x, x_qp, y_qp):
     if engine not in torch.backends.quantized.supported_engines:
         pytest.skip(f"this torch build has no {engine} engine")
-    torch.backends.quantized.engine = engine
-    n_out = layer.q_w.shape[0]
-    qw = torch._make_per_channel_quantized_tensor(layer.q_w, layer.s_w.double(), torch.zeros(n_out, dtype=torch.int64), 0)
-    packed = torch.ops.quantized.linear_prepack(qw, layer.bias)
-    qx = torch._make_per_tensor_quantized_tensor(q_x, x_qp[0], x_qp[1])
-    return torch.ops.quantized.linear(qx, packed, y_qp[0], y_qp[1]).int_repr()
+    previous, torch.backends.quantized.engine = torch.backends.quantized.engine, engine
+    try:  # put the engine back: other tests in this process (tests/test_deploy.py) use the default one
+        n_out = layer.q_w.shape[0]
+        qw = torch._make_per_channel_quantized_tensor(layer.q_w, layer.s_w.double(),
+                                                      torch.zeros(n_out, dtype=torch.int64), 0)
+        packed = torch.ops.quantized.linear_prepack(qw, layer.bias)
+        qx = torch._make_per_tensor_quantized_tensor(q_x, x_qp[0], x_qp[1])
+        return torch.ops.quantized.linear(qx, packed, y_qp[0], y_qp[1]).int_repr()
+    finally:
+        torch.backends.quantized.engine = previous
 
 
 @pytest.mark.parametrize("engine, rounding", [("x86", "float"), ("fbgemm", "float"), ("onednn", "float"),
